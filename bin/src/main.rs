@@ -1,0 +1,348 @@
+//! `treeai`: the TreeAI pipeline's one binary.
+
+mod config;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use config::FileConfig;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use treeai_connectors::arrow_views::Codec;
+use treeai_connectors::generator::{Generator, GeneratorConfig, Season};
+use treeai_connectors::pipeline::{run_bounded, write_views};
+use treeai_connectors::SourceSpec;
+use treeai_dataflows::runtime::{self, RuntimeConfig, Stats};
+use treeai_dataflows::source::NullSink;
+use treeai_dataflows::store::Catalog;
+use treeai_dataflows::time::{format_ts, parse_rfc3339};
+use treeai_dataflows::VIEW_NAMES;
+
+/// TreeAI: live urban-forest risk views (AFISS, TreeScore) from tree registry,
+/// field assessments and IoT sensor streams.
+#[derive(Parser)]
+#[command(name = "treeai", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline. With no options: the embedded default (a built-in
+    /// generator of trees, agents and sensors), until Ctrl-C. With --input: stream
+    /// the files, then stay up with the final views until Ctrl-C.
+    Run(RunArgs),
+    /// Write the generator's events as NDJSON to stdout or --output.
+    Produce(ProduceArgs),
+    /// Run the dataflow over NDJSON files to their end and write the final views as Parquet.
+    Backfill(BackfillArgs),
+}
+
+/// Flags shared by `run` and `backfill`. Each can also be set in the config
+/// file and by the `TREEAI_*` environment variable named below.
+#[derive(Args)]
+struct CommonArgs {
+    /// Timely worker threads in this process [default: number of cores].
+    #[arg(long, env = "TREEAI_WORKERS")]
+    workers: Option<usize>,
+    /// Configuration file (TOML); see the README.
+    #[arg(long, env = "TREEAI_CONFIG")]
+    config: Option<PathBuf>,
+    /// Allowed lateness of readings, ms [default: 5000].
+    #[arg(long, env = "TREEAI_ALLOWED_LATENESS_MS")]
+    allowed_lateness_ms: Option<i64>,
+    /// A partition with no readings for this long is idle, ms [default: 30000].
+    #[arg(long, env = "TREEAI_IDLE_TIMEOUT_MS")]
+    idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// NDJSON files to stream instead of the generator.
+    #[arg(long, num_args = 1.., env = "TREEAI_INPUT", value_delimiter = ',')]
+    input: Vec<PathBuf>,
+    /// Generator: trees [default: 10000].
+    #[arg(long)]
+    trees: Option<u64>,
+    /// Generator: field agents at normal capacity [default: 30].
+    #[arg(long)]
+    agents: Option<u32>,
+    /// Generator: events per second [default: 10000].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Generator: season (peak, moderate, low, emergency) [default: moderate].
+    #[arg(long)]
+    season: Option<Season>,
+    /// Generator: share of malformed events [default: 0.001].
+    #[arg(long)]
+    bad_fraction: Option<f64>,
+    /// Generator: random seed [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Trees in the population.
+    #[arg(long, default_value_t = 10_000)]
+    trees: u64,
+    /// Field agents at normal capacity.
+    #[arg(long, default_value_t = 30)]
+    agents: u32,
+    /// Events per second of event time (timestamps advance at this rate; files are written as fast as possible).
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Season: peak, moderate, low, emergency.
+    #[arg(long, default_value = "moderate")]
+    season: Season,
+    /// Event-time span to produce, in seconds (count = rate × duration).
+    #[arg(long, conflicts_with = "count")]
+    duration: Option<f64>,
+    /// Number of events to produce.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Share of malformed events in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    bad_fraction: f64,
+    /// Random seed: the same flags and seed give the same bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Event time of the first event: RFC 3339, epoch ms, or `now`.
+    #[arg(long, default_value = "2026-11-25T00:00:00Z")]
+    start: String,
+    /// Output file [default: stdout].
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BackfillArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// NDJSON files (history).
+    #[arg(long, num_args = 1.., required = true, value_delimiter = ',')]
+    input: Vec<PathBuf>,
+    /// Output directory: one folder per view, plus deadletter/.
+    #[arg(long)]
+    output: PathBuf,
+    /// Parquet compression: zstd, lz4 or none.
+    #[arg(long, default_value = "zstd")]
+    compression: String,
+}
+
+fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<RuntimeConfig> {
+    let defaults = RuntimeConfig::default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = common.workers.or(file.workers).unwrap_or(cores);
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    Ok(RuntimeConfig {
+        workers,
+        allowed_lateness_ms: common.allowed_lateness_ms.or(file.allowed_lateness_ms).unwrap_or(defaults.allowed_lateness_ms),
+        idle_timeout: common.idle_timeout_ms.or(file.idle_timeout_ms).map_or(defaults.idle_timeout, Duration::from_millis),
+        ..defaults
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TREEAI_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Produce(args) => produce(args),
+        Command::Backfill(args) => backfill(args),
+    };
+    if let Err(e) = result {
+        eprintln!("treeai: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let config = runtime_config(&args.common, &file)?;
+    let input = if args.input.is_empty() { file.input.clone().unwrap_or_default() } else { args.input.clone() };
+    let source = if input.is_empty() {
+        let g = &file.generator;
+        let season = match (&args.season, &g.season) {
+            (Some(s), _) => *s,
+            (None, Some(s)) => s.parse().map_err(|e| anyhow::anyhow!("config generator.season: {e:?}"))?,
+            (None, None) => Season::Moderate,
+        };
+        let gen = GeneratorConfig {
+            trees: args.trees.or(g.trees).unwrap_or(10_000),
+            agents: args.agents.or(g.agents).unwrap_or(30),
+            rate: args.rate.or(g.rate).unwrap_or(10_000.0),
+            season,
+            bad_fraction: args.bad_fraction.or(g.bad_fraction).unwrap_or(0.001),
+            seed: args.seed.or(g.seed).unwrap_or(1),
+            start_ms: now_ms(),
+        };
+        if !(gen.rate.is_finite() && gen.rate > 0.0) {
+            bail!("--rate must be a positive number");
+        }
+        eprintln!(
+            "treeai run: embedded default — generator of {} trees, {} agents, {} events/s ({} season), {} workers; Ctrl-C stops",
+            gen.trees, gen.agents, gen.rate, gen.season, config.workers
+        );
+        SourceSpec::Generator { config: gen, paced: true, count: None }
+    } else {
+        for p in &input {
+            std::fs::metadata(p).with_context(|| format!("input {}", p.display()))?;
+        }
+        eprintln!("treeai run: streaming {} file(s) with {} workers; Ctrl-C stops", input.len(), config.workers);
+        SourceSpec::Files(input)
+    };
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let shutdown = shutdown.clone();
+        ctrlc::set_handler(move || {
+            if shutdown.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let catalog = Arc::new(Catalog::new(config.workers));
+    let stats = Arc::new(Stats::new());
+    let finished = Arc::new(AtomicBool::new(false));
+    let progress = {
+        let (catalog, stats, shutdown, finished) = (catalog.clone(), stats.clone(), shutdown.clone(), finished.clone());
+        std::thread::spawn(move || progress_loop(&catalog, &stats, &shutdown, &finished))
+    };
+    let sinks = Arc::new(|_| Box::new(NullSink) as Box<dyn treeai_dataflows::source::Sink>);
+    let result = runtime::run(config, source.factory(), sinks, catalog.clone(), stats.clone(), shutdown.clone());
+    finished.store(true, Ordering::SeqCst);
+    result?;
+    if !shutdown.load(Ordering::SeqCst) {
+        eprintln!("\ntreeai run: input complete — {}; staying up (Ctrl-C stops)", summary(&catalog, &stats));
+        while !shutdown.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = progress.join();
+    eprintln!("\ntreeai run: stopped — {}", summary(&catalog, &stats));
+    Ok(())
+}
+
+fn summary(catalog: &Catalog, stats: &Stats) -> String {
+    let snap = catalog.read();
+    let sizes = snap.views.sizes();
+    let views: Vec<String> = VIEW_NAMES.iter().zip(sizes).map(|(n, s)| format!("{n}={s}")).collect();
+    format!(
+        "events {} (rejected {}), watermark {}, alerts {}, rows: {}",
+        stats.events_read.load(Ordering::Relaxed),
+        stats.events_rejected.load(Ordering::Relaxed),
+        snap.watermark.map_or("none".into(), format_ts),
+        stats.alerts.load(Ordering::Relaxed),
+        views.join(" ")
+    )
+}
+
+fn progress_loop(catalog: &Catalog, stats: &Stats, shutdown: &AtomicBool, finished: &AtomicBool) {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let mut last = (Instant::now(), 0u64);
+    while !shutdown.load(Ordering::SeqCst) && !finished.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.0.elapsed() < every {
+            continue;
+        }
+        let read = stats.events_read.load(Ordering::Relaxed);
+        let rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64();
+        last = (Instant::now(), read);
+        let line = format!("{:>9.0} ev/s | {}", rate, summary(catalog, stats));
+        let mut err = std::io::stderr();
+        if tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+    }
+}
+
+fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number");
+    }
+    if !(0.0..=1.0).contains(&args.bad_fraction) {
+        bail!("--bad-fraction must lie in [0, 1]");
+    }
+    let start_ms = match args.start.as_str() {
+        "now" => now_ms(),
+        s => s.parse::<i64>().ok().or_else(|| parse_rfc3339(s)).with_context(|| format!("--start {s:?} is not RFC 3339, epoch ms or now"))?,
+    };
+    let count = match (args.count, args.duration) {
+        (Some(c), _) => c,
+        (None, Some(d)) if d >= 0.0 => (d * args.rate) as u64,
+        (None, Some(_)) => bail!("--duration must not be negative"),
+        (None, None) => bail!("give --count or --duration"),
+    };
+    let config = GeneratorConfig {
+        trees: args.trees,
+        agents: args.agents,
+        rate: args.rate,
+        season: args.season,
+        bad_fraction: args.bad_fraction,
+        seed: args.seed,
+        start_ms,
+    };
+    let out: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    let started = Instant::now();
+    for event in Generator::new(config, 0, 1).take(count as usize) {
+        out.write_all(&event.json)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    if args.output.is_some() {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("treeai produce: {count} events in {secs:.2}s ({:.0} events/s)", count as f64 / secs.max(1e-9));
+    }
+    Ok(())
+}
+
+fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(args.common.config.as_deref())?;
+    let config = runtime_config(&args.common, &file)?;
+    let codec = match args.compression.as_str() {
+        "zstd" => Codec::Zstd,
+        "lz4" => Codec::Lz4,
+        "none" => Codec::None,
+        other => bail!("--compression {other:?}: expected zstd, lz4 or none"),
+    };
+    for p in &args.input {
+        std::fs::metadata(p).with_context(|| format!("input {}", p.display()))?;
+    }
+    let started = Instant::now();
+    let result = run_bounded(SourceSpec::Files(args.input.clone()), config)?;
+    let rows = write_views(&args.output, &result, codec)?;
+    let rows: Vec<String> = rows.iter().map(|(n, r)| format!("{n}={r}")).collect();
+    println!(
+        "backfill: {} events read, {} rejected, watermark {}, {:.2}s; rows: {}",
+        result.stats.events_read.load(Ordering::Relaxed),
+        result.stats.events_rejected.load(Ordering::Relaxed),
+        result.watermark.map_or("none".into(), format_ts),
+        started.elapsed().as_secs_f64(),
+        rows.join(" ")
+    );
+    Ok(())
+}

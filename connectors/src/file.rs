@@ -1,0 +1,208 @@
+//! NDJSON file source: one JSON event per line, the `type` field says the kind.
+//!
+//! With W workers, every file is cut into W byte ranges; worker k reads the
+//! lines that *start* in its range, so big files are parsed in parallel and
+//! every line is read by exactly one worker. Positions are (file index in the
+//! input list, 1-based line number), so source order is the order of the files
+//! as given, then of the lines. Blank lines are skipped (they are not events).
+//! Each worker's share is one watermark partition.
+
+use crate::ConnectorError;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use treeai_dataflows::event::Position;
+use treeai_dataflows::source::{Poll, RawMessage, Source};
+
+struct Range {
+    file: u32,
+    reader: BufReader<File>,
+    /// Byte offset of the next line.
+    offset: u64,
+    /// Lines starting at or after this offset belong to the next worker.
+    end: u64,
+    /// Line number of the next line.
+    line: u64,
+}
+
+/// Reads this worker's share of a list of NDJSON files.
+pub struct FileSource {
+    paths: Vec<PathBuf>,
+    worker: u64,
+    peers: u64,
+    next_file: usize,
+    current: Option<Range>,
+    buf: Vec<u8>,
+}
+
+impl FileSource {
+    /// The share of worker `worker` of `peers` of these files. Fails if a file cannot be opened.
+    pub fn new(paths: Vec<PathBuf>, worker: usize, peers: usize) -> Result<Self, ConnectorError> {
+        for p in &paths {
+            File::open(p).map_err(|e| ConnectorError::Input(format!("{}: {e}", p.display())))?;
+        }
+        Ok(FileSource { paths, worker: worker as u64, peers: peers.max(1) as u64, next_file: 0, current: None, buf: Vec::new() })
+    }
+
+    fn open_next(&mut self) -> Result<Option<Range>, std::io::Error> {
+        while self.next_file < self.paths.len() {
+            let index = self.next_file;
+            self.next_file += 1;
+            let mut file = File::open(&self.paths[index])?;
+            let size = file.metadata()?.len();
+            let start = size * self.worker / self.peers;
+            let end = size * (self.worker + 1) / self.peers;
+            if start >= end {
+                continue;
+            }
+            // Count the lines before our range and find the first line that starts in it.
+            let (mut line, mut offset) = (1u64, 0u64);
+            if start > 0 {
+                let mut prefix = (&mut file).take(start - 1);
+                let mut chunk = vec![0u8; 1 << 20];
+                loop {
+                    let n = prefix.read(&mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    line += memchr::memchr_iter(b'\n', &chunk[..n]).count() as u64;
+                }
+                let mut reader = BufReader::with_capacity(1 << 20, file);
+                reader.seek(SeekFrom::Start(start - 1))?;
+                let mut skipped = Vec::new();
+                let n = reader.read_until(b'\n', &mut skipped)? as u64;
+                // The byte at start-1 ends a line (n == 1) or we skipped the tail of a line started before.
+                if skipped.last() == Some(&b'\n') {
+                    line += 1;
+                }
+                offset = start - 1 + n;
+                if offset >= end {
+                    continue;
+                }
+                return Ok(Some(Range { file: index as u32, reader, offset, end, line }));
+            }
+            let reader = BufReader::with_capacity(1 << 20, file);
+            return Ok(Some(Range { file: index as u32, reader, offset, end, line }));
+        }
+        Ok(None)
+    }
+}
+
+impl Source for FileSource {
+    fn poll(&mut self, max: usize, emit: &mut dyn FnMut(RawMessage<'_>)) -> Poll {
+        let mut emitted = 0;
+        while emitted < max {
+            if self.current.is_none() {
+                match self.open_next() {
+                    Ok(Some(r)) => self.current = Some(r),
+                    Ok(None) => return if emitted > 0 { Poll::Ready } else { Poll::Done },
+                    Err(e) => {
+                        // A file that vanished or cannot be read: report and go on with the next.
+                        tracing::error!("reading {}: {e}", self.paths[self.next_file - 1].display());
+                        continue;
+                    }
+                }
+            }
+            let Some(range) = self.current.as_mut() else { continue };
+            if range.offset >= range.end {
+                self.current = None;
+                continue;
+            }
+            self.buf.clear();
+            let n = match range.reader.read_until(b'\n', &mut self.buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!("reading {}: {e}", self.paths[range.file as usize].display());
+                    self.current = None;
+                    continue;
+                }
+            };
+            if n == 0 {
+                self.current = None;
+                continue;
+            }
+            let pos = Position { source: range.file, offset: range.line };
+            range.offset += n as u64;
+            range.line += 1;
+            let mut bytes = &self.buf[..];
+            while let Some((last, rest)) = bytes.split_last() {
+                if matches!(last, b'\n' | b'\r') {
+                    bytes = rest;
+                } else {
+                    break;
+                }
+            }
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            emit(RawMessage { bytes, kind: None, pos, partition: 0 });
+            emitted += 1;
+        }
+        Poll::Ready
+    }
+
+    fn describe(&self, pos: Position) -> String {
+        match self.paths.get(pos.source as usize) {
+            Some(p) => format!("{}:{}", p.display(), pos.offset),
+            None => format!("file#{}:{}", pos.source, pos.offset),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read_all(paths: &[PathBuf], peers: usize) -> Vec<(u32, u64, String)> {
+        let mut out = Vec::new();
+        for w in 0..peers {
+            let mut src = FileSource::new(paths.to_vec(), w, peers).unwrap();
+            while src.poll(3, &mut |m| {
+                out.push((m.pos.source, m.pos.offset, String::from_utf8(m.bytes.to_vec()).unwrap()));
+            }) != Poll::Done
+            {}
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn every_line_once_with_its_number_whatever_the_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
+        let mut expected = Vec::new();
+        for f in 0..3u32 {
+            let p = dir.path().join(format!("{f}.ndjson"));
+            let mut file = File::create(&p).unwrap();
+            for line in 1..=(17 * (f as u64 + 1)) {
+                if line % 7 == 0 {
+                    writeln!(file).unwrap(); // blank lines are skipped but counted
+                    continue;
+                }
+                let text = format!("{{\"f\":{f},\"line\":{line},\"pad\":\"{}\"}}", "x".repeat(line as usize % 13));
+                if line % 5 == 0 {
+                    write!(file, "{text}\r\n").unwrap();
+                } else {
+                    writeln!(file, "{text}").unwrap();
+                }
+                expected.push((f, line, text));
+            }
+            if f == 2 {
+                write!(file, "{{\"last\":true}}").unwrap(); // no final newline
+                expected.push((f, 52, "{\"last\":true}".to_string()));
+            }
+            paths.push(p);
+        }
+        expected.sort();
+        for peers in [1, 2, 3, 4, 7, 64] {
+            assert_eq!(read_all(&paths, peers), expected, "peers = {peers}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_input_error() {
+        let err = FileSource::new(vec![PathBuf::from("/nonexistent/x.ndjson")], 0, 1).err().unwrap();
+        assert!(err.to_string().contains("/nonexistent/x.ndjson"), "{err}");
+    }
+}

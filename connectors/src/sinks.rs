@@ -1,0 +1,43 @@
+//! In-process sinks: collect dead letters and alerts for a batch job or a test.
+
+use std::sync::{Arc, Mutex};
+use treeai_dataflows::source::{Alert, DeadLetter, Sink, SinkFactory};
+
+/// What the workers' [`CollectSink`]s gathered.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Rejected messages.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Alerts.
+    pub alerts: Vec<Alert>,
+}
+
+/// A sink that appends to a shared [`Collected`], batching per round.
+pub struct CollectSink {
+    shared: Arc<Mutex<Collected>>,
+    local: Collected,
+}
+
+impl CollectSink {
+    /// A factory of sinks all collecting into `shared`.
+    pub fn factory(shared: Arc<Mutex<Collected>>) -> SinkFactory {
+        Arc::new(move |_worker| Box::new(CollectSink { shared: shared.clone(), local: Collected::default() }) as Box<dyn Sink>)
+    }
+}
+
+impl Sink for CollectSink {
+    fn dead_letter(&mut self, letter: DeadLetter) {
+        self.local.dead_letters.push(letter);
+    }
+    fn alert(&mut self, alert: Alert) {
+        self.local.alerts.push(alert);
+    }
+    fn flush(&mut self) {
+        if self.local.dead_letters.is_empty() && self.local.alerts.is_empty() {
+            return;
+        }
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.dead_letters.append(&mut self.local.dead_letters);
+        shared.alerts.append(&mut self.local.alerts);
+    }
+}

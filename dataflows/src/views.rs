@@ -1,0 +1,342 @@
+//! The view dataflows (DOMAIN §4): each a pure function from input collections
+//! to an output collection, in the style of differential-dataflow's `bfs`.
+//!
+//! Inputs are insert-only event collections (every version ever received);
+//! "current" and "live" are computed by reductions, so a correction that arrives
+//! late or out of order retracts exactly what it replaces. Readings are the
+//! exception: the runtime inserts a reading when the watermark makes it
+//! visible and retracts it when it leaves the window (see [`crate::time`]).
+
+use crate::event::{AssessmentEvent, Id, Metric, RiskRating, TreeEvent, F64};
+use crate::rating::{failure_impact, risk_rating, tree_score, Score, ScoreInputs};
+use crate::time::day_of;
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::lattice::Lattice;
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use timely::progress::Timestamp;
+
+/// A collection keyed by `K` with `isize` multiplicities.
+pub type Keyed<'s, T, K, V> = VecCollection<'s, T, (K, V), isize>;
+
+/// A row of `afiss_current` (key: tree_id).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AfissRow {
+    /// The current assessment.
+    pub assessment: AssessmentEvent,
+    /// Matrix 1.
+    pub failure_impact: crate::event::FailureImpact,
+    /// Matrix 2.
+    pub risk_rating: RiskRating,
+    /// Live assessments of the tree.
+    pub assessments_total: u32,
+}
+
+/// A row of `sensor_windows` (key: tree_id); `window_end` is the watermark of the read time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowRow {
+    /// Greatest tilt in the window.
+    pub tilt_max: Option<F64>,
+    /// Least sway frequency.
+    pub sway_min: Option<F64>,
+    /// Greatest gust.
+    pub gust_max: Option<F64>,
+    /// Mean soil moisture.
+    pub soil_mean: Option<F64>,
+    /// Readings of all four metrics.
+    pub readings: u64,
+}
+
+/// A row of `tree_scores` (key: tree_id).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ScoreRow {
+    /// The tree's region.
+    pub region: crate::event::Region,
+    /// The score and its parts.
+    pub score: Score,
+}
+
+/// A row of `agent_activity` (key: (agent_id, day number)).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AgentDayRow {
+    /// Live assessments by the agent observed that day.
+    pub assessments: u64,
+    /// Distinct trees among them.
+    pub distinct_trees: u64,
+    /// Those rated high or extreme.
+    pub high_or_extreme: u64,
+}
+
+/// The aggregates of `region_summary`, kept as a difference type so that a
+/// tree's change updates its region in O(1) instead of rescanning the region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RegionAgg {
+    /// Registered trees.
+    pub trees: i64,
+    /// Registered trees with a current assessment.
+    pub assessed_trees: i64,
+    /// Sum of scores × 10 (scores have one decimal, so this is exact).
+    pub score_x10_sum: i64,
+    /// Trees per band: good, fair, poor, critical.
+    pub bands: [i64; 4],
+    /// Trees per risk rating: low, moderate, high, extreme.
+    pub risks: [i64; 4],
+}
+
+impl RegionAgg {
+    /// Mean score of the region's trees.
+    pub fn mean_score(&self) -> f64 {
+        if self.trees == 0 {
+            0.0
+        } else {
+            self.score_x10_sum as f64 / 10.0 / self.trees as f64
+        }
+    }
+    fn of(score: &Score) -> Self {
+        let mut agg = RegionAgg {
+            trees: 1,
+            assessed_trees: i64::from(score.risk_rating.is_some()),
+            score_x10_sum: (score.score.0 * 10.0).round() as i64,
+            ..Default::default()
+        };
+        agg.bands[score.band as usize] = 1;
+        if let Some(r) = score.risk_rating {
+            agg.risks[r as usize] = 1;
+        }
+        agg
+    }
+}
+
+impl IsZero for RegionAgg {
+    fn is_zero(&self) -> bool {
+        *self == RegionAgg::default()
+    }
+}
+impl Semigroup for RegionAgg {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.trees += rhs.trees;
+        self.assessed_trees += rhs.assessed_trees;
+        self.score_x10_sum += rhs.score_x10_sum;
+        for i in 0..4 {
+            self.bands[i] += rhs.bands[i];
+            self.risks[i] += rhs.risks[i];
+        }
+    }
+}
+impl Monoid for RegionAgg {
+    fn zero() -> Self {
+        RegionAgg::default()
+    }
+}
+impl Abelian for RegionAgg {
+    fn negate(&mut self) {
+        *self = self.multiply(&-1);
+    }
+}
+impl Multiply<isize> for RegionAgg {
+    type Output = RegionAgg;
+    fn multiply(self, rhs: &isize) -> RegionAgg {
+        let k = *rhs as i64;
+        let mut out = self;
+        out.trees *= k;
+        out.assessed_trees *= k;
+        out.score_x10_sum *= k;
+        for i in 0..4 {
+            out.bands[i] *= k;
+            out.risks[i] *= k;
+        }
+        out
+    }
+}
+
+/// Current registry entries: for each tree the version with the greatest
+/// `(updated_at, source position)`, unless that version is a deletion.
+pub fn current_trees<'s, T>(versions: Keyed<'s, T, Id, TreeEvent>) -> Keyed<'s, T, Id, TreeEvent>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    // Values arrive sorted; TreeEvent orders by (updated_at, pos) first, so the last one wins.
+    versions.reduce_named("CurrentTrees", |_tree, versions, out| {
+        let (latest, _) = versions[versions.len() - 1];
+        if !latest.deleted {
+            out.push((latest.clone(), 1));
+        }
+    })
+}
+
+/// Live assessments keyed by tree: for each assessment id the revision with the
+/// greatest `(revision, source position)`, unless it withdraws the assessment.
+pub fn live_assessments<'s, T>(revisions: Keyed<'s, T, Id, AssessmentEvent>) -> Keyed<'s, T, Id, AssessmentEvent>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    // Per assessment id: AssessmentEvent orders by (assessment_id, revision, pos) first, so the last one wins.
+    revisions
+        .reduce_named("LiveAssessments", |_id, revisions, out| {
+            let (latest, _) = revisions[revisions.len() - 1];
+            if !latest.withdrawn {
+                out.push((latest.clone(), 1));
+            }
+        })
+        // Re-key by the tree (a revision may move an assessment to another tree).
+        .map(|(_id, a)| (a.tree_id.clone(), a))
+}
+
+/// `afiss_current`: per tree, the live assessment with the greatest
+/// `(observed_at, assessment_id)`, rated with the TRAQ matrices, and the count of live ones.
+pub fn afiss_current<'s, T>(live: Keyed<'s, T, Id, AssessmentEvent>) -> Keyed<'s, T, Id, AfissRow>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    live.reduce_named("AfissCurrent", |_tree, live, out| {
+        let total: isize = live.iter().map(|(_, n)| *n).sum();
+        let current = live
+            .iter()
+            .map(|(a, _)| *a)
+            .max_by(|x, y| (x.observed_at, &x.assessment_id).cmp(&(y.observed_at, &y.assessment_id)));
+        if let Some(a) = current {
+            let fi = failure_impact(a.likelihood_of_failure, a.likelihood_of_impact);
+            out.push((
+                AfissRow {
+                    assessment: a.clone(),
+                    failure_impact: fi,
+                    risk_rating: risk_rating(fi, a.consequences),
+                    assessments_total: total as u32,
+                },
+                1,
+            ));
+        }
+    })
+}
+
+/// `sensor_windows`: per tree, aggregates of the readings currently in the window.
+pub fn sensor_windows<'s, T>(window: Keyed<'s, T, Id, (Metric, F64)>) -> Keyed<'s, T, Id, WindowRow>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    // Values arrive sorted by (metric, value) with their multiplicities.
+    window.reduce_named("SensorWindows", |_tree, readings, out| {
+        let mut row = WindowRow::default();
+        let (mut soil_sum, mut soil_n) = (0.0, 0isize);
+        for ((metric, value), n) in readings {
+            if *n <= 0 {
+                continue;
+            }
+            row.readings += *n as u64;
+            match metric {
+                Metric::TiltDeg => row.tilt_max = Some(*value),
+                Metric::SwayHz => row.sway_min = row.sway_min.or(Some(*value)),
+                Metric::WindGustMs => row.gust_max = Some(*value),
+                Metric::SoilMoisturePct => {
+                    soil_sum += value.0 * *n as f64;
+                    soil_n += n;
+                }
+            }
+        }
+        if soil_n > 0 {
+            row.soil_mean = Some(F64(soil_sum / soil_n as f64));
+        }
+        if row.readings > 0 {
+            out.push((row, 1));
+        }
+    })
+}
+
+/// One tree's inputs to its score, tagged by where they come from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum ScorePart {
+    Tree(TreeEvent),
+    Afiss(AfissRow),
+    Window(WindowRow),
+}
+
+/// `tree_scores`: the TreeScore of every registered tree from its registry
+/// entry, its current assessment (if any) and its window (if any).
+pub fn tree_scores<'s, T>(
+    trees: Keyed<'s, T, Id, TreeEvent>,
+    afiss: Keyed<'s, T, Id, AfissRow>,
+    windows: Keyed<'s, T, Id, WindowRow>,
+) -> Keyed<'s, T, Id, ScoreRow>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    // A three-way left outer join from trees, done as one reduction over the tagged parts.
+    trees
+        .map(|(id, t)| (id, ScorePart::Tree(t)))
+        .concat(afiss.map(|(id, a)| (id, ScorePart::Afiss(a))))
+        .concat(windows.map(|(id, w)| (id, ScorePart::Window(w))))
+        .reduce_named("TreeScores", |_tree, parts, out| {
+            let mut inputs = ScoreInputs::default();
+            let mut region = None;
+            for (part, n) in parts {
+                if *n <= 0 {
+                    continue;
+                }
+                match part {
+                    ScorePart::Tree(t) => {
+                        region = t.region;
+                        inputs.baseline_tilt_deg = t.baseline_tilt_deg.0;
+                        inputs.baseline_sway_hz = t.baseline_sway_hz.map(|b| b.0);
+                    }
+                    ScorePart::Afiss(a) => {
+                        inputs.risk = Some(a.risk_rating);
+                        inputs.defect_severity_sum = a.assessment.defect_severity_sum;
+                        inputs.crown_dieback_pct = a.assessment.crown_dieback_pct.0;
+                    }
+                    ScorePart::Window(w) => {
+                        inputs.tilt_max = w.tilt_max.map(|v| v.0);
+                        inputs.sway_min = w.sway_min.map(|v| v.0);
+                        inputs.gust_max = w.gust_max.map(|v| v.0);
+                        inputs.soil_mean = w.soil_mean.map(|v| v.0);
+                    }
+                }
+            }
+            if let Some(region) = region {
+                out.push((ScoreRow { region, score: tree_score(&inputs) }, 1));
+            }
+        })
+}
+
+/// `region_summary`: per region, counts and mean score of its registered trees.
+pub fn region_summary<'s, T>(scores: Keyed<'s, T, Id, ScoreRow>) -> Keyed<'s, T, crate::event::Region, RegionAgg>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    // Each tree contributes its aggregate as a difference; `count` sums them per region.
+    scores
+        .explode(|(_tree, row)| Some((row.region, RegionAgg::of(&row.score))))
+        .count()
+}
+
+/// `agent_activity`: per (agent, UTC day of `observed_at`), the agent's live assessments.
+pub fn agent_activity<'s, T>(live: Keyed<'s, T, Id, AssessmentEvent>) -> Keyed<'s, T, (Id, i32), AgentDayRow>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    live.map(|(tree, a)| {
+        let fi = failure_impact(a.likelihood_of_failure, a.likelihood_of_impact);
+        let high = matches!(risk_rating(fi, a.consequences), RiskRating::High | RiskRating::Extreme);
+        ((a.agent_id.clone(), day_of(a.observed_at)), (tree, a.assessment_id, high))
+    })
+    .reduce_named("AgentActivity", |_agent_day, assessments, out| {
+        // Values sorted by tree first, so distinct trees are runs.
+        let mut row = AgentDayRow { assessments: 0, distinct_trees: 0, high_or_extreme: 0 };
+        let mut last_tree: Option<&Id> = None;
+        for ((tree, _id, high), n) in assessments {
+            if *n <= 0 {
+                continue;
+            }
+            row.assessments += *n as u64;
+            if *high {
+                row.high_or_extreme += *n as u64;
+            }
+            if last_tree != Some(tree) {
+                row.distinct_trees += 1;
+                last_tree = Some(tree);
+            }
+        }
+        if row.assessments > 0 {
+            out.push((row, 1));
+        }
+    })
+}
