@@ -255,7 +255,7 @@ fn summary(catalog: &Catalog, stats: &Stats) -> String {
 
 fn progress_loop(catalog: &Catalog, stats: &Stats, shutdown: &AtomicBool, finished: &AtomicBool) {
     let tty = std::io::stderr().is_terminal();
-    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(2) };
     let mut last = (Instant::now(), 0u64);
     while !shutdown.load(Ordering::SeqCst) && !finished.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));

@@ -170,7 +170,8 @@ pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str,
         ],
     );
 
-    let regions: Vec<_> = views.region_summary.iter().collect();
+    let mut regions: Vec<_> = views.region_summary.iter().collect();
+    regions.sort_by_key(|(r, _)| r.as_str());
     let r = |f: fn(&treeai_dataflows::views::RegionAgg) -> i64| ints(regions.iter().map(move |(_, a)| f(a)));
     let regions_batch = batch(
         vec![

@@ -266,8 +266,9 @@ impl Generator {
         }
     }
 
-    /// Number of events generated so far.
-    pub fn count(&self) -> u64 {
+    /// Number of events generated so far (named so as not to clash with
+    /// [`Iterator::count`]).
+    pub fn generated(&self) -> u64 {
         self.count
     }
 
@@ -369,12 +370,12 @@ impl Generator {
                 // trees lean with the gusts.
                 t.tilt_drift = (t.tilt_drift * 0.995 + (r1 as f32 - 0.5) * 0.04).clamp(-0.8, 0.8);
                 let storm = env.storm * w * 12.0 * (0.6 + 0.4 * r2);
-                (t.base_tilt as f64 + t.tilt_drift as f64 + storm + (r2 - 0.5) * 0.1).clamp(0.0, 90.0)
+                (t.base_tilt + t.tilt_drift as f64 + storm + (r2 - 0.5) * 0.1).clamp(0.0, 90.0)
             }
             1 => {
                 // Sway: natural frequency, a little lower for weakened trees and
                 // clearly lower for weak trees in a storm.
-                let f = t.base_sway as f64 * (1.0 - 0.12 * w) * (1.0 - 0.35 * w * env.storm) * (1.0 + (r1 + r2 - 1.0) * 0.03);
+                let f = t.base_sway * (1.0 - 0.12 * w) * (1.0 - 0.35 * w * env.storm) * (1.0 + (r1 + r2 - 1.0) * 0.03);
                 f.clamp(0.05, 20.0)
             }
             2 => {
@@ -437,7 +438,7 @@ impl Generator {
     /// Fills the ratings of `rec` from the tree's condition and the weather.
     fn rate(&mut self, rec: &mut AssessmentRec) {
         let t = &self.trees[rec.tree as usize];
-        let (w, occ, dbh) = (t.weakness as f64, t.occupancy as i32, t.dbh as f64);
+        let (w, occ, dbh) = (t.weakness as f64, t.occupancy as i32, t.dbh);
         let recent = self.env[t.region as usize].recent;
         let f = w + 0.25 * (self.unit() - 0.5) + 0.2 * recent;
         rec.lof = if f < 0.3 {
@@ -643,7 +644,7 @@ impl Generator {
                 let (k, v) = out_of_range(rng, kind, &map);
                 set_field(&mut map, k, v);
             }
-            Bad::BadId => {
+            Bad::Id => {
                 let k = fields.ids[rng.random_range(0..fields.ids.len())];
                 let id = map.get(k).and_then(Value::as_str).unwrap_or("X-1").to_string();
                 let bad = match rng.random_range(0..3) {
@@ -661,7 +662,7 @@ impl Generator {
                 };
                 map.insert(k.into(), Value::String(bad));
             }
-            Bad::BadTs => {
+            Bad::Timestamp => {
                 let k = fields.ts;
                 let v = match rng.random_range(0..12) {
                     0 => Value::from("yesterday"),
@@ -697,7 +698,7 @@ impl Generator {
                     .collect();
                 map.insert("defects".into(), Value::Array(defects));
             }
-            Bad::BadDefect => {
+            Bad::DefectItem => {
                 let item = match rng.random_range(0..4) {
                     0 => Value::Object(Map::from_iter([("kind".to_string(), Value::from("crack"))])),
                     1 => Value::Object(Map::from_iter([("severity".to_string(), Value::from(3))])),
@@ -815,8 +816,11 @@ const CONSEQUENCES: [&str; 4] = ["negligible", "minor", "significant", "severe"]
 const DEFECT_KINDS: [&str; 9] =
     ["decay", "crack", "lean", "deadwood", "root_damage", "cavity", "canker", "included_bark", "hanger"];
 
-/// City boxes per region: (lat_min, lat_max, lon_min, lon_max, weight).
-const CITIES: [&[(f64, f64, f64, f64, f64)]; 3] = [
+/// A city box: (lat_min, lat_max, lon_min, lon_max, weight).
+type City = (f64, f64, f64, f64, f64);
+
+/// City boxes per region.
+const CITIES: [&[City]; 3] = [
     &[
         (40.55, 40.88, -74.05, -73.75, 0.45), // New York
         (42.28, 42.39, -71.15, -71.00, 0.15), // Boston
@@ -1177,12 +1181,12 @@ enum Bad {
     WrongType,
     UnknownEnum,
     OutOfRange,
-    BadId,
-    BadTs,
+    Id,
+    Timestamp,
     NonFinite,
     LongString,
     TooManyDefects,
-    BadDefect,
+    DefectItem,
 }
 
 struct Fields {
@@ -1202,8 +1206,8 @@ impl Fields {
             Bad::WrongType,
             Bad::UnknownEnum,
             Bad::OutOfRange,
-            Bad::BadId,
-            Bad::BadTs,
+            Bad::Id,
+            Bad::Timestamp,
             Bad::NonFinite,
         ];
         const READING: Fields = Fields {
@@ -1251,7 +1255,7 @@ impl Fields {
                 COMMON[8],
                 Bad::LongString,
                 Bad::TooManyDefects,
-                Bad::BadDefect,
+                Bad::DefectItem,
             ],
         };
         match kind {
@@ -1433,7 +1437,7 @@ fn push_fixed(buf: &mut Vec<u8>, v: f64, decimals: usize) {
         return;
     }
     let mut d = decimals;
-    while frac % 10 == 0 {
+    while frac.is_multiple_of(10) {
         frac /= 10;
         d -= 1;
     }
@@ -1918,7 +1922,7 @@ mod tests {
                     ids.entry(e.key).or_insert(v);
                 }
             }
-            assert_eq!(g.count(), 3_000);
+                assert_eq!(g.generated(), 3_000);
             ids
         };
         let whole = tree_ids(0, 1);

@@ -1,0 +1,108 @@
+//! Helpers shared by the test modules.
+
+use arrow::array::{Array, Date32Array, Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Rows of a record batch as JSON objects, in the encoding of [`crate::naive`]:
+/// timestamps as epoch ms, dates as `YYYY-MM-DD`.
+pub fn batch_rows(batch: &RecordBatch) -> Vec<Map<String, Value>> {
+    let schema = batch.schema();
+    let mut rows = vec![Map::new(); batch.num_rows()];
+    for (i, field) in schema.fields().iter().enumerate() {
+        let col = batch.column(i);
+        for (r, row) in rows.iter_mut().enumerate() {
+            let v = if col.is_null(r) {
+                Value::Null
+            } else {
+                match field.data_type() {
+                    DataType::Utf8 => Value::from(col.as_any().downcast_ref::<StringArray>().unwrap().value(r)),
+                    DataType::Int64 => Value::from(col.as_any().downcast_ref::<Int64Array>().unwrap().value(r)),
+                    DataType::Float64 => Value::from(col.as_any().downcast_ref::<Float64Array>().unwrap().value(r)),
+                    DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                        Value::from(col.as_any().downcast_ref::<TimestampMillisecondArray>().unwrap().value(r))
+                    }
+                    DataType::Date32 => Value::from(treeai_dataflows::time::format_day(
+                        col.as_any().downcast_ref::<Date32Array>().unwrap().value(r),
+                    )),
+                    DataType::Binary => Value::from(String::from_utf8_lossy(
+                        col.as_any().downcast_ref::<arrow::array::BinaryArray>().unwrap().value(r),
+                    )),
+                    other => panic!("unexpected column type {other:?}"),
+                }
+            };
+            row.insert(field.name().clone(), v);
+        }
+    }
+    rows
+}
+
+/// Compares two sets of views; floats within 1e-6, except `score`/`mean_score`
+/// within the spec's 0.1, and a `band` may differ only next to a band boundary.
+/// Returns a description of the first differences.
+pub fn diff_views(
+    got: &BTreeMap<&'static str, Vec<Map<String, Value>>>,
+    want: &BTreeMap<&'static str, Vec<Map<String, Value>>>,
+) -> Option<String> {
+    let mut out = String::new();
+    for (view, want_rows) in want {
+        let Some(got_rows) = got.get(view) else {
+            out += &format!("view {view} missing\n");
+            continue;
+        };
+        if got_rows.len() != want_rows.len() {
+            out += &format!("{view}: {} rows, want {}\n", got_rows.len(), want_rows.len());
+        }
+        for (g, w) in got_rows.iter().zip(want_rows) {
+            if !rows_match(g, w) {
+                out += &format!("{view}:\n  got  {}\n  want {}\n", Value::Object(g.clone()), Value::Object(w.clone()));
+            }
+        }
+        if out.len() > 4000 {
+            break;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn near_band_boundary(row: &Map<String, Value>) -> bool {
+    let s = row.get("score").and_then(Value::as_f64).unwrap_or(-1.0);
+    [40.0, 60.0, 80.0].iter().any(|b| (s - b).abs() <= 0.1 + 1e-9)
+}
+
+fn rows_match(g: &Map<String, Value>, w: &Map<String, Value>) -> bool {
+    if g.len() != w.len() {
+        return false;
+    }
+    for (k, wv) in w {
+        let Some(gv) = g.get(k) else { return false };
+        let ok = match (gv, wv) {
+            (Value::Number(a), Value::Number(b)) => {
+                let (a, b) = (a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
+                let tol = if k == "score" || k == "mean_score" { 0.1 + 1e-9 } else { 1e-6 };
+                (a - b).abs() <= tol
+            }
+            (Value::String(a), Value::String(b)) if k == "band" => a == b || near_band_boundary(w),
+            _ => gv == wv,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// The `treeai` binary next to this test executable (built by `cargo build` first).
+pub fn treeai_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TREEAI_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(format!("treeai{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} not found: run `cargo build -p treeai` first (or set TREEAI_BIN)", bin.display());
+    bin
+}
