@@ -1,1 +1,189 @@
-fn main() {}
+//! Ingest benchmark: events/s through parse → all six views, beside a
+//! parse-only baseline of the same file measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p treeai-benchmarks --bin ingest-bench -- [--events N] [--trees N] [--workers N]
+//! ```
+//!
+//! Phases (one process, one run):
+//! 1. generate an NDJSON file of N events over T trees (the built-in generator);
+//! 2. baseline: read + parse + validate the file with W threads, nothing else;
+//! 3. the pipeline over the file with W workers (all six views, final state);
+//! 4. the pipeline over the generator directly (no file);
+//! 5. update latency: rounds of 10,000 readings into warm views, p50/p99.
+//!
+//! Prints events/s, the ratio pipeline / parse-only, and peak memory (VmHWM).
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use treeai_connectors::file::FileSource;
+use treeai_connectors::generated::GeneratorSource;
+use treeai_connectors::generator::{Generator, GeneratorConfig};
+use treeai_connectors::pipeline::run_bounded;
+use treeai_connectors::SourceSpec;
+use treeai_dataflows::event::Position;
+use treeai_dataflows::parse::parse_event;
+use treeai_dataflows::runtime::{run, RuntimeConfig, Stats};
+use treeai_dataflows::source::{NullSink, Poll, RawMessage, Sink, Source, SourceFactory};
+use treeai_dataflows::store::Catalog;
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).with_context(|| format!("{name} needs a value"))?.parse().with_context(|| name.to_string()),
+        None => Ok(default),
+    }
+}
+
+/// A source that records how long each round takes (time between polls) once warm.
+struct TimedSource {
+    inner: GeneratorSource,
+    rounds: Arc<Mutex<Histogram<u64>>>,
+    last: Option<Instant>,
+    warmup: u64,
+}
+
+impl Source for TimedSource {
+    fn poll(&mut self, max: usize, emit: &mut dyn FnMut(RawMessage<'_>)) -> Poll {
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            if self.warmup == 0 {
+                let _ = self.rounds.lock().map(|mut h| h.record(now.duration_since(last).as_micros() as u64));
+            } else {
+                self.warmup -= 1;
+            }
+        }
+        self.last = Some(now);
+        self.inner.poll(max, emit)
+    }
+    fn describe(&self, pos: Position) -> String {
+        self.inner.describe(pos)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let events = arg(&args, "--events", 1_000_000)?;
+    let trees = arg(&args, "--trees", 10_000)?;
+    let workers = arg(&args, "--workers", 2)? as usize;
+    if workers == 0 || events == 0 {
+        bail!("--workers and --events must be positive");
+    }
+    let gen_config = GeneratorConfig { trees, bad_fraction: 0.001, ..Default::default() };
+    println!("ingest-bench: {events} events, {trees} trees, {workers} workers");
+
+    // 1. The input file.
+    let dir = tempfile_dir()?;
+    let path = dir.join("events.ndjson");
+    let t = Instant::now();
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        for e in Generator::new(gen_config.clone(), 0, 1).take(events as usize) {
+            out.write_all(&e.json)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
+    let bytes = std::fs::metadata(&path)?.len();
+    println!("generated {:.1} MB in {:.2}s", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
+
+    // 2. Baseline: parse + validate only, same threads, same file split.
+    let t = Instant::now();
+    let parsed: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let path = path.clone();
+                s.spawn(move || {
+                    let mut src = FileSource::new(vec![path], w, workers).expect("open");
+                    let mut valid = 0u64;
+                    while src.poll(16_384, &mut |m| valid += u64::from(parse_event(m.bytes, m.kind, m.pos).is_ok())) != Poll::Done {}
+                    valid
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    let parse_secs = t.elapsed().as_secs_f64();
+    let parse_rate = events as f64 / parse_secs;
+    println!("parse-only:          {:>12.0} events/s ({parsed} valid)   peak RSS {:.0} MB", parse_rate, peak_rss_mb());
+
+    let batch = arg(&args, "--batch", RuntimeConfig::default().batch as u64)? as usize;
+    let config = RuntimeConfig { workers, batch, ..Default::default() };
+    // 3. The pipeline from the file.
+    let t = Instant::now();
+    let result = run_bounded(SourceSpec::Files(vec![path.clone()]), config.clone())?;
+    let file_secs = t.elapsed().as_secs_f64();
+    let file_rate = events as f64 / file_secs;
+    let sizes = result.views.sizes();
+    drop(result);
+    println!(
+        "pipeline (file):     {:>12.0} events/s   ratio to parse-only {:.2}   peak RSS {:.0} MB   views {:?}",
+        file_rate,
+        file_rate / parse_rate,
+        peak_rss_mb(),
+        sizes
+    );
+
+    // 4. The pipeline from the generator.
+    let t = Instant::now();
+    let result = run_bounded(
+        SourceSpec::Generator { config: gen_config.clone(), paced: false, count: Some(events) },
+        config.clone(),
+    )?;
+    let gen_rate = events as f64 / t.elapsed().as_secs_f64();
+    drop(result);
+    println!("pipeline (generator):{:>12.0} events/s   peak RSS {:.0} MB", gen_rate, peak_rss_mb());
+
+    // 5. Update latency: rounds of 10,000 events (readings, ~97%) per worker into warm views.
+    let rounds = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let per_worker = 10_000 / workers;
+    let factory: SourceFactory = {
+        let (rounds, gen_config) = (rounds.clone(), gen_config.clone());
+        Arc::new(move |w, peers| {
+            Ok(Box::new(TimedSource {
+                inner: GeneratorSource::new(gen_config.clone(), w, peers, false, Some(events.min(2_000_000))),
+                rounds: rounds.clone(),
+                last: None,
+                warmup: 20,
+            }) as Box<dyn Source>)
+        })
+    };
+    let catalog = Arc::new(Catalog::new(workers));
+    run(
+        RuntimeConfig { batch: per_worker, ..config },
+        factory,
+        Arc::new(|_| Box::new(NullSink) as Box<dyn Sink>),
+        catalog,
+        Arc::new(Stats::new()),
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    let h = rounds.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    println!(
+        "10k-event update rounds: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} rounds)",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("treeai-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -5,7 +5,7 @@ use crate::arrow_views::{deadletter_batch, view_batches, write_parquet, Codec};
 use crate::sinks::{CollectSink, Collected};
 use crate::{ConnectorError, SourceSpec};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use treeai_dataflows::runtime::{self, RuntimeConfig, Stats};
 use treeai_dataflows::store::{Catalog, Views};
@@ -38,7 +38,6 @@ pub fn run_bounded(source: SourceSpec, config: RuntimeConfig) -> Result<BatchRes
     .map_err(|e| ConnectorError::Input(e.to_string()))?;
     let snapshot = catalog.read();
     let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
-    let _ = stats.events_read.load(Ordering::Relaxed);
     Ok(BatchResult { views: snapshot.views.clone(), watermark: snapshot.watermark, collected, stats })
 }
 

@@ -32,8 +32,7 @@ use crate::views::{self, ScoreRow};
 use differential_dataflow::input::InputSession;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -170,7 +169,7 @@ impl PartitionTracker {
 }
 
 /// A reading waiting for the watermark (keyed by `ts`) or for its expiry (keyed by `ts + 1h`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Timed {
     at: i64,
     tree: Id,
@@ -180,11 +179,49 @@ struct Timed {
 
 type WindowInput = InputSession<u64, (Id, (Metric, F64)), isize>;
 
+/// Readings bucketed by the second of their `at`: pushing is O(1), and taking
+/// everything up to a time touches only the buckets it empties (and the one it cuts).
+#[derive(Default)]
+struct TimeQueue {
+    buckets: BTreeMap<i64, Vec<Timed>>,
+}
+
+impl TimeQueue {
+    fn push(&mut self, t: Timed) {
+        self.buckets.entry(t.at.div_euclid(1000)).or_default().push(t);
+    }
+    /// Removes and passes to `f` every reading with `at <= w`.
+    fn take_until(&mut self, w: i64, mut f: impl FnMut(Timed)) {
+        let last = w.div_euclid(1000);
+        while let Some(mut entry) = self.buckets.first_entry() {
+            if *entry.key() < last {
+                entry.remove().into_iter().for_each(&mut f);
+            } else if *entry.key() == last {
+                let bucket = entry.get_mut();
+                let mut i = 0;
+                while i < bucket.len() {
+                    if bucket[i].at <= w {
+                        f(bucket.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                if bucket.is_empty() {
+                    entry.remove();
+                }
+                break;
+            } else {
+                break;
+            }
+        }
+    }
+}
+
 /// Moves readings into and out of the window as the watermark advances.
 #[derive(Default)]
 struct WindowDriver {
-    pending: BinaryHeap<Reverse<Timed>>,
-    live: BinaryHeap<Reverse<Timed>>,
+    pending: TimeQueue,
+    live: TimeQueue,
 }
 
 /// How a reading was handled.
@@ -199,39 +236,38 @@ impl WindowDriver {
         match w {
             Some(w) if t.at <= w => {
                 if t.at > w - HOUR_MS {
-                    self.insert(t, input);
+                    Self::insert(&mut self.live, t, input);
                     Offer::Applied { late: true }
                 } else {
                     Offer::Expired
                 }
             }
             _ => {
-                self.pending.push(Reverse(t));
+                self.pending.push(t);
                 Offer::Pending
             }
         }
     }
-    fn insert(&mut self, mut t: Timed, input: &mut WindowInput) {
+    fn insert(live: &mut TimeQueue, mut t: Timed, input: &mut WindowInput) {
         input.update((t.tree.clone(), (t.metric, t.value)), 1);
         t.at += HOUR_MS;
-        self.live.push(Reverse(t));
+        live.push(t);
     }
     /// Applies watermark `w` at the input's current time; returns whether anything changed.
     fn advance(&mut self, w: i64, input: &mut WindowInput) -> bool {
         let mut changed = false;
-        while self.pending.peek().is_some_and(|Reverse(t)| t.at <= w) {
-            let Some(Reverse(t)) = self.pending.pop() else { break };
+        let live = &mut self.live;
+        self.pending.take_until(w, |t| {
             // A reading that the watermark jumped past entirely was never in a window.
             if t.at > w - HOUR_MS {
-                self.insert(t, input);
+                Self::insert(live, t, input);
                 changed = true;
             }
-        }
-        while self.live.peek().is_some_and(|Reverse(t)| t.at <= w) {
-            let Some(Reverse(t)) = self.live.pop() else { break };
+        });
+        self.live.take_until(w, |t| {
             input.update((t.tree, (t.metric, t.value)), -1);
             changed = true;
-        }
+        });
         changed
     }
 }
@@ -566,3 +602,81 @@ fn worker_main(
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Region;
+    use crate::rating::{tree_score, ScoreInputs};
+
+    fn report(worker: usize, active_min: Option<i64>, max_ts: Option<i64>, done: bool) -> Option<Report> {
+        Some(Report { worker, round: 1, active_min, max_ts, done, time: 0 })
+    }
+
+    #[test]
+    fn watermark_rules() {
+        // Not everyone has reported: no watermark decision yet.
+        assert_eq!(global_watermark(&[report(0, Some(10_000), Some(10_000), false), None], 5_000), None);
+        // Least maximum over active partitions, minus lateness.
+        let r = [report(0, Some(20_000), Some(30_000), false), report(1, Some(12_000), Some(12_000), false)];
+        assert_eq!(global_watermark(&r, 5_000), Some(Some(7_000)));
+        // A finished or idle worker does not hold the watermark back.
+        let r = [report(0, Some(20_000), Some(30_000), false), report(1, None, Some(12_000), true)];
+        assert_eq!(global_watermark(&r, 5_000), Some(Some(15_000)));
+        // Quiet stream: every partition idle -> the greatest ts seen.
+        let r = [report(0, None, Some(30_000), false), report(1, None, Some(12_000), false)];
+        assert_eq!(global_watermark(&r, 5_000), Some(Some(30_000)));
+        // End of a bounded input: the greatest ts, no lateness.
+        let r = [report(0, None, Some(30_000), true), report(1, None, Some(31_000), true)];
+        assert_eq!(global_watermark(&r, 5_000), Some(Some(31_000)));
+        // No readings at all: no watermark.
+        let r = [report(0, None, None, true)];
+        assert_eq!(global_watermark(&r, 5_000), Some(None));
+    }
+
+    fn row(inputs: ScoreInputs) -> ScoreRow {
+        ScoreRow { region: Region::EuWest, score: tree_score(&inputs) }
+    }
+
+    #[test]
+    fn one_alert_per_transition_into_or_out_of_critical() {
+        use crate::event::RiskRating;
+        // High risk (base 35) with one defect: 33, critical. Unassessed with a 30 tilt penalty: 45, poor.
+        let critical = row(ScoreInputs { risk: Some(RiskRating::High), defect_severity_sum: 1, ..Default::default() });
+        let poor = row(ScoreInputs { tilt_max: Some(7.0), ..Default::default() });
+        let good = row(ScoreInputs { risk: Some(RiskRating::Low), ..Default::default() });
+        let worse = row(ScoreInputs { risk: Some(RiskRating::High), defect_severity_sum: 3, ..Default::default() });
+        assert_eq!((critical.score.band.as_str(), poor.score.band.as_str(), good.score.band.as_str()), ("critical", "poor", "good"));
+        let id = |s: &str| Id::from(s);
+        let mut changes = vec![
+            (id("T-1"), poor.clone(), -1),
+            (id("T-1"), critical.clone(), 1), // poor -> critical
+            (id("T-2"), critical.clone(), 1), // first scoring, critical
+            (id("T-3"), critical.clone(), -1),
+            (id("T-3"), good.clone(), 1), // critical -> good
+            (id("T-4"), poor.clone(), -1),
+            (id("T-4"), good.clone(), 1), // poor -> good: no alert
+            (id("T-5"), critical.clone(), -1), // unregistered while critical
+            (id("T-6"), critical.clone(), -1),
+            (id("T-6"), worse, 1), // critical -> critical: no alert
+        ];
+        let alerts = alerts_of(&mut changes, Some(42));
+        let got: Vec<(&str, &str, &str, Option<&str>)> = alerts
+            .iter()
+            .map(|a| (a.tree_id.as_str(), a.kind.as_str(), a.band.as_str(), a.previous_band.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("T-1", "critical", "critical", Some("poor")),
+                ("T-2", "critical", "critical", None),
+                ("T-3", "resolved", "good", Some("critical")),
+                ("T-5", "resolved", "unregistered", Some("critical")),
+            ]
+        );
+        assert!(alerts.iter().all(|a| a.watermark == Some(42)));
+        assert_eq!(alerts[0].top_penalty, "defect");
+        assert_eq!(alerts[0].score, Some(33.0));
+        assert_eq!(alerts[2].top_penalty, "none");
+    }
+}

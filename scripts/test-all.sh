@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project, from a clean clone on a fresh machine.
+# Installs what it needs itself. Called by .ci/run and named in the README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Reuse a target directory outside the clone (kept between sessions when it exists).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/treeai-target}"
+mkdir -p "$CARGO_TARGET_DIR"
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build (the treeai binary is used by the end-to-end tests)"
+cargo build --workspace --all-targets --locked
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "all checks passed"
