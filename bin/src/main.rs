@@ -144,19 +144,30 @@ fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<Runt
     }
     Ok(RuntimeConfig {
         workers,
-        allowed_lateness_ms: common.allowed_lateness_ms.or(file.allowed_lateness_ms).unwrap_or(defaults.allowed_lateness_ms),
-        idle_timeout: common.idle_timeout_ms.or(file.idle_timeout_ms).map_or(defaults.idle_timeout, Duration::from_millis),
+        allowed_lateness_ms: common
+            .allowed_lateness_ms
+            .or(file.allowed_lateness_ms)
+            .unwrap_or(defaults.allowed_lateness_ms),
+        idle_timeout: common
+            .idle_timeout_ms
+            .or(file.idle_timeout_ms)
+            .map_or(defaults.idle_timeout, Duration::from_millis),
         ..defaults
     })
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TREEAI_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TREEAI_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -174,12 +185,18 @@ fn main() {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let config = runtime_config(&args.common, &file)?;
-    let input = if args.input.is_empty() { file.input.clone().unwrap_or_default() } else { args.input.clone() };
+    let input = if args.input.is_empty() {
+        file.input.clone().unwrap_or_default()
+    } else {
+        args.input.clone()
+    };
     let source = if input.is_empty() {
         let g = &file.generator;
         let season = match (&args.season, &g.season) {
             (Some(s), _) => *s,
-            (None, Some(s)) => s.parse().map_err(|e| anyhow::anyhow!("config generator.season: {e:?}"))?,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|e| anyhow::anyhow!("config generator.season: {e:?}"))?,
             (None, None) => Season::Moderate,
         };
         let gen = GeneratorConfig {
@@ -198,12 +215,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "treeai run: embedded default — generator of {} trees, {} agents, {} events/s ({} season), {} workers; Ctrl-C stops",
             gen.trees, gen.agents, gen.rate, gen.season, config.workers
         );
-        SourceSpec::Generator { config: gen, paced: true, count: None }
+        SourceSpec::Generator {
+            config: gen,
+            paced: true,
+            count: None,
+        }
     } else {
         for p in &input {
             std::fs::metadata(p).with_context(|| format!("input {}", p.display()))?;
         }
-        eprintln!("treeai run: streaming {} file(s) with {} workers; Ctrl-C stops", input.len(), config.workers);
+        eprintln!(
+            "treeai run: streaming {} file(s) with {} workers; Ctrl-C stops",
+            input.len(),
+            config.workers
+        );
         SourceSpec::Files(input)
     };
 
@@ -221,15 +246,30 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::new());
     let finished = Arc::new(AtomicBool::new(false));
     let progress = {
-        let (catalog, stats, shutdown, finished) = (catalog.clone(), stats.clone(), shutdown.clone(), finished.clone());
+        let (catalog, stats, shutdown, finished) = (
+            catalog.clone(),
+            stats.clone(),
+            shutdown.clone(),
+            finished.clone(),
+        );
         std::thread::spawn(move || progress_loop(&catalog, &stats, &shutdown, &finished))
     };
     let sinks = Arc::new(|_| Box::new(NullSink) as Box<dyn treeai_dataflows::source::Sink>);
-    let result = runtime::run(config, source.factory(), sinks, catalog.clone(), stats.clone(), shutdown.clone());
+    let result = runtime::run(
+        config,
+        source.factory(),
+        sinks,
+        catalog.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    );
     finished.store(true, Ordering::SeqCst);
     result?;
     if !shutdown.load(Ordering::SeqCst) {
-        eprintln!("\ntreeai run: input complete — {}; staying up (Ctrl-C stops)", summary(&catalog, &stats));
+        eprintln!(
+            "\ntreeai run: input complete — {}; staying up (Ctrl-C stops)",
+            summary(&catalog, &stats)
+        );
         while !shutdown.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -242,7 +282,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 fn summary(catalog: &Catalog, stats: &Stats) -> String {
     let snap = catalog.read();
     let sizes = snap.views.sizes();
-    let views: Vec<String> = VIEW_NAMES.iter().zip(sizes).map(|(n, s)| format!("{n}={s}")).collect();
+    let views: Vec<String> = VIEW_NAMES
+        .iter()
+        .zip(sizes)
+        .map(|(n, s)| format!("{n}={s}"))
+        .collect();
     format!(
         "events {} (rejected {}), watermark {}, alerts {}, rows: {}",
         stats.events_read.load(Ordering::Relaxed),
@@ -255,7 +299,11 @@ fn summary(catalog: &Catalog, stats: &Stats) -> String {
 
 fn progress_loop(catalog: &Catalog, stats: &Stats, shutdown: &AtomicBool, finished: &AtomicBool) {
     let tty = std::io::stderr().is_terminal();
-    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(2) };
+    let every = if tty {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(2)
+    };
     let mut last = (Instant::now(), 0u64);
     while !shutdown.load(Ordering::SeqCst) && !finished.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
@@ -285,7 +333,11 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     }
     let start_ms = match args.start.as_str() {
         "now" => now_ms(),
-        s => s.parse::<i64>().ok().or_else(|| parse_rfc3339(s)).with_context(|| format!("--start {s:?} is not RFC 3339, epoch ms or now"))?,
+        s => s
+            .parse::<i64>()
+            .ok()
+            .or_else(|| parse_rfc3339(s))
+            .with_context(|| format!("--start {s:?} is not RFC 3339, epoch ms or now"))?,
     };
     let count = match (args.count, args.duration) {
         (Some(c), _) => c,
@@ -303,7 +355,9 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         start_ms,
     };
     let out: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        Some(p) => {
+            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
@@ -315,7 +369,10 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     out.flush()?;
     if args.output.is_some() {
         let secs = started.elapsed().as_secs_f64();
-        eprintln!("treeai produce: {count} events in {secs:.2}s ({:.0} events/s)", count as f64 / secs.max(1e-9));
+        eprintln!(
+            "treeai produce: {count} events in {secs:.2}s ({:.0} events/s)",
+            count as f64 / secs.max(1e-9)
+        );
     }
     Ok(())
 }

@@ -45,7 +45,12 @@ pub struct Views {
     pub agent_activity: BTreeMap<(Id, i32), AgentDayRow>,
 }
 
-fn apply_map<K: std::hash::Hash + Eq, V: PartialEq>(map: &mut HashMap<K, V>, k: K, v: V, diff: isize) {
+fn apply_map<K: std::hash::Hash + Eq, V: PartialEq>(
+    map: &mut HashMap<K, V>,
+    k: K,
+    v: V,
+    diff: isize,
+) {
     if diff > 0 {
         map.insert(k, v);
     } else if map.get(&k) == Some(&v) {
@@ -124,18 +129,28 @@ impl Catalog {
     /// A catalog fed by `workers` workers.
     pub fn new(workers: usize) -> Self {
         Catalog {
-            snapshot: RwLock::new(Snapshot { frontier: Some(DataflowTime(0)), ..Default::default() }),
-            pending: Mutex::new(Pending { frontiers: vec![None; workers], ..Default::default() }),
+            snapshot: RwLock::new(Snapshot {
+                frontier: Some(DataflowTime(0)),
+                ..Default::default()
+            }),
+            pending: Mutex::new(Pending {
+                frontiers: vec![None; workers],
+                ..Default::default()
+            }),
         }
     }
 
     /// Read access to the views at one time. Hold it briefly: writers wait.
     pub fn read(&self) -> RwLockReadGuard<'_, Snapshot> {
-        self.snapshot.read().unwrap_or_else(|poison| poison.into_inner())
+        self.snapshot
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// A worker delivers its view changes, its frontier (`None`: finished) and
@@ -150,7 +165,11 @@ impl Catalog {
         let mut pending = self.pending();
         pending.input_watermark = pending.input_watermark.max(input_watermark);
         for (change, time, diff) in changes {
-            pending.changes.entry(time).or_default().push((change, diff));
+            pending
+                .changes
+                .entry(time)
+                .or_default()
+                .push((change, diff));
         }
         pending.frontiers[worker] = Some(frontier);
         // The global frontier: the least worker frontier (a finished worker holds nothing back).
@@ -165,11 +184,16 @@ impl Catalog {
         let ready: Vec<(DataflowTime, Vec<(ViewChange, isize)>)> = match global {
             Some(g) => {
                 let later = pending.changes.split_off(&g);
-                std::mem::replace(&mut pending.changes, later).into_iter().collect()
+                std::mem::replace(&mut pending.changes, later)
+                    .into_iter()
+                    .collect()
             }
             None => std::mem::take(&mut pending.changes).into_iter().collect(),
         };
-        let mut snap = self.snapshot.write().unwrap_or_else(|poison| poison.into_inner());
+        let mut snap = self
+            .snapshot
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
         // Hold the pending lock while writing, so that deliveries apply in frontier order.
         for (_time, mut changes) in ready {
             // Retractions first: within a time each key has at most one row before and after.

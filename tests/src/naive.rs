@@ -402,11 +402,21 @@ struct Range {
 }
 
 const fn closed(lo: f64, hi: f64) -> Range {
-    Range { lo, lo_closed: true, hi, hi_closed: true }
+    Range {
+        lo,
+        lo_closed: true,
+        hi,
+        hi_closed: true,
+    }
 }
 
 const fn open_closed(lo: f64, hi: f64) -> Range {
-    Range { lo, lo_closed: false, hi, hi_closed: true }
+    Range {
+        lo,
+        lo_closed: false,
+        hi,
+        hi_closed: true,
+    }
 }
 
 fn in_range(x: f64, r: Range) -> bool {
@@ -496,7 +506,10 @@ fn parse_tree(o: &Obj) -> Result<Tree, String> {
     let (lat, lon) = if deleted {
         (opt_number(o, "lat", lat_r)?, opt_number(o, "lon", lon_r)?)
     } else {
-        (Some(req_number(o, "lat", lat_r)?), Some(req_number(o, "lon", lon_r)?))
+        (
+            Some(req_number(o, "lat", lat_r)?),
+            Some(req_number(o, "lon", lon_r)?),
+        )
     };
     let dbh_cm = opt_number(o, "dbh_cm", open_closed(0.0, 1500.0))?;
     let height_m = opt_number(o, "height_m", open_closed(0.0, 150.0))?;
@@ -539,7 +552,9 @@ fn parse_assessment(o: &Obj) -> Result<Assessment, String> {
     let consequences = req_enum(o, "consequences", CONSEQUENCES)?;
     let mut defect_severities = Vec::new();
     if let Some(v) = field(o, "defects") {
-        let items = v.as_array().ok_or_else(|| "defects: not an array".to_string())?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| "defects: not an array".to_string())?;
         if items.len() > 32 {
             return Err("defects: more than 32 items".to_string());
         }
@@ -548,8 +563,10 @@ fn parse_assessment(o: &Obj) -> Result<Assessment, String> {
                 .as_object()
                 .ok_or_else(|| "defects[]: not an object".to_string())?;
             req_enum(d, "kind", DEFECT_KINDS).map_err(|e| format!("defects[].{e}"))?;
-            let sv = field(d, "severity").ok_or_else(|| "defects[].severity: missing".to_string())?;
-            let s = as_integer(sv).ok_or_else(|| "defects[].severity: not an integer".to_string())?;
+            let sv =
+                field(d, "severity").ok_or_else(|| "defects[].severity: missing".to_string())?;
+            let s =
+                as_integer(sv).ok_or_else(|| "defects[].severity: not an integer".to_string())?;
             if !(1..=5).contains(&s) {
                 return Err("defects[].severity: out of 1..5".to_string());
             }
@@ -589,7 +606,12 @@ fn parse_reading(o: &Obj) -> Result<Reading, String> {
     let metric = req_enum(o, "metric", METRICS)?;
     let value = req_number(o, "value", metric_range(&metric))?;
     let ts = req_ts(o, "ts")?;
-    Ok(Reading { tree_id, metric, value, ts })
+    Ok(Reading {
+        tree_id,
+        metric,
+        value,
+        ts,
+    })
 }
 
 /// Validate one NDJSON line (DOMAIN §2). `Err` carries a reason.
@@ -843,7 +865,10 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
         row.insert("dbh_cm".into(), opt_f(t.dbh_cm));
         row.insert("height_m".into(), opt_f(t.height_m));
         row.insert("target_occupancy".into(), opt_s(&t.target_occupancy));
-        row.insert("baseline_tilt_deg".into(), Value::from(t.baseline_tilt_deg.unwrap_or(0.0)));
+        row.insert(
+            "baseline_tilt_deg".into(),
+            Value::from(t.baseline_tilt_deg.unwrap_or(0.0)),
+        );
         row.insert("baseline_sway_hz".into(), opt_f(t.baseline_sway_hz));
         row.insert("updated_at".into(), Value::from(t.updated_at));
         trees_rows.push(row);
@@ -864,7 +889,10 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
         }
         let mut row = Map::new();
         row.insert("tree_id".into(), Value::from(tree_id.as_str()));
-        row.insert("assessment_id".into(), Value::from(a.assessment_id.as_str()));
+        row.insert(
+            "assessment_id".into(),
+            Value::from(a.assessment_id.as_str()),
+        );
         row.insert("revision".into(), Value::from(a.revision));
         row.insert("agent_id".into(), Value::from(a.agent_id.as_str()));
         row.insert("observed_at".into(), Value::from(a.observed_at));
@@ -879,7 +907,10 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
         row.insert("consequences".into(), Value::from(a.consequences.as_str()));
         row.insert("failure_impact".into(), Value::from(fi));
         row.insert("risk_rating".into(), Value::from(rr));
-        row.insert("defect_count".into(), Value::from(a.defect_severities.len() as u64));
+        row.insert(
+            "defect_count".into(),
+            Value::from(a.defect_severities.len() as u64),
+        );
         row.insert("defect_severity_sum".into(), Value::from(sum));
         row.insert("max_defect_severity".into(), Value::from(max));
         row.insert("crown_dieback_pct".into(), Value::from(a.crown_dieback_pct));
@@ -949,8 +980,8 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
             }
             _ => 0.0,
         };
-        let raw = base - defect_penalty - dieback_penalty - tilt_penalty - sway_penalty
-            - storm_penalty;
+        let raw =
+            base - defect_penalty - dieback_penalty - tilt_penalty - sway_penalty - storm_penalty;
         let clamped = raw.clamp(0.0, 100.0);
         let score = (clamped * 10.0).round() / 10.0;
         let b = band(score);
@@ -1009,7 +1040,10 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
         row.insert("poor".into(), Value::from(count(&bands, "poor")));
         row.insert("critical".into(), Value::from(count(&bands, "critical")));
         row.insert("risk_low".into(), Value::from(count(&risks, "low")));
-        row.insert("risk_moderate".into(), Value::from(count(&risks, "moderate")));
+        row.insert(
+            "risk_moderate".into(),
+            Value::from(count(&risks, "moderate")),
+        );
         row.insert("risk_high".into(), Value::from(count(&risks, "high")));
         row.insert("risk_extreme".into(), Value::from(count(&risks, "extreme")));
         region_rows.push(row);
@@ -1046,7 +1080,11 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
     views.insert("tree_scores", score_rows);
     views.insert("region_summary", region_rows);
     views.insert("agent_activity", activity_rows);
-    NaiveViews { watermark, rejected, views }
+    NaiveViews {
+        watermark,
+        rejected,
+        views,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1075,21 +1113,30 @@ mod tests {
         let inputs: Vec<NaiveInput> = text
             .lines()
             .enumerate()
-            .map(|(i, l)| NaiveInput { order: i as u64, line: l.as_bytes() })
+            .map(|(i, l)| NaiveInput {
+                order: i as u64,
+                line: l.as_bytes(),
+            })
             .collect();
         naive_views(&inputs)
     }
 
     fn f(row: &Map<String, Value>, k: &str) -> f64 {
-        row[k].as_f64().unwrap_or_else(|| panic!("{k} not a number: {:?}", row[k]))
+        row[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} not a number: {:?}", row[k]))
     }
 
     fn i(row: &Map<String, Value>, k: &str) -> i64 {
-        row[k].as_i64().unwrap_or_else(|| panic!("{k} not an integer: {:?}", row[k]))
+        row[k]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{k} not an integer: {:?}", row[k]))
     }
 
     fn s<'a>(row: &'a Map<String, Value>, k: &str) -> &'a str {
-        row[k].as_str().unwrap_or_else(|| panic!("{k} not a string: {:?}", row[k]))
+        row[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} not a string: {:?}", row[k]))
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -1109,7 +1156,10 @@ mod tests {
         assert_eq!(w, 1_795_600_200_000);
         assert_eq!(v.watermark, Some(w));
         // The integer ts of the sway reading is 09:00Z.
-        assert_eq!(parse_rfc3339("2026-11-25T09:00:00Z"), Some(1_795_597_200_000));
+        assert_eq!(
+            parse_rfc3339("2026-11-25T09:00:00Z"),
+            Some(1_795_597_200_000)
+        );
 
         // trees
         let trees = &v.views["trees"];
@@ -1120,7 +1170,10 @@ mod tests {
         assert!(trees[0]["dbh_cm"].is_null());
         assert!(close(f(&trees[0], "baseline_tilt_deg"), 2.0));
         assert!(close(f(&trees[0], "baseline_sway_hz"), 0.5));
-        assert_eq!(i(&trees[0], "updated_at"), parse_rfc3339("2026-11-25T08:00:00Z").unwrap());
+        assert_eq!(
+            i(&trees[0], "updated_at"),
+            parse_rfc3339("2026-11-25T08:00:00Z").unwrap()
+        );
         assert_eq!(trees[0].len(), 11);
 
         // afiss_current
@@ -1132,7 +1185,10 @@ mod tests {
         assert_eq!(s(a, "assessment_id"), "A-2");
         assert_eq!(i(a, "revision"), 2);
         assert_eq!(s(a, "agent_id"), "agent-03");
-        assert_eq!(i(a, "observed_at"), parse_rfc3339("2026-11-24T10:00:00Z").unwrap());
+        assert_eq!(
+            i(a, "observed_at"),
+            parse_rfc3339("2026-11-24T10:00:00Z").unwrap()
+        );
         assert_eq!(s(a, "likelihood_of_failure"), "possible");
         assert_eq!(s(a, "likelihood_of_impact"), "high");
         assert_eq!(s(a, "consequences"), "significant");
@@ -1183,9 +1239,17 @@ mod tests {
         assert_eq!(i(r, "trees"), 1);
         assert_eq!(i(r, "assessed_trees"), 1);
         assert!(close(f(r, "mean_score"), 42.5));
-        assert_eq!((i(r, "good"), i(r, "fair"), i(r, "poor"), i(r, "critical")), (0, 0, 1, 0));
         assert_eq!(
-            (i(r, "risk_low"), i(r, "risk_moderate"), i(r, "risk_high"), i(r, "risk_extreme")),
+            (i(r, "good"), i(r, "fair"), i(r, "poor"), i(r, "critical")),
+            (0, 0, 1, 0)
+        );
+        assert_eq!(
+            (
+                i(r, "risk_low"),
+                i(r, "risk_moderate"),
+                i(r, "risk_high"),
+                i(r, "risk_extreme")
+            ),
             (0, 1, 0, 0)
         );
 
@@ -1212,7 +1276,10 @@ mod tests {
         let mut inputs: Vec<NaiveInput> = lines
             .iter()
             .enumerate()
-            .map(|(i, l)| NaiveInput { order: i as u64, line: l.as_bytes() })
+            .map(|(i, l)| NaiveInput {
+                order: i as u64,
+                line: l.as_bytes(),
+            })
             .collect();
         let a = naive_views(&inputs);
         inputs.reverse();
@@ -1226,7 +1293,10 @@ mod tests {
     fn naive_rfc3339_and_days() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2000-01-01T00:00:00Z"), Some(946_684_800_000));
-        assert_eq!(parse_rfc3339("2100-01-01T00:00:00Z"), Some(4_102_444_800_000));
+        assert_eq!(
+            parse_rfc3339("2100-01-01T00:00:00Z"),
+            Some(4_102_444_800_000)
+        );
         assert_eq!(
             parse_rfc3339("2026-11-25T10:00:01.250Z"),
             Some(parse_rfc3339("2026-11-25T10:00:01Z").unwrap() + 250)
@@ -1247,13 +1317,24 @@ mod tests {
             parse_rfc3339("2026-11-25T10:00:00.123999Z"),
             Some(parse_rfc3339("2026-11-25T10:00:00Z").unwrap() + 123)
         );
-        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z").map(utc_day).as_deref(), Some("2024-02-29"));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T00:00:00Z")
+                .map(utc_day)
+                .as_deref(),
+            Some("2024-02-29")
+        );
         assert_eq!(parse_rfc3339("2023-02-29T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("2026-11-25 10:00:00Z"), None);
         assert_eq!(parse_rfc3339("2026-11-25T10:00:00"), None);
         assert_eq!(parse_rfc3339("2026-11-25T10:00:00.Z"), None);
         assert_eq!(parse_rfc3339("2026-11-25T24:00:00Z"), None);
-        for ms in [0i64, 946_684_800_000, 951_782_400_000, 1_795_600_200_000, 4_102_444_799_999] {
+        for ms in [
+            0i64,
+            946_684_800_000,
+            951_782_400_000,
+            1_795_600_200_000,
+            4_102_444_799_999,
+        ] {
             let day = utc_day(ms);
             let back = parse_rfc3339(&format!("{day}T00:00:00Z")).unwrap();
             assert!(back <= ms && ms < back + DAY_MS, "{ms} {day}");
@@ -1271,18 +1352,31 @@ mod tests {
         assert!(ok(&format!("{tree},\"dbh_cm\":1500}}")));
         assert!(!ok(&format!("{tree},\"lat\":90.0001}}")));
         assert!(!ok(&format!("{tree},\"region\":\"mars\"}}")));
-        assert!(!ok(&format!("{tree},\"species\":\"{}\"}}", "é".repeat(129))));
+        assert!(!ok(&format!(
+            "{tree},\"species\":\"{}\"}}",
+            "é".repeat(129)
+        )));
         assert!(ok(&format!("{tree},\"species\":\"{}\"}}", "é".repeat(128))));
         assert!(!ok(&format!("{tree},\"tree_id\":\"{}\"}}", "a".repeat(65))));
         assert!(!ok(&format!("{tree},\"tree_id\":\"a b\"}}")));
         assert!(!ok(&format!("{tree},\"updated_at\":946684799999}}")));
         assert!(ok(&format!("{tree},\"updated_at\":946684800000.0}}")));
         assert!(!ok(&format!("{tree},\"updated_at\":946684800000.5}}")));
-        assert!(!ok(&format!("{tree},\"updated_at\":\"2100-01-01T00:00:00Z\"}}")));
-        assert!(!ok(&format!("{tree},\"updated_at\":\"2099-12-31T23:30:00-01:00\"}}")));
-        assert!(ok(r#"{"type":"tree","tree_id":"T-1","deleted":true,"updated_at":"2026-01-01T00:00:00Z"}"#));
-        assert!(!ok(r#"{"type":"tree","tree_id":"T-1","deleted":true,"lat":100,"updated_at":"2026-01-01T00:00:00Z"}"#));
-        assert!(!ok(r#"{"type":"tree","tree_id":"T-1","deleted":"yes","updated_at":"2026-01-01T00:00:00Z"}"#));
+        assert!(!ok(&format!(
+            "{tree},\"updated_at\":\"2100-01-01T00:00:00Z\"}}"
+        )));
+        assert!(!ok(&format!(
+            "{tree},\"updated_at\":\"2099-12-31T23:30:00-01:00\"}}"
+        )));
+        assert!(ok(
+            r#"{"type":"tree","tree_id":"T-1","deleted":true,"updated_at":"2026-01-01T00:00:00Z"}"#
+        ));
+        assert!(!ok(
+            r#"{"type":"tree","tree_id":"T-1","deleted":true,"lat":100,"updated_at":"2026-01-01T00:00:00Z"}"#
+        ));
+        assert!(!ok(
+            r#"{"type":"tree","tree_id":"T-1","deleted":"yes","updated_at":"2026-01-01T00:00:00Z"}"#
+        ));
         assert!(!ok(r#"{"tree_id":"T-1"}"#));
         assert!(!ok(r#"{"type":"weather"}"#));
         assert!(!ok("[1,2]"));
@@ -1295,9 +1389,15 @@ mod tests {
         assert!(!ok(&format!("{asm},\"revision\":0}}")));
         assert!(!ok(&format!("{asm},\"revision\":1.5}}")));
         assert!(!ok(&format!("{asm},\"revision\":\"2\"}}")));
-        assert!(!ok(&format!("{asm},\"defects\":[{{\"kind\":\"decay\",\"severity\":6}}]}}")));
-        assert!(!ok(&format!("{asm},\"defects\":[{{\"kind\":\"rot\",\"severity\":1}}]}}")));
-        assert!(!ok(&format!("{asm},\"defects\":[{{\"kind\":\"decay\"}}]}}")));
+        assert!(!ok(&format!(
+            "{asm},\"defects\":[{{\"kind\":\"decay\",\"severity\":6}}]}}"
+        )));
+        assert!(!ok(&format!(
+            "{asm},\"defects\":[{{\"kind\":\"rot\",\"severity\":1}}]}}"
+        )));
+        assert!(!ok(&format!(
+            "{asm},\"defects\":[{{\"kind\":\"decay\"}}]}}"
+        )));
         let d = vec![r#"{"kind":"decay","severity":1}"#; 33].join(",");
         assert!(!ok(&format!("{asm},\"defects\":[{d}]}}")));
         let d = vec![r#"{"kind":"decay","severity":1}"#; 32].join(",");
@@ -1309,14 +1409,21 @@ mod tests {
         assert!(ok(&format!("{rd},\"metric\":\"sway_hz\",\"value\":20}}")));
         assert!(!ok(&format!("{rd},\"metric\":\"sway_hz\",\"value\":0}}")));
         assert!(ok(&format!("{rd},\"metric\":\"tilt_deg\",\"value\":0}}")));
-        assert!(!ok(&format!("{rd},\"metric\":\"wind_gust_ms\",\"value\":120.1}}")));
-        assert!(!ok(&format!("{rd},\"metric\":\"wind_gust_ms\",\"value\":1e999}}")));
+        assert!(!ok(&format!(
+            "{rd},\"metric\":\"wind_gust_ms\",\"value\":120.1}}"
+        )));
+        assert!(!ok(&format!(
+            "{rd},\"metric\":\"wind_gust_ms\",\"value\":1e999}}"
+        )));
         assert!(!ok(&format!("{rd},\"metric\":\"rain\",\"value\":1}}")));
 
         // 64 KiB limit on the line's bytes.
         let pad = |n: usize| {
             let base = format!("{rd},\"metric\":\"tilt_deg\",\"value\":1,\"p\":\"\"}}");
-            format!("{rd},\"metric\":\"tilt_deg\",\"value\":1,\"p\":\"{}\"}}", "x".repeat(n - base.len()))
+            format!(
+                "{rd},\"metric\":\"tilt_deg\",\"value\":1,\"p\":\"{}\"}}",
+                "x".repeat(n - base.len())
+            )
         };
         assert!(ok(&pad(65536)));
         assert!(!ok(&pad(65537)));
