@@ -10,6 +10,11 @@ use std::sync::{Arc, Mutex};
 use treeai_dataflows::runtime::{self, RuntimeConfig, Stats};
 use treeai_dataflows::store::{Catalog, Views};
 
+/// Messages per worker per round for batch runs: large rounds amortise the
+/// per-round work of the reductions (intermediate states of a batch run are
+/// never observed, only the final views).
+pub const BATCH_ROUND: usize = 262_144;
+
 /// The result of a bounded run.
 pub struct BatchResult {
     /// The final views.
