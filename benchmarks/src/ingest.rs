@@ -142,7 +142,11 @@ fn main() -> anyhow::Result<()> {
         peak_rss_mb()
     );
 
-    let batch = arg(&args, "--batch", treeai_connectors::pipeline::BATCH_ROUND as u64)? as usize;
+    let batch = arg(
+        &args,
+        "--batch",
+        treeai_connectors::pipeline::BATCH_ROUND as u64,
+    )? as usize;
     let config = RuntimeConfig {
         workers,
         batch,

@@ -379,7 +379,10 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 
 fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
-    let config = RuntimeConfig { batch: treeai_connectors::pipeline::BATCH_ROUND, ..runtime_config(&args.common, &file)? };
+    let config = RuntimeConfig {
+        batch: treeai_connectors::pipeline::BATCH_ROUND,
+        ..runtime_config(&args.common, &file)?
+    };
     let codec = match args.compression.as_str() {
         "zstd" => Codec::Zstd,
         "lz4" => Codec::Lz4,
