@@ -43,11 +43,9 @@ fn peak_rss_mb() -> f64 {
 
 fn arg(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
     match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a value"))?
-            .parse()
-            .with_context(|| name.to_string()),
+        Some(i) => {
+            args.get(i + 1).with_context(|| format!("{name} needs a value"))?.parse().with_context(|| name.to_string())
+        }
         None => Ok(default),
     }
 }
@@ -65,10 +63,7 @@ impl Source for TimedSource {
         let now = Instant::now();
         if let Some(last) = self.last {
             if self.warmup == 0 {
-                let _ = self
-                    .rounds
-                    .lock()
-                    .map(|mut h| h.record(now.duration_since(last).as_micros() as u64));
+                let _ = self.rounds.lock().map(|mut h| h.record(now.duration_since(last).as_micros() as u64));
             } else {
                 self.warmup -= 1;
             }
@@ -89,11 +84,7 @@ fn main() -> anyhow::Result<()> {
     if workers == 0 || events == 0 {
         bail!("--workers and --events must be positive");
     }
-    let gen_config = GeneratorConfig {
-        trees,
-        bad_fraction: 0.001,
-        ..Default::default()
-    };
+    let gen_config = GeneratorConfig { trees, bad_fraction: 0.001, ..Default::default() };
     println!("ingest-bench: {events} events, {trees} trees, {workers} workers");
 
     // 1. The input file.
@@ -109,11 +100,7 @@ fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
     let bytes = std::fs::metadata(&path)?.len();
-    println!(
-        "generated {:.1} MB in {:.2}s",
-        bytes as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    );
+    println!("generated {:.1} MB in {:.2}s", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
 
     // 2. Baseline: parse + validate only, same threads, same file split.
     let t = Instant::now();
@@ -124,9 +111,8 @@ fn main() -> anyhow::Result<()> {
                 s.spawn(move || {
                     let mut src = FileSource::new(vec![path], w, workers).expect("open");
                     let mut valid = 0u64;
-                    while src.poll(16_384, &mut |m| {
-                        valid += u64::from(parse_event(m.bytes, m.kind, m.pos).is_ok())
-                    }) != Poll::Done
+                    while src.poll(16_384, &mut |m| valid += u64::from(parse_event(m.bytes, m.kind, m.pos).is_ok()))
+                        != Poll::Done
                     {}
                     valid
                 })
@@ -136,22 +122,10 @@ fn main() -> anyhow::Result<()> {
     });
     let parse_secs = t.elapsed().as_secs_f64();
     let parse_rate = events as f64 / parse_secs;
-    println!(
-        "parse-only:          {:>12.0} events/s ({parsed} valid)   peak RSS {:.0} MB",
-        parse_rate,
-        peak_rss_mb()
-    );
+    println!("parse-only:          {:>12.0} events/s ({parsed} valid)   peak RSS {:.0} MB", parse_rate, peak_rss_mb());
 
-    let batch = arg(
-        &args,
-        "--batch",
-        treeai_connectors::pipeline::BATCH_ROUND as u64,
-    )? as usize;
-    let config = RuntimeConfig {
-        workers,
-        batch,
-        ..Default::default()
-    };
+    let batch = arg(&args, "--batch", treeai_connectors::pipeline::BATCH_ROUND as u64)? as usize;
+    let config = RuntimeConfig { workers, batch, ..Default::default() };
     // 3. The pipeline from the file.
     let t = Instant::now();
     let result = run_bounded(SourceSpec::Files(vec![path.clone()]), config.clone())?;
@@ -170,20 +144,12 @@ fn main() -> anyhow::Result<()> {
     // 4. The pipeline from the generator.
     let t = Instant::now();
     let result = run_bounded(
-        SourceSpec::Generator {
-            config: gen_config.clone(),
-            paced: false,
-            count: Some(events),
-        },
+        SourceSpec::Generator { config: gen_config.clone(), paced: false, count: Some(events) },
         config.clone(),
     )?;
     let gen_rate = events as f64 / t.elapsed().as_secs_f64();
     drop(result);
-    println!(
-        "pipeline (generator):{:>12.0} events/s   peak RSS {:.0} MB",
-        gen_rate,
-        peak_rss_mb()
-    );
+    println!("pipeline (generator):{:>12.0} events/s   peak RSS {:.0} MB", gen_rate, peak_rss_mb());
 
     // 5. Update latency: rounds of 10,000 events (readings, ~97%) per worker into warm views.
     let rounds = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
@@ -192,13 +158,7 @@ fn main() -> anyhow::Result<()> {
         let (rounds, gen_config) = (rounds.clone(), gen_config.clone());
         Arc::new(move |w, peers| {
             Ok(Box::new(TimedSource {
-                inner: GeneratorSource::new(
-                    gen_config.clone(),
-                    w,
-                    peers,
-                    false,
-                    Some(events.min(2_000_000)),
-                ),
+                inner: GeneratorSource::new(gen_config.clone(), w, peers, false, Some(events.min(2_000_000))),
                 rounds: rounds.clone(),
                 last: None,
                 warmup: 20,
@@ -207,10 +167,7 @@ fn main() -> anyhow::Result<()> {
     };
     let catalog = Arc::new(Catalog::new(workers));
     run(
-        RuntimeConfig {
-            batch: per_worker,
-            ..config
-        },
+        RuntimeConfig { batch: per_worker, ..config },
         factory,
         Arc::new(|_| Box::new(NullSink) as Box<dyn Sink>),
         catalog,

@@ -157,17 +157,12 @@ fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<Runt
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TREEAI_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TREEAI_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -185,18 +180,12 @@ fn main() {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let config = runtime_config(&args.common, &file)?;
-    let input = if args.input.is_empty() {
-        file.input.clone().unwrap_or_default()
-    } else {
-        args.input.clone()
-    };
+    let input = if args.input.is_empty() { file.input.clone().unwrap_or_default() } else { args.input.clone() };
     let source = if input.is_empty() {
         let g = &file.generator;
         let season = match (&args.season, &g.season) {
             (Some(s), _) => *s,
-            (None, Some(s)) => s
-                .parse()
-                .map_err(|e| anyhow::anyhow!("config generator.season: {e:?}"))?,
+            (None, Some(s)) => s.parse().map_err(|e| anyhow::anyhow!("config generator.season: {e:?}"))?,
             (None, None) => Season::Moderate,
         };
         let gen = GeneratorConfig {
@@ -215,20 +204,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "treeai run: embedded default — generator of {} trees, {} agents, {} events/s ({} season), {} workers; Ctrl-C stops",
             gen.trees, gen.agents, gen.rate, gen.season, config.workers
         );
-        SourceSpec::Generator {
-            config: gen,
-            paced: true,
-            count: None,
-        }
+        SourceSpec::Generator { config: gen, paced: true, count: None }
     } else {
         for p in &input {
             std::fs::metadata(p).with_context(|| format!("input {}", p.display()))?;
         }
-        eprintln!(
-            "treeai run: streaming {} file(s) with {} workers; Ctrl-C stops",
-            input.len(),
-            config.workers
-        );
+        eprintln!("treeai run: streaming {} file(s) with {} workers; Ctrl-C stops", input.len(), config.workers);
         SourceSpec::Files(input)
     };
 
@@ -246,30 +227,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::new());
     let finished = Arc::new(AtomicBool::new(false));
     let progress = {
-        let (catalog, stats, shutdown, finished) = (
-            catalog.clone(),
-            stats.clone(),
-            shutdown.clone(),
-            finished.clone(),
-        );
+        let (catalog, stats, shutdown, finished) = (catalog.clone(), stats.clone(), shutdown.clone(), finished.clone());
         std::thread::spawn(move || progress_loop(&catalog, &stats, &shutdown, &finished))
     };
     let sinks = Arc::new(|_| Box::new(NullSink) as Box<dyn treeai_dataflows::source::Sink>);
-    let result = runtime::run(
-        config,
-        source.factory(),
-        sinks,
-        catalog.clone(),
-        stats.clone(),
-        shutdown.clone(),
-    );
+    let result = runtime::run(config, source.factory(), sinks, catalog.clone(), stats.clone(), shutdown.clone());
     finished.store(true, Ordering::SeqCst);
     result?;
     if !shutdown.load(Ordering::SeqCst) {
-        eprintln!(
-            "\ntreeai run: input complete — {}; staying up (Ctrl-C stops)",
-            summary(&catalog, &stats)
-        );
+        eprintln!("\ntreeai run: input complete — {}; staying up (Ctrl-C stops)", summary(&catalog, &stats));
         while !shutdown.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -280,13 +246,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn summary(catalog: &Catalog, stats: &Stats) -> String {
-    let snap = catalog.read();
+    let snap = catalog.snapshot();
     let sizes = snap.views.sizes();
-    let views: Vec<String> = VIEW_NAMES
-        .iter()
-        .zip(sizes)
-        .map(|(n, s)| format!("{n}={s}"))
-        .collect();
+    let views: Vec<String> = VIEW_NAMES.iter().zip(sizes).map(|(n, s)| format!("{n}={s}")).collect();
     format!(
         "events {} (rejected {}), watermark {}, alerts {}, rows: {}",
         stats.events_read.load(Ordering::Relaxed),
@@ -299,11 +261,7 @@ fn summary(catalog: &Catalog, stats: &Stats) -> String {
 
 fn progress_loop(catalog: &Catalog, stats: &Stats, shutdown: &AtomicBool, finished: &AtomicBool) {
     let tty = std::io::stderr().is_terminal();
-    let every = if tty {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(2)
-    };
+    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(2) };
     let mut last = (Instant::now(), 0u64);
     while !shutdown.load(Ordering::SeqCst) && !finished.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
@@ -355,9 +313,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         start_ms,
     };
     let out: Box<dyn Write> = match &args.output {
-        Some(p) => {
-            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
-        }
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
@@ -369,20 +325,15 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     out.flush()?;
     if args.output.is_some() {
         let secs = started.elapsed().as_secs_f64();
-        eprintln!(
-            "treeai produce: {count} events in {secs:.2}s ({:.0} events/s)",
-            count as f64 / secs.max(1e-9)
-        );
+        eprintln!("treeai produce: {count} events in {secs:.2}s ({:.0} events/s)", count as f64 / secs.max(1e-9));
     }
     Ok(())
 }
 
 fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
-    let config = RuntimeConfig {
-        batch: treeai_connectors::pipeline::BATCH_ROUND,
-        ..runtime_config(&args.common, &file)?
-    };
+    let config =
+        RuntimeConfig { batch: treeai_connectors::pipeline::BATCH_ROUND, ..runtime_config(&args.common, &file)? };
     let codec = match args.compression.as_str() {
         "zstd" => Codec::Zstd,
         "lz4" => Codec::Lz4,

@@ -7,8 +7,7 @@
 
 use crate::ConnectorError;
 use arrow::array::{
-    ArrayRef, BinaryArray, Date32Array, Float64Array, Int64Array, StringArray,
-    TimestampMillisecondArray,
+    ArrayRef, BinaryArray, Date32Array, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -38,14 +37,8 @@ fn times(v: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
 }
 
 fn batch(fields: Vec<(&str, DataType, bool)>, columns: Vec<ArrayRef>) -> RecordBatch {
-    let schema = Schema::new(
-        fields
-            .into_iter()
-            .map(|(n, t, null)| Field::new(n, t, null))
-            .collect::<Vec<_>>(),
-    );
-    RecordBatch::try_new(Arc::new(schema), columns)
-        .expect("columns match the schema by construction")
+    let schema = Schema::new(fields.into_iter().map(|(n, t, null)| Field::new(n, t, null)).collect::<Vec<_>>());
+    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema by construction")
 }
 
 use DataType::{Float64 as F, Int64 as I, Utf8 as S};
@@ -77,11 +70,7 @@ pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str,
             floats(trees.iter().map(|(_, t)| Some(t.lon.0))),
             floats(trees.iter().map(|(_, t)| t.dbh_cm.map(|x| x.0))),
             floats(trees.iter().map(|(_, t)| t.height_m.map(|x| x.0))),
-            strings(
-                trees
-                    .iter()
-                    .map(|(_, t)| t.target_occupancy.map(|o| o.as_str())),
-            ),
+            strings(trees.iter().map(|(_, t)| t.target_occupancy.map(|o| o.as_str()))),
             floats(trees.iter().map(|(_, t)| Some(t.baseline_tilt_deg.0))),
             floats(trees.iter().map(|(_, t)| t.baseline_sway_hz.map(|x| x.0))),
             times(trees.iter().map(|(_, t)| Some(t.updated_at))),
@@ -90,9 +79,7 @@ pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str,
 
     let mut afiss: Vec<_> = views.afiss_current.iter().collect();
     afiss.sort_by(|a, b| a.0.cmp(b.0));
-    let a = |f: fn(&treeai_dataflows::views::AfissRow) -> i64| {
-        ints(afiss.iter().map(move |(_, r)| f(r)))
-    };
+    let a = |f: fn(&treeai_dataflows::views::AfissRow) -> i64| ints(afiss.iter().map(move |(_, r)| f(r)));
     let afiss_batch = batch(
         vec![
             ("tree_id", S, false),
@@ -113,43 +100,19 @@ pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str,
         ],
         vec![
             strings(afiss.iter().map(|(k, _)| Some(k.as_str()))),
-            strings(
-                afiss
-                    .iter()
-                    .map(|(_, r)| Some(r.assessment.assessment_id.as_str())),
-            ),
+            strings(afiss.iter().map(|(_, r)| Some(r.assessment.assessment_id.as_str()))),
             a(|r| i64::from(r.assessment.revision)),
-            strings(
-                afiss
-                    .iter()
-                    .map(|(_, r)| Some(r.assessment.agent_id.as_str())),
-            ),
+            strings(afiss.iter().map(|(_, r)| Some(r.assessment.agent_id.as_str()))),
             times(afiss.iter().map(|(_, r)| Some(r.assessment.observed_at))),
-            strings(
-                afiss
-                    .iter()
-                    .map(|(_, r)| Some(r.assessment.likelihood_of_failure.as_str())),
-            ),
-            strings(
-                afiss
-                    .iter()
-                    .map(|(_, r)| Some(r.assessment.likelihood_of_impact.as_str())),
-            ),
-            strings(
-                afiss
-                    .iter()
-                    .map(|(_, r)| Some(r.assessment.consequences.as_str())),
-            ),
+            strings(afiss.iter().map(|(_, r)| Some(r.assessment.likelihood_of_failure.as_str()))),
+            strings(afiss.iter().map(|(_, r)| Some(r.assessment.likelihood_of_impact.as_str()))),
+            strings(afiss.iter().map(|(_, r)| Some(r.assessment.consequences.as_str()))),
             strings(afiss.iter().map(|(_, r)| Some(r.failure_impact.as_str()))),
             strings(afiss.iter().map(|(_, r)| Some(r.risk_rating.as_str()))),
             a(|r| i64::from(r.assessment.defect_count)),
             a(|r| i64::from(r.assessment.defect_severity_sum)),
             a(|r| i64::from(r.assessment.max_defect_severity)),
-            floats(
-                afiss
-                    .iter()
-                    .map(|(_, r)| Some(r.assessment.crown_dieback_pct.0)),
-            ),
+            floats(afiss.iter().map(|(_, r)| Some(r.assessment.crown_dieback_pct.0))),
             a(|r| i64::from(r.assessments_total)),
         ],
     );
@@ -179,9 +142,7 @@ pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str,
 
     let mut scores: Vec<_> = views.tree_scores.iter().collect();
     scores.sort_by(|a, b| a.0.cmp(b.0));
-    let s = |f: fn(&treeai_dataflows::rating::Score) -> f64| {
-        floats(scores.iter().map(move |(_, r)| Some(f(&r.score))))
-    };
+    let s = |f: fn(&treeai_dataflows::rating::Score) -> f64| floats(scores.iter().map(move |(_, r)| Some(f(&r.score))));
     let scores_batch = batch(
         vec![
             ("tree_id", S, false),
@@ -213,9 +174,7 @@ pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str,
 
     let mut regions: Vec<_> = views.region_summary.iter().collect();
     regions.sort_by_key(|(r, _)| r.as_str());
-    let r = |f: fn(&treeai_dataflows::views::RegionAgg) -> i64| {
-        ints(regions.iter().map(move |(_, a)| f(a)))
-    };
+    let r = |f: fn(&treeai_dataflows::views::RegionAgg) -> i64| ints(regions.iter().map(move |(_, a)| f(a)));
     let regions_batch = batch(
         vec![
             ("region", S, false),
@@ -258,9 +217,7 @@ pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str,
         ],
         vec![
             strings(agents.iter().map(|((agent, _), _)| Some(agent.as_str()))),
-            Arc::new(Date32Array::from_iter_values(
-                agents.iter().map(|((_, day), _)| *day),
-            )),
+            Arc::new(Date32Array::from_iter_values(agents.iter().map(|((_, day), _)| *day))),
             ints(agents.iter().map(|(_, r)| r.assessments as i64)),
             ints(agents.iter().map(|(_, r)| r.distinct_trees as i64)),
             ints(agents.iter().map(|(_, r)| r.high_or_extreme as i64)),
@@ -294,9 +251,7 @@ pub fn deadletter_batch(letters: &[DeadLetter]) -> RecordBatch {
             times(letters.iter().map(|d| Some(d.arrival_ms))),
             strings(letters.iter().map(|d| Some(d.reason.as_str()))),
             strings(letters.iter().map(|d| Some(d.label.as_str()))),
-            Arc::new(BinaryArray::from_iter_values(
-                letters.iter().map(|d| d.raw.as_slice()),
-            )),
+            Arc::new(BinaryArray::from_iter_values(letters.iter().map(|d| d.raw.as_slice()))),
         ],
     )
 }
@@ -325,14 +280,10 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch, codec: Codec) -> Result<(
         Codec::Lz4 => Compression::LZ4_RAW,
         Codec::None => Compression::UNCOMPRESSED,
     };
-    let props = WriterProperties::builder()
-        .set_compression(compression)
-        .build();
+    let props = WriterProperties::builder().set_compression(compression).build();
     let tmp = path.with_extension("parquet.tmp");
     let file = std::fs::File::create(&tmp).map_err(io)?;
-    let pq = |e: parquet::errors::ParquetError| {
-        ConnectorError::Output(format!("{}: {e}", path.display()))
-    };
+    let pq = |e: parquet::errors::ParquetError| ConnectorError::Output(format!("{}: {e}", path.display()));
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
     writer.write(batch).map_err(pq)?;
     writer.close().map_err(pq)?;

@@ -86,22 +86,10 @@ impl FileSource {
                 if offset >= end {
                     continue;
                 }
-                return Ok(Some(Range {
-                    file: index as u32,
-                    reader,
-                    offset,
-                    end,
-                    line,
-                }));
+                return Ok(Some(Range { file: index as u32, reader, offset, end, line }));
             }
             let reader = BufReader::with_capacity(1 << 20, file);
-            return Ok(Some(Range {
-                file: index as u32,
-                reader,
-                offset,
-                end,
-                line,
-            }));
+            return Ok(Some(Range { file: index as u32, reader, offset, end, line }));
         }
         Ok(None)
     }
@@ -117,10 +105,7 @@ impl Source for FileSource {
                     Ok(None) => return if emitted > 0 { Poll::Ready } else { Poll::Done },
                     Err(e) => {
                         // A file that vanished or cannot be read: report and go on with the next.
-                        tracing::error!(
-                            "reading {}: {e}",
-                            self.paths[self.next_file - 1].display()
-                        );
+                        tracing::error!("reading {}: {e}", self.paths[self.next_file - 1].display());
                         continue;
                     }
                 }
@@ -145,10 +130,7 @@ impl Source for FileSource {
                 self.current = None;
                 continue;
             }
-            let pos = Position {
-                source: range.file,
-                offset: range.line,
-            };
+            let pos = Position { source: range.file, offset: range.line };
             range.offset += n as u64;
             range.line += 1;
             let mut bytes = &self.buf[..];
@@ -162,12 +144,7 @@ impl Source for FileSource {
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            emit(RawMessage {
-                bytes,
-                kind: None,
-                pos,
-                partition: 0,
-            });
+            emit(RawMessage { bytes, kind: None, pos, partition: 0 });
             emitted += 1;
         }
         Poll::Ready
@@ -191,11 +168,7 @@ mod tests {
         for w in 0..peers {
             let mut src = FileSource::new(paths.to_vec(), w, peers).unwrap();
             while src.poll(3, &mut |m| {
-                out.push((
-                    m.pos.source,
-                    m.pos.offset,
-                    String::from_utf8(m.bytes.to_vec()).unwrap(),
-                ));
+                out.push((m.pos.source, m.pos.offset, String::from_utf8(m.bytes.to_vec()).unwrap()));
             }) != Poll::Done
             {}
         }
@@ -216,10 +189,7 @@ mod tests {
                     writeln!(file).unwrap(); // blank lines are skipped but counted
                     continue;
                 }
-                let text = format!(
-                    "{{\"f\":{f},\"line\":{line},\"pad\":\"{}\"}}",
-                    "x".repeat(line as usize % 13)
-                );
+                let text = format!("{{\"f\":{f},\"line\":{line},\"pad\":\"{}\"}}", "x".repeat(line as usize % 13));
                 if line % 5 == 0 {
                     write!(file, "{text}\r\n").unwrap();
                 } else {
@@ -241,9 +211,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_an_input_error() {
-        let err = FileSource::new(vec![PathBuf::from("/nonexistent/x.ndjson")], 0, 1)
-            .err()
-            .unwrap();
+        let err = FileSource::new(vec![PathBuf::from("/nonexistent/x.ndjson")], 0, 1).err().unwrap();
         assert!(err.to_string().contains("/nonexistent/x.ndjson"), "{err}");
     }
 }

@@ -22,13 +22,7 @@ pub struct GeneratorSource {
 impl GeneratorSource {
     /// Shard `worker` of `peers`. `paced`: hold `config.rate` in wall-clock time.
     /// `count`: total events over all shards (a bounded input), `None` = unbounded.
-    pub fn new(
-        config: GeneratorConfig,
-        worker: usize,
-        peers: usize,
-        paced: bool,
-        count: Option<u64>,
-    ) -> Self {
+    pub fn new(config: GeneratorConfig, worker: usize, peers: usize, paced: bool, count: Option<u64>) -> Self {
         let peers = peers.max(1) as u64;
         let shard = worker as u64;
         let paced_rate = paced.then(|| config.rate / peers as f64);
@@ -65,16 +59,8 @@ impl Source for GeneratorSource {
                 return Poll::Done;
             };
             self.emitted += 1;
-            let pos = Position {
-                source: self.shard,
-                offset: self.emitted,
-            };
-            emit(RawMessage {
-                bytes: &event.json,
-                kind: None,
-                pos,
-                partition: 0,
-            });
+            let pos = Position { source: self.shard, offset: self.emitted };
+            emit(RawMessage { bytes: &event.json, kind: None, pos, partition: 0 });
         }
         Poll::Ready
     }

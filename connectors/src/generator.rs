@@ -51,12 +51,7 @@ pub enum Season {
 
 impl Season {
     /// All seasons, in the order of the OPERATIONS.md table.
-    pub const ALL: [Season; 4] = [
-        Season::Peak,
-        Season::Moderate,
-        Season::Low,
-        Season::Emergency,
-    ];
+    pub const ALL: [Season; 4] = [Season::Peak, Season::Moderate, Season::Low, Season::Emergency];
 
     /// The lower-case name (`peak`, `moderate`, `low`, `emergency`).
     pub fn as_str(self) -> &'static str {
@@ -224,46 +219,27 @@ impl Generator {
     /// number.
     pub fn new(config: GeneratorConfig, shard: u32, shards: u32) -> Generator {
         assert!(shards > 0, "generator: shards must be at least 1");
-        assert!(
-            shard < shards,
-            "generator: shard {shard} out of range 0..{shards}"
-        );
+        assert!(shard < shards, "generator: shard {shard} out of range 0..{shards}");
         assert!(
             config.rate.is_finite() && config.rate > 0.0,
             "generator: rate must be a positive number of events per second, got {}",
             config.rate
         );
-        let bad_fraction = if config.bad_fraction.is_nan() {
-            0.0
-        } else {
-            config.bad_fraction.clamp(0.0, 1.0)
-        };
+        let bad_fraction = if config.bad_fraction.is_nan() { 0.0 } else { config.bad_fraction.clamp(0.0, 1.0) };
 
         let (s, n) = (shard as u64, shards as u64);
-        let local = if config.trees > s {
-            (config.trees - s).div_ceil(n)
-        } else {
-            0
-        };
-        let trees: Vec<TreeState> = (0..local)
-            .map(|j| TreeState::new(config.seed, s + j * n))
-            .collect();
+        let local = if config.trees > s { (config.trees - s).div_ceil(n) } else { 0 };
+        let trees: Vec<TreeState> = (0..local).map(|j| TreeState::new(config.seed, s + j * n)).collect();
 
         let mult = config.season.activity_multiplier();
-        let active_agents = if config.agents == 0 {
-            0
-        } else {
-            ((config.agents as f64 * mult).round() as u32).max(1)
-        };
+        let active_agents = if config.agents == 0 { 0 } else { ((config.agents as f64 * mult).round() as u32).max(1) };
         let p_assess = if active_agents == 0 {
             0.0
         } else {
-            (BASE_ASSESSMENT_SHARE * mult * config.agents as f64 / NORMAL_AGENTS)
-                .min(MAX_ASSESSMENT_SHARE)
+            (BASE_ASSESSMENT_SHARE * mult * config.agents as f64 / NORMAL_AGENTS).min(MAX_ASSESSMENT_SHARE)
         };
 
-        let rng =
-            Pcg64Mcg::seed_from_u64(mix64(config.seed ^ mix64(0x5EED_0000_0000 ^ (n << 32 | s))));
+        let rng = Pcg64Mcg::seed_from_u64(mix64(config.seed ^ mix64(0x5EED_0000_0000 ^ (n << 32 | s))));
         let weather = Weather::new(config.seed, config.season, config.start_ms);
         let ms_per_event = 1000.0 * shards as f64 / config.rate;
         Generator {
@@ -321,11 +297,7 @@ impl Generator {
             return;
         }
         self.pending_seq += 1;
-        self.pending.push(Reverse(Pending {
-            due_ms,
-            seq: self.pending_seq,
-            what,
-        }));
+        self.pending.push(Reverse(Pending { due_ms, seq: self.pending_seq, what }));
     }
 
     // -- trees ---------------------------------------------------------------
@@ -403,10 +375,7 @@ impl Generator {
             1 => {
                 // Sway: natural frequency, a little lower for weakened trees and
                 // clearly lower for weak trees in a storm.
-                let f = t.base_sway
-                    * (1.0 - 0.12 * w)
-                    * (1.0 - 0.35 * w * env.storm)
-                    * (1.0 + (r1 + r2 - 1.0) * 0.03);
+                let f = t.base_sway * (1.0 - 0.12 * w) * (1.0 - 0.35 * w * env.storm) * (1.0 + (r1 + r2 - 1.0) * 0.03);
                 f.clamp(0.05, 20.0)
             }
             2 => {
@@ -504,22 +473,12 @@ impl Generator {
             if rec.defects[..rec.ndef as usize].iter().any(|d| d.0 == kind) {
                 continue;
             }
-            let sev = (1.0 + 3.0 * w + (self.unit() - 0.5) * 2.0)
-                .round()
-                .clamp(1.0, 5.0) as u8;
+            let sev = (1.0 + 3.0 * w + (self.unit() - 0.5) * 2.0).round().clamp(1.0, 5.0) as u8;
             rec.defects[rec.ndef as usize] = (kind, sev);
             rec.ndef += 1;
         }
-        rec.dieback = if self.unit() < 0.15 {
-            -1.0
-        } else {
-            (w * 50.0 + self.unit() * 10.0).min(100.0) as f32
-        };
-        rec.notes = if self.unit() < 0.35 {
-            self.rng.random_range(0..NOTES.len()) as u8
-        } else {
-            NO_NOTES
-        };
+        rec.dieback = if self.unit() < 0.15 { -1.0 } else { (w * 50.0 + self.unit() * 10.0).min(100.0) as f32 };
+        rec.notes = if self.unit() < 0.35 { self.rng.random_range(0..NOTES.len()) as u8 } else { NO_NOTES };
     }
 
     fn new_assessment_rec(&mut self, j: usize, now: i64, agent: u32, n: u64) -> AssessmentRec {
@@ -572,11 +531,7 @@ impl Generator {
         self.rate(&mut rec);
         if rec.lof == old {
             // A correction always changes the rating.
-            rec.lof = if old == 3 || (old > 0 && self.unit() < 0.5) {
-                old - 1
-            } else {
-                old + 1
-            };
+            rec.lof = if old == 3 || (old > 0 && self.unit() < 0.5) { old - 1 } else { old + 1 };
         }
         if self.unit() < 0.04 {
             let delay = self.rng.random_range(600_000..=10_800_000);
@@ -644,8 +599,7 @@ impl Generator {
 
     /// Writes a corrupted version of the valid event `valid` into `self.buf`.
     fn corrupt(&mut self, kind: EventKind, idx: u64, valid: &[u8]) {
-        let mut map: Map<String, Value> =
-            serde_json::from_slice(valid).expect("generator output is a JSON object");
+        let mut map: Map<String, Value> = serde_json::from_slice(valid).expect("generator output is a JSON object");
         let buf = &mut self.buf;
         let rng = &mut self.rng;
         if rng.random::<f64>() < HUGE_SHARE {
@@ -692,17 +646,10 @@ impl Generator {
             }
             Bad::Id => {
                 let k = fields.ids[rng.random_range(0..fields.ids.len())];
-                let id = map
-                    .get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or("X-1")
-                    .to_string();
+                let id = map.get(k).and_then(Value::as_str).unwrap_or("X-1").to_string();
                 let bad = match rng.random_range(0..3) {
                     0 => {
-                        let extra = rng
-                            .random_range(65usize..100)
-                            .saturating_sub(id.len())
-                            .max(1);
+                        let extra = rng.random_range(65usize..100).saturating_sub(id.len()).max(1);
                         format!("{id}-{}", "x".repeat(extra))
                     }
                     1 => {
@@ -739,37 +686,21 @@ impl Generator {
                 nonfinite = true;
             }
             Bad::LongString => {
-                let (k, min, max) = if kind == EventKind::Tree {
-                    ("species", 129, 400)
-                } else {
-                    ("notes", 4097, 6000)
-                };
+                let (k, min, max) = if kind == EventKind::Tree { ("species", 129, 400) } else { ("notes", 4097, 6000) };
                 let len = rng.random_range(min..max);
-                let s: String = NOTES[0]
-                    .chars()
-                    .chain(std::iter::once(' '))
-                    .cycle()
-                    .take(len)
-                    .collect();
+                let s: String = NOTES[0].chars().chain(std::iter::once(' ')).cycle().take(len).collect();
                 map.insert(k.into(), Value::String(s));
             }
             Bad::TooManyDefects => {
                 let n = rng.random_range(33..=40);
                 let defects = (0..n)
-                    .map(|i| {
-                        defect_value(
-                            DEFECT_KINDS[i % DEFECT_KINDS.len()],
-                            Value::from(rng.random_range(1..=5)),
-                        )
-                    })
+                    .map(|i| defect_value(DEFECT_KINDS[i % DEFECT_KINDS.len()], Value::from(rng.random_range(1..=5))))
                     .collect();
                 map.insert("defects".into(), Value::Array(defects));
             }
             Bad::DefectItem => {
                 let item = match rng.random_range(0..4) {
-                    0 => {
-                        Value::Object(Map::from_iter([("kind".to_string(), Value::from("crack"))]))
-                    }
+                    0 => Value::Object(Map::from_iter([("kind".to_string(), Value::from("crack"))])),
                     1 => Value::Object(Map::from_iter([("severity".to_string(), Value::from(3))])),
                     2 => Value::from("crack"),
                     _ => defect_value("crack", Value::from("high")),
@@ -782,15 +713,8 @@ impl Generator {
         serde_json::to_writer(&mut *buf, &map).expect("write to Vec");
         if nonfinite {
             let quoted = format!("\"{NONFINITE}\"");
-            if let Some(at) = buf
-                .windows(quoted.len())
-                .position(|w| w == quoted.as_bytes())
-            {
-                let with: &[u8] = if rng.random::<bool>() {
-                    b"1e999"
-                } else {
-                    b"-1e999"
-                };
+            if let Some(at) = buf.windows(quoted.len()).position(|w| w == quoted.as_bytes()) {
+                let with: &[u8] = if rng.random::<bool>() { b"1e999" } else { b"-1e999" };
                 buf.splice(at..at + quoted.len(), with.iter().copied());
             }
         }
@@ -833,12 +757,7 @@ impl Iterator for Generator {
             }
         };
         self.count += 1;
-        Some(GeneratedEvent {
-            kind,
-            key: tree_key(idx),
-            ts_ms,
-            json: self.buf.clone(),
-        })
+        Some(GeneratedEvent { kind, key: tree_key(idx), ts_ms, json: self.buf.clone() })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -894,17 +813,8 @@ const OCCUPANCY_WEIGHTS: [f64; 4] = [0.15, 0.35, 0.35, 0.15];
 const LOF: [&str; 4] = ["improbable", "possible", "probable", "imminent"];
 const LOI: [&str; 4] = ["very_low", "low", "medium", "high"];
 const CONSEQUENCES: [&str; 4] = ["negligible", "minor", "significant", "severe"];
-const DEFECT_KINDS: [&str; 9] = [
-    "decay",
-    "crack",
-    "lean",
-    "deadwood",
-    "root_damage",
-    "cavity",
-    "canker",
-    "included_bark",
-    "hanger",
-];
+const DEFECT_KINDS: [&str; 9] =
+    ["decay", "crack", "lean", "deadwood", "root_damage", "cavity", "canker", "included_bark", "hanger"];
 
 /// A city box: (lat_min, lat_max, lon_min, lon_max, weight).
 type City = (f64, f64, f64, f64, f64);
@@ -1043,8 +953,7 @@ struct TreeState {
 impl TreeState {
     /// The attributes of tree `idx`, a pure function of (seed, idx).
     fn new(seed: u64, idx: u64) -> TreeState {
-        let mut r =
-            Pcg64Mcg::seed_from_u64(mix64(seed ^ mix64(idx.wrapping_add(0x7EE5_0000_0000_0000))));
+        let mut r = Pcg64Mcg::seed_from_u64(mix64(seed ^ mix64(idx.wrapping_add(0x7EE5_0000_0000_0000))));
         let region = pick_weighted(&mut r, &REGION_WEIGHTS);
         let cities = CITIES[region];
         let weights: Vec<f64> = cities.iter().map(|c| c.4).collect();
@@ -1056,22 +965,14 @@ impl TreeState {
         if r.random::<f64>() < 0.03 {
             dbh = r.random_range(120.0..250.0); // veterans
         }
-        let height = (1.3 + 28.0 * (1.0 - (-dbh / 55.0).exp()) * (0.8 + 0.4 * r.random::<f64>()))
-            .clamp(2.0, 45.0);
+        let height = (1.3 + 28.0 * (1.0 - (-dbh / 55.0).exp()) * (0.8 + 0.4 * r.random::<f64>())).clamp(2.0, 45.0);
         let base_tilt = 5.0 * r.random::<f64>().powf(2.5);
         let base_sway = (1.55 - dbh / 110.0 + (r.random::<f64>() - 0.5) * 0.3).clamp(0.3, 1.5);
-        let weakness =
-            (r.random::<f64>().powi(3) + if dbh > 100.0 { 0.1 } else { 0.0 }).min(1.0) as f32;
+        let weakness = (r.random::<f64>().powi(3) + if dbh > 100.0 { 0.1 } else { 0.0 }).min(1.0) as f32;
         let occupancy = pick_weighted(&mut r, &OCCUPANCY_WEIGHTS) as u8;
         let soil_offset = ((r.random::<f64>() - 0.5) * 30.0) as f32;
         let mut fields = 0;
-        for (bit, p) in [
-            (F_SPECIES, 0.95),
-            (F_DBH, 0.97),
-            (F_HEIGHT, 0.93),
-            (F_OCCUPANCY, 0.95),
-            (F_SWAY, 0.97),
-        ] {
+        for (bit, p) in [(F_SPECIES, 0.95), (F_DBH, 0.97), (F_HEIGHT, 0.93), (F_OCCUPANCY, 0.95), (F_SWAY, 0.97)] {
             if r.random::<f64>() < p {
                 fields |= bit;
             }
@@ -1204,55 +1105,31 @@ impl Weather {
         } else {
             start_ms + exp_sample(&mut rng, mean_gap_ms)
         };
-        Weather {
-            rng,
-            storms: Vec::new(),
-            next_start,
-            mean_gap_ms,
-            duration_ms,
-            wind_bias,
-            soil_bias,
-            phase,
-        }
+        Weather { rng, storms: Vec::new(), next_start, mean_gap_ms, duration_ms, wind_bias, soil_bias, phase }
     }
 
     fn env_at(&mut self, t: i64) -> [RegionEnv; 3] {
         while self.next_start <= t {
             let region = self.rng.random_range(0..3);
             let start = self.next_start;
-            let end = start
-                + self
-                    .rng
-                    .random_range(self.duration_ms.0..=self.duration_ms.1);
+            let end = start + self.rng.random_range(self.duration_ms.0..=self.duration_ms.1);
             let peak = self.rng.random_range(0.85..1.0);
-            self.storms.push(Storm {
-                region,
-                start,
-                end,
-                peak,
-            });
+            self.storms.push(Storm { region, start, end, peak });
             self.next_start = start + exp_sample(&mut self.rng, self.mean_gap_ms).max(MIN_MS);
         }
         self.storms.retain(|s| s.end + 24 * HOUR_MS > t);
         let hours = t as f64 / HOUR_MS as f64;
         std::array::from_fn(|r| {
             let mut env = RegionEnv {
-                wind: 4.5
-                    + self.wind_bias
-                    + 2.5 * (std::f64::consts::TAU * hours / 9.0 + self.phase[r]).sin(),
-                soil: 38.0
-                    + self.soil_bias
-                    + 8.0 * (std::f64::consts::TAU * hours / 72.0 + self.phase[3 + r]).sin(),
+                wind: 4.5 + self.wind_bias + 2.5 * (std::f64::consts::TAU * hours / 9.0 + self.phase[r]).sin(),
+                soil: 38.0 + self.soil_bias + 8.0 * (std::f64::consts::TAU * hours / 72.0 + self.phase[3 + r]).sin(),
                 ..RegionEnv::default()
             };
             for s in self.storms.iter().filter(|s| s.region == r && s.start <= t) {
                 if t < s.end {
                     let p = (t - s.start) as f64 / (s.end - s.start) as f64;
-                    env.storm = env
-                        .storm
-                        .max(s.peak * (p / 0.2).min((1.0 - p) / 0.2).min(1.0));
-                    env.rain +=
-                        35.0 * s.peak * ((t - s.start) as f64 / (15 * MIN_MS) as f64).min(1.0);
+                    env.storm = env.storm.max(s.peak * (p / 0.2).min((1.0 - p) / 0.2).min(1.0));
+                    env.rain += 35.0 * s.peak * ((t - s.start) as f64 / (15 * MIN_MS) as f64).min(1.0);
                     env.recent = 1.0;
                 } else {
                     let decay = (-((t - s.end) as f64) / (6 * HOUR_MS) as f64).exp();
@@ -1339,22 +1216,15 @@ impl Fields {
             ts: "ts",
             numbers: &["value"],
             rules: &[
-                COMMON[0], COMMON[1], COMMON[2], COMMON[3], COMMON[4], COMMON[5], COMMON[5],
-                COMMON[6], COMMON[7], COMMON[8],
+                COMMON[0], COMMON[1], COMMON[2], COMMON[3], COMMON[4], COMMON[5], COMMON[5], COMMON[6], COMMON[7],
+                COMMON[8],
             ],
         };
         const TREE: Fields = Fields {
             required: &["tree_id", "region", "lat", "lon", "updated_at"],
             ids: &["tree_id"],
             ts: "updated_at",
-            numbers: &[
-                "lat",
-                "lon",
-                "dbh_cm",
-                "height_m",
-                "baseline_tilt_deg",
-                "baseline_sway_hz",
-            ],
+            numbers: &["lat", "lon", "dbh_cm", "height_m", "baseline_tilt_deg", "baseline_sway_hz"],
             rules: &[
                 COMMON[0],
                 COMMON[1],
@@ -1407,9 +1277,7 @@ impl Fields {
 /// A field path: a top-level key, or `defects.0.severity` / `defects.0.kind`.
 fn set_field(map: &mut Map<String, Value>, key: &str, v: Value) {
     if let Some(sub) = key.strip_prefix("defects.0.") {
-        let defects = map
-            .entry("defects")
-            .or_insert_with(|| Value::Array(Vec::new()));
+        let defects = map.entry("defects").or_insert_with(|| Value::Array(Vec::new()));
         if !defects.is_array() || defects.as_array().is_some_and(Vec::is_empty) {
             *defects = Value::Array(vec![defect_value("decay", Value::from(2))]);
         }
@@ -1422,28 +1290,15 @@ fn set_field(map: &mut Map<String, Value>, key: &str, v: Value) {
 }
 
 fn defect_value(kind: &str, severity: Value) -> Value {
-    Value::Object(Map::from_iter([
-        ("kind".to_string(), Value::from(kind)),
-        ("severity".to_string(), severity),
-    ]))
+    Value::Object(Map::from_iter([("kind".to_string(), Value::from(kind)), ("severity".to_string(), severity)]))
 }
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn wrong_type(
-    rng: &mut Pcg64Mcg,
-    kind: EventKind,
-    map: &Map<String, Value>,
-) -> (&'static str, Value) {
-    let num_str = |k: &str| {
-        Value::String(
-            map.get(k)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "12.5".into()),
-        )
-    };
+fn wrong_type(rng: &mut Pcg64Mcg, kind: EventKind, map: &Map<String, Value>) -> (&'static str, Value) {
+    let num_str = |k: &str| Value::String(map.get(k).map(|v| v.to_string()).unwrap_or_else(|| "12.5".into()));
     match kind {
         EventKind::Reading => match rng.random_range(0..5) {
             0 | 1 => ("value", num_str("value")),
@@ -1454,13 +1309,9 @@ fn wrong_type(
         EventKind::Tree => match rng.random_range(0..8) {
             0 => ("lat", num_str("lat")),
             1 => ("lon", num_str("lon")),
-            2 => (
-                "dbh_cm",
-                Value::from(format!(
-                    "{} cm",
-                    map.get("dbh_cm").map(|v| v.to_string()).unwrap_or_default()
-                )),
-            ),
+            2 => {
+                ("dbh_cm", Value::from(format!("{} cm", map.get("dbh_cm").map(|v| v.to_string()).unwrap_or_default())))
+            }
             3 => ("height_m", Value::Bool(true)),
             4 => ("baseline_tilt_deg", num_str("baseline_tilt_deg")),
             5 => ("deleted", Value::from("false")),
@@ -1477,10 +1328,7 @@ fn wrong_type(
             6 => ("likelihood_of_failure", Value::from(2)),
             7 => ("agent_id", Value::from(7)),
             8 => ("defects.0.severity", Value::from("3")),
-            _ => (
-                "defects",
-                Value::Object(Map::from_iter([("kind".to_string(), Value::from("decay"))])),
-            ),
+            _ => ("defects", Value::Object(Map::from_iter([("kind".to_string(), Value::from("decay"))]))),
         },
     }
 }
@@ -1490,62 +1338,24 @@ fn unknown_enum(rng: &mut Pcg64Mcg, kind: EventKind) -> (&'static str, &'static 
         xs[rng.random_range(0..xs.len())]
     }
     match kind {
-        EventKind::Reading => (
-            "metric",
-            one(
-                rng,
-                &["humidity_pct", "tilt", "TILT_DEG", "wind_speed_ms", ""],
-            ),
-        ),
+        EventKind::Reading => ("metric", one(rng, &["humidity_pct", "tilt", "TILT_DEG", "wind_speed_ms", ""])),
         EventKind::Tree => {
             if rng.random::<f64>() < 0.7 {
-                (
-                    "region",
-                    one(
-                        rng,
-                        &[
-                            "us-west",
-                            "eu-central",
-                            "EU-WEST",
-                            "ap-northeast",
-                            "mars-1",
-                            "",
-                        ],
-                    ),
-                )
+                ("region", one(rng, &["us-west", "eu-central", "EU-WEST", "ap-northeast", "mars-1", ""]))
             } else {
-                (
-                    "target_occupancy",
-                    one(rng, &["sometimes", "never", "Frequent", "high"]),
-                )
+                ("target_occupancy", one(rng, &["sometimes", "never", "Frequent", "high"]))
             }
         }
         EventKind::Assessment => match rng.random_range(0..4) {
-            0 => (
-                "likelihood_of_failure",
-                one(rng, &["likely", "very_likely", "high", "unknown"]),
-            ),
-            1 => (
-                "likelihood_of_impact",
-                one(rng, &["none", "extreme", "moderate", "HIGH"]),
-            ),
-            2 => (
-                "consequences",
-                one(rng, &["catastrophic", "none", "moderate", "minor "]),
-            ),
-            _ => (
-                "defects.0.kind",
-                one(rng, &["termites", "rot", "lightning", "graffiti"]),
-            ),
+            0 => ("likelihood_of_failure", one(rng, &["likely", "very_likely", "high", "unknown"])),
+            1 => ("likelihood_of_impact", one(rng, &["none", "extreme", "moderate", "HIGH"])),
+            2 => ("consequences", one(rng, &["catastrophic", "none", "moderate", "minor "])),
+            _ => ("defects.0.kind", one(rng, &["termites", "rot", "lightning", "graffiti"])),
         },
     }
 }
 
-fn out_of_range(
-    rng: &mut Pcg64Mcg,
-    kind: EventKind,
-    map: &Map<String, Value>,
-) -> (&'static str, Value) {
+fn out_of_range(rng: &mut Pcg64Mcg, kind: EventKind, map: &Map<String, Value>) -> (&'static str, Value) {
     /// One of the too-low values `lo_bad`, or a too-high one in `hi`.
     fn pick(rng: &mut Pcg64Mcg, lo_bad: &[f64], hi: (f64, f64)) -> Value {
         let i = rng.random_range(0..lo_bad.len() + 2);
@@ -1570,22 +1380,13 @@ fn out_of_range(
             1 => ("lon", pick(rng, &[-180.5, -200.0], (180.01, 360.0))),
             2 => ("dbh_cm", pick(rng, &[0.0, -5.0], (1500.01, 3000.0))),
             3 => ("height_m", pick(rng, &[0.0, -1.0], (150.01, 400.0))),
-            4 => (
-                "baseline_tilt_deg",
-                pick(rng, &[-0.5, -10.0], (90.01, 180.0)),
-            ),
+            4 => ("baseline_tilt_deg", pick(rng, &[-0.5, -10.0], (90.01, 180.0))),
             _ => ("baseline_sway_hz", pick(rng, &[0.0, -0.5], (20.01, 50.0))),
         },
         EventKind::Assessment => match rng.random_range(0..3) {
             0 => ("revision", Value::from([0, -1][rng.random_range(0..2)])),
-            1 => (
-                "crown_dieback_pct",
-                pick(rng, &[-0.5, -50.0], (100.01, 300.0)),
-            ),
-            _ => (
-                "defects.0.severity",
-                Value::from([0, 6, 10][rng.random_range(0..3)]),
-            ),
+            1 => ("crown_dieback_pct", pick(rng, &[-0.5, -50.0], (100.01, 300.0))),
+            _ => ("defects.0.severity", Value::from([0, 6, 10][rng.random_range(0..3)])),
         },
     }
 }
@@ -1714,9 +1515,7 @@ fn push_agent_id(buf: &mut Vec<u8>, agent: u32) {
 
 /// A string known to need no escaping (our reference data).
 fn push_plain_str(buf: &mut Vec<u8>, s: &str) {
-    debug_assert!(s
-        .bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x80));
+    debug_assert!(s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x80));
     buf.push(b'"');
     buf.extend_from_slice(s.as_bytes());
     buf.push(b'"');
@@ -1879,36 +1678,10 @@ mod tests {
         {
             return None;
         }
-        let (y, mo, d, h, mi, se) = (
-            num(0..4)?,
-            num(5..7)?,
-            num(8..10)?,
-            num(11..13)?,
-            num(14..16)?,
-            num(17..19)?,
-        );
+        let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
         let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-        let mdays = [
-            31,
-            if leap { 29 } else { 28 },
-            31,
-            30,
-            31,
-            30,
-            31,
-            31,
-            30,
-            31,
-            30,
-            31,
-        ];
-        if !(1..=12).contains(&mo)
-            || d < 1
-            || d > mdays[mo as usize - 1]
-            || h > 23
-            || mi > 59
-            || se > 59
-        {
+        let mdays = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        if !(1..=12).contains(&mo) || d < 1 || d > mdays[mo as usize - 1] || h > 23 || mi > 59 || se > 59 {
             return None;
         }
         let mut i = 19;
@@ -1941,11 +1714,7 @@ mod tests {
             }
             _ => return None,
         };
-        Some(
-            days_from_civil(y, mo, d) * 86_400_000
-                + ((h * 60 + mi - offset_min) * 60 + se) * 1000
-                + ms,
-        )
+        Some(days_from_civil(y, mo, d) * 86_400_000 + ((h * 60 + mi - offset_min) * 60 + se) * 1000 + ms)
     }
 
     type Obj = Map<String, Value>;
@@ -1964,14 +1733,9 @@ mod tests {
     }
 
     fn id_field(o: &Obj, k: &str) -> Result<(), String> {
-        let s = o
-            .get(k)
-            .ok_or(format!("{k} missing"))?
-            .as_str()
-            .ok_or(format!("{k} not a string"))?;
+        let s = o.get(k).ok_or(format!("{k} missing"))?.as_str().ok_or(format!("{k} not a string"))?;
         let ok = (1..=64).contains(&s.len())
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'));
+            && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'));
         if ok {
             Ok(())
         } else {
@@ -1989,19 +1753,9 @@ mod tests {
     }
 
     /// `lo`/`hi` with inclusivity flags.
-    fn num_field(
-        o: &Obj,
-        k: &str,
-        required: bool,
-        lo: (f64, bool),
-        hi: (f64, bool),
-    ) -> Result<Option<f64>, String> {
+    fn num_field(o: &Obj, k: &str, required: bool, lo: (f64, bool), hi: (f64, bool)) -> Result<Option<f64>, String> {
         let Some(v) = o.get(k) else {
-            return if required {
-                Err(format!("{k} missing"))
-            } else {
-                Ok(None)
-            };
+            return if required { Err(format!("{k} missing")) } else { Ok(None) };
         };
         let x = v.as_f64().ok_or(format!("{k} not a number"))?;
         let above = if lo.1 { x >= lo.0 } else { x > lo.0 };
@@ -2036,10 +1790,7 @@ mod tests {
         }
         let v: Value = serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}"))?;
         let o = v.as_object().ok_or("not an object")?;
-        let ty = o
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or("type missing")?;
+        let ty = o.get("type").and_then(Value::as_str).ok_or("type missing")?;
         match ty {
             "tree" => {
                 id_field(o, "tree_id")?;
@@ -2077,11 +1828,7 @@ mod tests {
                     for item in d {
                         let item = item.as_object().ok_or("defect not an object")?;
                         enum_field(item, "kind", &DEFECT_KINDS, true)?;
-                        let sev = item
-                            .get("severity")
-                            .ok_or("severity missing")?
-                            .as_i64()
-                            .ok_or("severity type")?;
+                        let sev = item.get("severity").ok_or("severity missing")?.as_i64().ok_or("severity type")?;
                         if !(1..=5).contains(&sev) {
                             return Err("severity out of range".into());
                         }
@@ -2095,11 +1842,7 @@ mod tests {
                 id_field(o, "sensor_id")?;
                 id_field(o, "tree_id")?;
                 ts_field(o, "ts")?;
-                let metric = o
-                    .get("metric")
-                    .ok_or("metric missing")?
-                    .as_str()
-                    .ok_or("metric type")?;
+                let metric = o.get("metric").ok_or("metric missing")?.as_str().ok_or("metric type")?;
                 let (lo, hi) = match metric {
                     "tilt_deg" => ((0.0, true), (90.0, true)),
                     "sway_hz" => ((0.0, false), (20.0, true)),
@@ -2115,15 +1858,7 @@ mod tests {
     }
 
     fn small(season: Season, bad_fraction: f64) -> GeneratorConfig {
-        GeneratorConfig {
-            trees: 300,
-            agents: 30,
-            rate: 1_000.0,
-            season,
-            bad_fraction,
-            seed: 7,
-            ..Default::default()
-        }
+        GeneratorConfig { trees: 300, agents: 30, rate: 1_000.0, season, bad_fraction, seed: 7, ..Default::default() }
     }
 
     fn kind_name(k: EventKind) -> &'static str {
@@ -2180,33 +1915,18 @@ mod tests {
     #[test]
     fn generator_is_deterministic() {
         for season in [Season::Moderate, Season::Emergency] {
-            let a: Vec<_> = Generator::new(small(season, 0.1), 1, 2)
-                .take(30_000)
-                .collect();
-            let b: Vec<_> = Generator::new(small(season, 0.1), 1, 2)
-                .take(30_000)
-                .collect();
+            let a: Vec<_> = Generator::new(small(season, 0.1), 1, 2).take(30_000).collect();
+            let b: Vec<_> = Generator::new(small(season, 0.1), 1, 2).take(30_000).collect();
             assert!(a == b, "same config must give the same events");
-            let c: Vec<_> = Generator::new(
-                GeneratorConfig {
-                    seed: 8,
-                    ..small(season, 0.1)
-                },
-                1,
-                2,
-            )
-            .take(30_000)
-            .collect();
+            let c: Vec<_> =
+                Generator::new(GeneratorConfig { seed: 8, ..small(season, 0.1) }, 1, 2).take(30_000).collect();
             assert!(a != c, "another seed must give other events");
         }
     }
 
     #[test]
     fn generator_shards_partition_the_trees() {
-        let cfg = GeneratorConfig {
-            trees: 1_000,
-            ..small(Season::Peak, 0.0)
-        };
+        let cfg = GeneratorConfig { trees: 1_000, ..small(Season::Peak, 0.0) };
         let tree_ids = |shard: u32, shards: u32| -> BTreeMap<String, Value> {
             let mut g = Generator::new(cfg.clone(), shard, shards);
             let mut ids = BTreeMap::new();
@@ -2231,14 +1951,7 @@ mod tests {
                 assert!(union.insert(id.clone()), "{id} in two shards");
                 // Same tree, same attributes, whatever the sharding.
                 let w = &whole[id];
-                for k in [
-                    "region",
-                    "species",
-                    "lat",
-                    "lon",
-                    "dbh_cm",
-                    "baseline_sway_hz",
-                ] {
+                for k in ["region", "species", "lat", "lon", "dbh_cm", "baseline_sway_hz"] {
                     assert_eq!(v.get(k), w.get(k), "{id}.{k}");
                 }
             }
@@ -2249,21 +1962,15 @@ mod tests {
     #[test]
     fn generator_valid_events_follow_the_spec() {
         for season in Season::ALL {
-            let cfg = GeneratorConfig {
-                trees: 500,
-                rate: 20.0,
-                ..small(season, 0.0)
-            };
+            let cfg = GeneratorConfig { trees: 500, rate: 20.0, ..small(season, 0.0) };
             let mut g = Generator::new(cfg.clone(), 0, 1);
             let mut kinds: HashMap<&str, u64> = HashMap::new();
-            let (mut int_ts, mut late, mut revised, mut withdrawn, mut deleted) =
-                (0u64, 0u64, 0, 0, 0);
+            let (mut int_ts, mut late, mut revised, mut withdrawn, mut deleted) = (0u64, 0u64, 0, 0, 0);
             let mut agents = BTreeSet::new();
             let n = 200_000;
             for (i, e) in g.by_ref().take(n).enumerate() {
                 assert!(!e.json.contains(&b'\n'));
-                let ty = validate(&e.json)
-                    .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&e.json)));
+                let ty = validate(&e.json).unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&e.json)));
                 assert_eq!(ty, kind_name(e.kind));
                 let v: Value = serde_json::from_slice(&e.json).unwrap();
                 assert_eq!(v["tree_id"].as_str(), Some(e.key.as_str()));
@@ -2279,11 +1986,7 @@ mod tests {
                 let now = cfg.start_ms + (i as f64 * 1000.0 / cfg.rate) as i64;
                 match e.kind {
                     EventKind::Reading => {
-                        assert!(
-                            e.ts_ms <= now && e.ts_ms >= now - 2 * HOUR_MS,
-                            "reading ts {} at {now}",
-                            e.ts_ms
-                        );
+                        assert!(e.ts_ms <= now && e.ts_ms >= now - 2 * HOUR_MS, "reading ts {} at {now}", e.ts_ms);
                         late += (e.ts_ms < now - 60_000) as u64;
                     }
                     EventKind::Tree => {
@@ -2305,15 +2008,8 @@ mod tests {
             assert!(share("reading") > 0.97, "{season}: {kinds:?}");
             let expect = BASE_ASSESSMENT_SHARE * mult;
             let a = share("assessment");
-            assert!(
-                a > expect * 0.8 && a < expect * 1.3,
-                "{season}: assessment share {a}, {kinds:?}"
-            );
-            assert!(
-                agents.len() as f64 <= (30.0 * mult).round(),
-                "{season}: {} agents",
-                agents.len()
-            );
+            assert!(a > expect * 0.8 && a < expect * 1.3, "{season}: assessment share {a}, {kinds:?}");
+            assert!(agents.len() as f64 <= (30.0 * mult).round(), "{season}: {} agents", agents.len());
             assert!(agents.len() >= 5, "{season}: {agents:?}");
             assert!(revised > 0, "{season}: no revisions");
             let ti = int_ts as f64 / n as f64;
@@ -2330,14 +2026,7 @@ mod tests {
     #[test]
     fn generator_bad_fraction() {
         let count_bad = |bad_fraction: f64, season: Season| {
-            let mut g = Generator::new(
-                GeneratorConfig {
-                    rate: 500.0,
-                    ..small(season, bad_fraction)
-                },
-                0,
-                1,
-            );
+            let mut g = Generator::new(GeneratorConfig { rate: 500.0, ..small(season, bad_fraction) }, 0, 1);
             let mut bad = 0u64;
             let mut reasons = BTreeMap::<String, u64>::new();
             for e in g.by_ref().take(20_000) {
@@ -2358,28 +2047,15 @@ mod tests {
             let share = bad as f64 / 20_000.0;
             assert!((0.15..=0.25).contains(&share), "bad share {share}");
             assert!(reasons.len() > 25, "too little variety: {reasons:?}");
-            for needle in [
-                "invalid JSON",
-                "not an object",
-                "missing",
-                "out of range",
-                "bad id",
-                "not RFC 3339",
-            ] {
-                assert!(
-                    reasons.keys().any(|r| r.contains(needle)),
-                    "no {needle}: {reasons:?}"
-                );
+            for needle in ["invalid JSON", "not an object", "missing", "out of range", "bad id", "not RFC 3339"] {
+                assert!(reasons.keys().any(|r| r.contains(needle)), "no {needle}: {reasons:?}");
             }
         }
     }
 
     #[test]
     fn generator_malformed_kinds_cover_the_spec() {
-        let cfg = GeneratorConfig {
-            bad_fraction: 1.0,
-            ..small(Season::Moderate, 0.0)
-        };
+        let cfg = GeneratorConfig { bad_fraction: 1.0, ..small(Season::Moderate, 0.0) };
         let mut seen = BTreeSet::new();
         let mut huge = 0;
         for e in Generator::new(cfg, 0, 1).take(10_000) {
@@ -2411,11 +2087,7 @@ mod tests {
     #[test]
     fn generator_storms_raise_gusts() {
         // Moderate season: storms are occasional, so run 11 hours of event time.
-        let cfg = GeneratorConfig {
-            trees: 50,
-            rate: 5.0,
-            ..small(Season::Moderate, 0.0)
-        };
+        let cfg = GeneratorConfig { trees: 50, rate: 5.0, ..small(Season::Moderate, 0.0) };
         let mut strong = 0;
         let mut calm_max: f64 = 0.0;
         for e in Generator::new(cfg, 0, 1).take(200_000) {
@@ -2433,11 +2105,7 @@ mod tests {
         }
         assert!(strong > 20, "{strong} gusts >= 20 m/s");
         // In an emergency, storms come within minutes.
-        let cfg = GeneratorConfig {
-            trees: 50,
-            rate: 50.0,
-            ..small(Season::Emergency, 0.0)
-        };
+        let cfg = GeneratorConfig { trees: 50, rate: 50.0, ..small(Season::Emergency, 0.0) };
         let strong = Generator::new(cfg, 0, 1)
             .take(100_000)
             .filter(|e| {
@@ -2453,11 +2121,7 @@ mod tests {
     /// they must recover afterwards. Also checks removals and re-registrations.
     #[test]
     fn generator_storms_make_trees_critical_and_back() {
-        let cfg = GeneratorConfig {
-            trees: 60,
-            rate: 30.0,
-            ..small(Season::Emergency, 0.0)
-        };
+        let cfg = GeneratorConfig { trees: 60, rate: 30.0, ..small(Season::Emergency, 0.0) };
         let id = |key: &str| key[2..].parse::<usize>().unwrap();
         let mut baselines: HashMap<usize, (f64, Option<f64>)> = HashMap::new();
         let mut readings: Vec<(i64, usize, usize, f64)> = Vec::new();
@@ -2471,14 +2135,8 @@ mod tests {
                 }
                 EventKind::Tree => {
                     reregistered += deleted.remove(&id(&e.key)) as u32;
-                    let tilt = v
-                        .get("baseline_tilt_deg")
-                        .and_then(Value::as_f64)
-                        .unwrap_or(0.0);
-                    baselines.insert(
-                        id(&e.key),
-                        (tilt, v.get("baseline_sway_hz").and_then(Value::as_f64)),
-                    );
+                    let tilt = v.get("baseline_tilt_deg").and_then(Value::as_f64).unwrap_or(0.0);
+                    baselines.insert(id(&e.key), (tilt, v.get("baseline_sway_hz").and_then(Value::as_f64)));
                 }
                 EventKind::Reading => {
                     let m = METRICS.iter().position(|m| v["metric"] == *m).unwrap();
@@ -2499,9 +2157,7 @@ mod tests {
             // tilt_max, sway_min, gust_max, soil sum, soil n
             let mut agg: BTreeMap<usize, (f64, f64, f64, f64, f64)> = BTreeMap::new();
             for &(_, tree, m, x) in &readings[lo..hi] {
-                let a = agg
-                    .entry(tree)
-                    .or_insert((f64::MIN, f64::MAX, f64::MIN, 0.0, 0.0));
+                let a = agg.entry(tree).or_insert((f64::MIN, f64::MAX, f64::MIN, 0.0, 0.0));
                 match m {
                     0 => a.0 = a.0.max(x),
                     1 => a.1 = a.1.min(x),
@@ -2515,23 +2171,13 @@ mod tests {
             let mut critical = BTreeSet::new();
             for (tree, (tilt_max, sway_min, gust_max, soil_sum, soil_n)) in agg {
                 let (bt, bs) = baselines[&tree];
-                let tilt = if tilt_max > f64::MIN {
-                    (5.0 * (tilt_max - bt - 1.0).max(0.0)).min(30.0)
-                } else {
-                    0.0
-                };
+                let tilt = if tilt_max > f64::MIN { (5.0 * (tilt_max - bt - 1.0).max(0.0)).min(30.0) } else { 0.0 };
                 let sway = match bs {
-                    Some(bs) if sway_min < f64::MAX => {
-                        (50.0 * ((bs - sway_min) / bs - 0.1).max(0.0)).min(15.0)
-                    }
+                    Some(bs) if sway_min < f64::MAX => (50.0 * ((bs - sway_min) / bs - 0.1).max(0.0)).min(15.0),
                     _ => 0.0,
                 };
                 let soil_mean = if soil_n > 0.0 { soil_sum / soil_n } else { 0.0 };
-                let storm = if gust_max >= 20.0 {
-                    10.0 + if soil_mean >= 40.0 { 10.0 } else { 0.0 }
-                } else {
-                    0.0
-                };
+                let storm = if gust_max >= 20.0 { 10.0 + if soil_mean >= 40.0 { 10.0 } else { 0.0 } } else { 0.0 };
                 if 75.0 - tilt - sway - storm < 40.0 {
                     critical.insert(tree);
                 }
@@ -2541,26 +2187,16 @@ mod tests {
             was_critical = critical;
             w += 5 * MIN_MS;
         }
-        assert!(
-            crossings_in >= 3 && crossings_out >= 3,
-            "into critical {crossings_in}, back {crossings_out}"
-        );
+        assert!(crossings_in >= 3 && crossings_out >= 3, "into critical {crossings_in}, back {crossings_out}");
         assert!(crossings_in < 200, "too many crossings: {crossings_in}");
     }
 
     #[test]
     fn generator_empty_shard_and_event_time() {
-        let cfg = GeneratorConfig {
-            trees: 2,
-            ..Default::default()
-        };
+        let cfg = GeneratorConfig { trees: 2, ..Default::default() };
         assert_eq!(Generator::new(cfg.clone(), 2, 3).next(), None);
         // Each of 4 shards advances at rate/4: event i at start + i * 4 / rate s.
-        let cfg = GeneratorConfig {
-            trees: 100,
-            rate: 1_000.0,
-            ..Default::default()
-        };
+        let cfg = GeneratorConfig { trees: 100, rate: 1_000.0, ..Default::default() };
         let events: Vec<_> = Generator::new(cfg.clone(), 3, 4).take(10).collect();
         for (i, e) in events.iter().enumerate() {
             assert_eq!(e.kind, EventKind::Tree);

@@ -49,17 +49,9 @@ impl SourceSpec {
                 SourceSpec::Files(paths) => file::FileSource::new(paths.clone(), worker, peers)
                     .map(|s| Box::new(s) as Box<dyn Source>)
                     .map_err(|e| e.to_string()),
-                SourceSpec::Generator {
-                    config,
-                    paced,
-                    count,
-                } => Ok(Box::new(generated::GeneratorSource::new(
-                    config.clone(),
-                    worker,
-                    peers,
-                    *paced,
-                    *count,
-                ))),
+                SourceSpec::Generator { config, paced, count } => {
+                    Ok(Box::new(generated::GeneratorSource::new(config.clone(), worker, peers, *paced, *count)))
+                }
             }
         })
     }

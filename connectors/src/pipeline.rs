@@ -28,10 +28,7 @@ pub struct BatchResult {
 }
 
 /// Runs the dataflow over a bounded source to its end.
-pub fn run_bounded(
-    source: SourceSpec,
-    config: RuntimeConfig,
-) -> Result<BatchResult, ConnectorError> {
+pub fn run_bounded(source: SourceSpec, config: RuntimeConfig) -> Result<BatchResult, ConnectorError> {
     let catalog = Arc::new(Catalog::new(config.workers.max(1)));
     let stats = Arc::new(Stats::new());
     let collected = Arc::new(Mutex::new(Collected::default()));
@@ -44,14 +41,9 @@ pub fn run_bounded(
         Arc::new(AtomicBool::new(false)),
     )
     .map_err(|e| ConnectorError::Input(e.to_string()))?;
-    let snapshot = catalog.read();
+    let snapshot = catalog.snapshot();
     let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(BatchResult {
-        views: snapshot.views.clone(),
-        watermark: snapshot.watermark,
-        collected,
-        stats,
-    })
+    Ok(BatchResult { views: snapshot.views.clone(), watermark: snapshot.watermark, collected, stats })
 }
 
 /// Writes every view to `dir/<view>/part-00000.parquet` and the dead letters to
@@ -69,11 +61,7 @@ pub fn write_views(
     let mut letters = result.collected.dead_letters.clone();
     letters.sort_by(|a, b| (&a.source, a.pos).cmp(&(&b.source, b.pos)));
     let batch = deadletter_batch(&letters);
-    write_parquet(
-        &dir.join("deadletter").join("part-00000.parquet"),
-        &batch,
-        codec,
-    )?;
+    write_parquet(&dir.join("deadletter").join("part-00000.parquet"), &batch, codec)?;
     rows.push(("deadletter", batch.num_rows()));
     Ok(rows)
 }

@@ -22,10 +22,7 @@ impl CollectSink {
     /// A factory of sinks all collecting into `shared`.
     pub fn factory(shared: Arc<Mutex<Collected>>) -> SinkFactory {
         Arc::new(move |_worker| {
-            Box::new(CollectSink {
-                shared: shared.clone(),
-                local: Collected::default(),
-            }) as Box<dyn Sink>
+            Box::new(CollectSink { shared: shared.clone(), local: Collected::default() }) as Box<dyn Sink>
         })
     }
 }

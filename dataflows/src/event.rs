@@ -57,9 +57,7 @@ impl fmt::Debug for F64 {
 /// `source` is the file's index in the input list (or a Kafka topic-partition, or a
 /// generator shard); `offset` the 1-based line in that file (or the Kafka offset, or
 /// the generator's sequence number). Source order is `(source, offset)`.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position {
     /// File index, topic-partition id or generator shard.
     pub source: u32,

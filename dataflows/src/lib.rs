@@ -12,11 +12,5 @@ pub mod time;
 pub mod views;
 
 /// The names of the six views (DOMAIN §4), in catalog order.
-pub const VIEW_NAMES: [&str; 6] = [
-    "trees",
-    "afiss_current",
-    "sensor_windows",
-    "tree_scores",
-    "region_summary",
-    "agent_activity",
-];
+pub const VIEW_NAMES: [&str; 6] =
+    ["trees", "afiss_current", "sensor_windows", "tree_scores", "region_summary", "agent_activity"];

@@ -90,11 +90,7 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(field: impl Into<CompactString>, rule: Rule, detail: impl Into<String>) -> Self {
-        Rejection {
-            field: field.into(),
-            rule,
-            detail: detail.into(),
-        }
+        Rejection { field: field.into(), rule, detail: detail.into() }
     }
     /// A short low-cardinality label `field:rule` for metrics.
     pub fn label(&self) -> String {
@@ -119,13 +115,7 @@ impl fmt::Display for Rejection {
         if self.field.is_empty() {
             write!(f, "{}: {}", self.rule.as_str(), self.detail)
         } else {
-            write!(
-                f,
-                "field `{}`: {}: {}",
-                self.field,
-                self.rule.as_str(),
-                self.detail
-            )
+            write!(f, "field `{}`: {}: {}", self.field, self.rule.as_str(), self.detail)
         }
     }
 }
@@ -343,11 +333,7 @@ impl<'a> RawEvent<'a> {
 type Res<T> = std::result::Result<T, Rejection>;
 
 fn wrong_type(field: &str, expected: &str, got: &Val) -> Rejection {
-    Rejection::new(
-        field,
-        Rule::WrongType,
-        format!("expected {expected}, got {}", got.type_name()),
-    )
+    Rejection::new(field, Rule::WrongType, format!("expected {expected}, got {}", got.type_name()))
 }
 
 fn required<T>(field: &str, v: Option<T>) -> Res<T> {
@@ -361,21 +347,10 @@ fn id(field: &str, v: Option<Val>) -> Res<Option<Id>> {
     };
     let n = s.len();
     if n == 0 || n > 64 {
-        return Err(Rejection::new(
-            field,
-            Rule::BadId,
-            format!("must be 1-64 characters, got {n}"),
-        ));
+        return Err(Rejection::new(field, Rule::BadId, format!("must be 1-64 characters, got {n}")));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
-    {
-        return Err(Rejection::new(
-            field,
-            Rule::BadId,
-            format!("character {c:?} is not in [A-Za-z0-9_.:-]"),
-        ));
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
+        return Err(Rejection::new(field, Rule::BadId, format!("character {c:?} is not in [A-Za-z0-9_.:-]")));
     }
     Ok(Some(CompactString::from(s.as_ref())))
 }
@@ -387,21 +362,12 @@ fn string(field: &str, v: Option<Val>, max_chars: usize) -> Res<Option<String>> 
     };
     let n = s.chars().count();
     if n > max_chars {
-        return Err(Rejection::new(
-            field,
-            Rule::TooLong,
-            format!("at most {max_chars} characters, got {n}"),
-        ));
+        return Err(Rejection::new(field, Rule::TooLong, format!("at most {max_chars} characters, got {n}")));
     }
     Ok(Some(s.into_owned()))
 }
 
-fn enumeration<T>(
-    field: &str,
-    v: Option<Val>,
-    parse: fn(&str) -> Option<T>,
-    expected: &str,
-) -> Res<Option<T>> {
+fn enumeration<T>(field: &str, v: Option<Val>, parse: fn(&str) -> Option<T>, expected: &str) -> Res<Option<T>> {
     let Some(v) = v else { return Ok(None) };
     let Val::Str(s) = &v else {
         return Err(wrong_type(field, "a string", &v));
@@ -410,11 +376,7 @@ fn enumeration<T>(
         Some(t) => Ok(Some(t)),
         None => {
             let shown: String = s.chars().take(40).collect();
-            Err(Rejection::new(
-                field,
-                Rule::UnknownValue,
-                format!("{shown:?} is not {expected}"),
-            ))
+            Err(Rejection::new(field, Rule::UnknownValue, format!("{shown:?} is not {expected}")))
         }
     }
 }
@@ -428,39 +390,21 @@ fn number(field: &str, v: Option<Val>) -> Res<Option<f64>> {
         Some(other) => return Err(wrong_type(field, "a number", &other)),
     };
     if !x.is_finite() {
-        return Err(Rejection::new(
-            field,
-            Rule::NotFinite,
-            "number is not finite",
-        ));
+        return Err(Rejection::new(field, Rule::NotFinite, "number is not finite"));
     }
     Ok(Some(x))
 }
 
 /// Checks `x` against a range whose ends are open or closed, as the tables write it.
-fn ranged(
-    field: &str,
-    x: Option<f64>,
-    lo: f64,
-    lo_open: bool,
-    hi: f64,
-    hi_open: bool,
-) -> Res<Option<f64>> {
+fn ranged(field: &str, x: Option<f64>, lo: f64, lo_open: bool, hi: f64, hi_open: bool) -> Res<Option<f64>> {
     let Some(x) = x else { return Ok(None) };
     let ok_lo = if lo_open { x > lo } else { x >= lo };
     let ok_hi = if hi_open { x < hi } else { x <= hi };
     if ok_lo && ok_hi {
         Ok(Some(x))
     } else {
-        let (l, r) = (
-            if lo_open { '(' } else { '[' },
-            if hi_open { ')' } else { ']' },
-        );
-        Err(Rejection::new(
-            field,
-            Rule::OutOfRange,
-            format!("{x} is not in {l}{lo}, {hi}{r}"),
-        ))
+        let (l, r) = (if lo_open { '(' } else { '[' }, if hi_open { ')' } else { ']' });
+        Err(Rejection::new(field, Rule::OutOfRange, format!("{x} is not in {l}{lo}, {hi}{r}")))
     }
 }
 
@@ -468,19 +412,9 @@ fn integer(field: &str, v: Option<Val>) -> Res<Option<i64>> {
     match v {
         None => Ok(None),
         Some(Val::Int(i)) => Ok(Some(i)),
-        Some(Val::UInt(u)) => Err(Rejection::new(
-            field,
-            Rule::OutOfRange,
-            format!("{u} is too large"),
-        )),
-        Some(Val::Float(f)) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-            Ok(Some(f as i64))
-        }
-        Some(Val::Float(f)) if !f.is_finite() => Err(Rejection::new(
-            field,
-            Rule::NotFinite,
-            "number is not finite",
-        )),
+        Some(Val::UInt(u)) => Err(Rejection::new(field, Rule::OutOfRange, format!("{u} is too large"))),
+        Some(Val::Float(f)) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        Some(Val::Float(f)) if !f.is_finite() => Err(Rejection::new(field, Rule::NotFinite, "number is not finite")),
         Some(other) => Err(wrong_type(field, "an integer", &other)),
     }
 }
@@ -498,38 +432,20 @@ fn timestamp(field: &str, v: Option<Val>) -> Res<Option<i64>> {
         None => return Ok(None),
         Some(Val::Str(s)) => parse_rfc3339(&s).ok_or_else(|| {
             let shown: String = s.chars().take(40).collect();
-            Rejection::new(
-                field,
-                Rule::BadTimestamp,
-                format!("{shown:?} is not an RFC 3339 date-time"),
-            )
+            Rejection::new(field, Rule::BadTimestamp, format!("{shown:?} is not an RFC 3339 date-time"))
         })?,
         Some(v @ (Val::Int(_) | Val::UInt(_) | Val::Float(_))) => match integer(field, Some(v)) {
             Ok(Some(ms)) => ms,
             Ok(None) => return Ok(None),
             Err(e) if e.rule == Rule::OutOfRange => i64::MAX,
             Err(e) => {
-                return Err(Rejection::new(
-                    field,
-                    e.rule,
-                    format!("{} (epoch milliseconds)", e.detail),
-                ));
+                return Err(Rejection::new(field, e.rule, format!("{} (epoch milliseconds)", e.detail)));
             }
         },
-        Some(other) => {
-            return Err(wrong_type(
-                field,
-                "an RFC 3339 string or epoch milliseconds",
-                &other,
-            ))
-        }
+        Some(other) => return Err(wrong_type(field, "an RFC 3339 string or epoch milliseconds", &other)),
     };
     if !(MIN_TS_MS..MAX_TS_MS).contains(&ms) {
-        return Err(Rejection::new(
-            field,
-            Rule::OutOfRange,
-            "must lie in [2000-01-01, 2100-01-01)",
-        ));
+        return Err(Rejection::new(field, Rule::OutOfRange, "must lie in [2000-01-01, 2100-01-01)"));
     }
     Ok(Some(ms))
 }
@@ -543,47 +459,23 @@ pub fn parse_event(bytes: &[u8], kind: Option<EventKind>, pos: Position) -> Res<
         return Err(Rejection::new(
             "",
             Rule::TooLarge,
-            format!(
-                "message has {} bytes, the limit is {MAX_MESSAGE_BYTES}",
-                bytes.len()
-            ),
+            format!("message has {} bytes, the limit is {MAX_MESSAGE_BYTES}", bytes.len()),
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let raw = de
-        .deserialize_any(RawVisitor)
-        .and_then(|raw| de.end().map(|()| raw));
+    let raw = de.deserialize_any(RawVisitor).and_then(|raw| de.end().map(|()| raw));
     let mut raw = match raw {
         Ok(Some(raw)) => raw,
-        Ok(None) => {
-            return Err(Rejection::new(
-                "",
-                Rule::NotObject,
-                "the message is not a JSON object",
-            ))
-        }
+        Ok(None) => return Err(Rejection::new("", Rule::NotObject, "the message is not a JSON object")),
         Err(e) => return Err(json_error(bytes, &e)),
     };
     if let Some(field) = raw.duplicate {
-        return Err(Rejection::new(
-            field,
-            Rule::Duplicate,
-            "field appears more than once",
-        ));
+        return Err(Rejection::new(field, Rule::Duplicate, "field appears more than once"));
     }
-    let declared = enumeration(
-        "type",
-        raw.take("type"),
-        EventKind::parse,
-        EventKind::expected(),
-    )?;
+    let declared = enumeration("type", raw.take("type"), EventKind::parse, EventKind::expected())?;
     let kind = match (kind, declared) {
         (Some(k), Some(d)) if k != d => {
-            return Err(Rejection::new(
-                "type",
-                Rule::UnknownValue,
-                format!("a {d} event on the {k} channel"),
-            ));
+            return Err(Rejection::new("type", Rule::UnknownValue, format!("a {d} event on the {k} channel")));
         }
         (Some(k), _) => k,
         (None, d) => required("type", d)?,
@@ -601,11 +493,7 @@ fn json_error(bytes: &[u8], e: &serde_json::Error) -> Rejection {
     let msg = e.to_string();
     if msg.starts_with("number out of range") {
         let field = field_before(bytes, e.column()).unwrap_or_default();
-        return Rejection::new(
-            field,
-            Rule::NotFinite,
-            "number is not finite (out of the f64 range)",
-        );
+        return Rejection::new(field, Rule::NotFinite, "number is not finite (out of the f64 range)");
     }
     Rejection::new("", Rule::InvalidJson, msg)
 }
@@ -617,63 +505,21 @@ fn field_before(bytes: &[u8], column: usize) -> Option<String> {
     let before = &upto[..colon];
     let end = before.iter().rposition(|&b| b == b'"')?;
     let start = before[..end].iter().rposition(|&b| b == b'"')?;
-    std::str::from_utf8(&before[start + 1..end])
-        .ok()
-        .map(str::to_owned)
+    std::str::from_utf8(&before[start + 1..end]).ok().map(str::to_owned)
 }
 
 fn tree(mut raw: RawEvent, pos: Position) -> Res<TreeEvent> {
     let tree_id = required("tree_id", id("tree_id", raw.take("tree_id"))?)?;
-    let updated_at = required(
-        "updated_at",
-        timestamp("updated_at", raw.take("updated_at"))?,
-    )?;
+    let updated_at = required("updated_at", timestamp("updated_at", raw.take("updated_at"))?)?;
     let deleted = boolean("deleted", raw.take("deleted"))?.unwrap_or(false);
-    let region = enumeration(
-        "region",
-        raw.take("region"),
-        Region::parse,
-        Region::expected(),
-    )?;
+    let region = enumeration("region", raw.take("region"), Region::parse, Region::expected())?;
     let species = string("species", raw.take("species"), 128)?;
-    let lat = ranged(
-        "lat",
-        number("lat", raw.take("lat"))?,
-        -90.0,
-        false,
-        90.0,
-        false,
-    )?;
-    let lon = ranged(
-        "lon",
-        number("lon", raw.take("lon"))?,
-        -180.0,
-        false,
-        180.0,
-        false,
-    )?;
-    let dbh_cm = ranged(
-        "dbh_cm",
-        number("dbh_cm", raw.take("dbh_cm"))?,
-        0.0,
-        true,
-        1500.0,
-        false,
-    )?;
-    let height_m = ranged(
-        "height_m",
-        number("height_m", raw.take("height_m"))?,
-        0.0,
-        true,
-        150.0,
-        false,
-    )?;
-    let target_occupancy = enumeration(
-        "target_occupancy",
-        raw.take("target_occupancy"),
-        Occupancy::parse,
-        Occupancy::expected(),
-    )?;
+    let lat = ranged("lat", number("lat", raw.take("lat"))?, -90.0, false, 90.0, false)?;
+    let lon = ranged("lon", number("lon", raw.take("lon"))?, -180.0, false, 180.0, false)?;
+    let dbh_cm = ranged("dbh_cm", number("dbh_cm", raw.take("dbh_cm"))?, 0.0, true, 1500.0, false)?;
+    let height_m = ranged("height_m", number("height_m", raw.take("height_m"))?, 0.0, true, 150.0, false)?;
+    let target_occupancy =
+        enumeration("target_occupancy", raw.take("target_occupancy"), Occupancy::parse, Occupancy::expected())?;
     let tilt = ranged(
         "baseline_tilt_deg",
         number("baseline_tilt_deg", raw.take("baseline_tilt_deg"))?,
@@ -682,22 +528,12 @@ fn tree(mut raw: RawEvent, pos: Position) -> Res<TreeEvent> {
         90.0,
         false,
     )?;
-    let sway = ranged(
-        "baseline_sway_hz",
-        number("baseline_sway_hz", raw.take("baseline_sway_hz"))?,
-        0.0,
-        true,
-        20.0,
-        false,
-    )?;
+    let sway =
+        ranged("baseline_sway_hz", number("baseline_sway_hz", raw.take("baseline_sway_hz"))?, 0.0, true, 20.0, false)?;
     let (region, lat, lon) = if deleted {
         (region, lat.unwrap_or(0.0), lon.unwrap_or(0.0))
     } else {
-        (
-            Some(required("region", region)?),
-            required("lat", lat)?,
-            required("lon", lon)?,
-        )
+        (Some(required("region", region)?), required("lat", lat)?, required("lon", lon)?)
     };
     Ok(TreeEvent {
         updated_at,
@@ -717,61 +553,32 @@ fn tree(mut raw: RawEvent, pos: Position) -> Res<TreeEvent> {
 }
 
 fn assessment(mut raw: RawEvent, pos: Position) -> Res<Event> {
-    let assessment_id = required(
-        "assessment_id",
-        id("assessment_id", raw.take("assessment_id"))?,
-    )?;
+    let assessment_id = required("assessment_id", id("assessment_id", raw.take("assessment_id"))?)?;
     let revision = integer("revision", raw.take("revision"))?.unwrap_or(1);
     if !(1..=i64::from(u32::MAX)).contains(&revision) {
-        return Err(Rejection::new(
-            "revision",
-            Rule::OutOfRange,
-            format!("{revision} is not >= 1"),
-        ));
+        return Err(Rejection::new("revision", Rule::OutOfRange, format!("{revision} is not >= 1")));
     }
     let tree_id = required("tree_id", id("tree_id", raw.take("tree_id"))?)?;
     let agent_id = required("agent_id", id("agent_id", raw.take("agent_id"))?)?;
-    let observed_at = required(
-        "observed_at",
-        timestamp("observed_at", raw.take("observed_at"))?,
-    )?;
+    let observed_at = required("observed_at", timestamp("observed_at", raw.take("observed_at"))?)?;
     let lof = required(
         "likelihood_of_failure",
-        enumeration(
-            "likelihood_of_failure",
-            raw.take("likelihood_of_failure"),
-            Failure::parse,
-            Failure::expected(),
-        )?,
+        enumeration("likelihood_of_failure", raw.take("likelihood_of_failure"), Failure::parse, Failure::expected())?,
     )?;
     let loi = required(
         "likelihood_of_impact",
-        enumeration(
-            "likelihood_of_impact",
-            raw.take("likelihood_of_impact"),
-            Impact::parse,
-            Impact::expected(),
-        )?,
+        enumeration("likelihood_of_impact", raw.take("likelihood_of_impact"), Impact::parse, Impact::expected())?,
     )?;
     let consequences = required(
         "consequences",
-        enumeration(
-            "consequences",
-            raw.take("consequences"),
-            Consequences::parse,
-            Consequences::expected(),
-        )?,
+        enumeration("consequences", raw.take("consequences"), Consequences::parse, Consequences::expected())?,
     )?;
     let (mut count, mut sum, mut max) = (0u32, 0u32, 0u32);
     match raw.take("defects") {
         None => {}
         Some(Val::Array(items)) => {
             if items.len() > 32 {
-                return Err(Rejection::new(
-                    "defects",
-                    Rule::TooMany,
-                    format!("at most 32 items, got {}", items.len()),
-                ));
+                return Err(Rejection::new("defects", Rule::TooMany, format!("at most 32 items, got {}", items.len())));
             }
             for (i, item) in items.into_iter().enumerate() {
                 let severity = defect(i, item)?;
@@ -843,18 +650,11 @@ fn defect(i: usize, item: Val) -> Res<u32> {
     let kind = kind.filter(|v| *v != Val::Null);
     let severity = severity.filter(|v| *v != Val::Null);
     let kind_field = format!("defects[{i}].kind");
-    required(
-        &kind_field,
-        enumeration(&kind_field, kind, DefectKind::parse, DefectKind::expected())?,
-    )?;
+    required(&kind_field, enumeration(&kind_field, kind, DefectKind::parse, DefectKind::expected())?)?;
     let sev_field = format!("defects[{i}].severity");
     let s = required(&sev_field, integer(&sev_field, severity)?)?;
     if !(1..=5).contains(&s) {
-        return Err(Rejection::new(
-            sev_field,
-            Rule::OutOfRange,
-            format!("{s} is not in [1, 5]"),
-        ));
+        return Err(Rejection::new(sev_field, Rule::OutOfRange, format!("{s} is not in [1, 5]")));
     }
     Ok(s as u32)
 }
@@ -862,15 +662,7 @@ fn defect(i: usize, item: Val) -> Res<u32> {
 fn reading(mut raw: RawEvent) -> Res<Reading> {
     let sensor_id = required("sensor_id", id("sensor_id", raw.take("sensor_id"))?)?;
     let tree_id = required("tree_id", id("tree_id", raw.take("tree_id"))?)?;
-    let metric = required(
-        "metric",
-        enumeration(
-            "metric",
-            raw.take("metric"),
-            Metric::parse,
-            Metric::expected(),
-        )?,
-    )?;
+    let metric = required("metric", enumeration("metric", raw.take("metric"), Metric::parse, Metric::expected())?)?;
     let value = required("value", number("value", raw.take("value"))?)?;
     if !metric.in_range(value) {
         return Err(Rejection::new(
@@ -880,11 +672,5 @@ fn reading(mut raw: RawEvent) -> Res<Reading> {
         ));
     }
     let ts = required("ts", timestamp("ts", raw.take("ts"))?)?;
-    Ok(Reading {
-        tree_id,
-        sensor_id,
-        metric,
-        value: F64(value),
-        ts,
-    })
+    Ok(Reading { tree_id, sensor_id, metric, value: F64(value), ts })
 }

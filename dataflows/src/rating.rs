@@ -123,13 +123,7 @@ pub const PENALTY_NAMES: [&str; 5] = ["defect", "dieback", "tilt", "sway", "stor
 impl Score {
     /// The penalties in [`PENALTY_NAMES`] order.
     pub fn penalties(&self) -> [f64; 5] {
-        [
-            self.defect_penalty.0,
-            self.dieback_penalty.0,
-            self.tilt_penalty.0,
-            self.sway_penalty.0,
-            self.storm_penalty.0,
-        ]
+        [self.defect_penalty.0, self.dieback_penalty.0, self.tilt_penalty.0, self.sway_penalty.0, self.storm_penalty.0]
     }
     /// The name of the largest penalty (first in [`PENALTY_NAMES`] order on ties), `none` if all are 0.
     pub fn top_penalty(&self) -> &'static str {
@@ -158,27 +152,16 @@ pub fn tree_score(x: &ScoreInputs) -> Score {
         None => 75.0,
     };
     let (defect, dieback) = match x.risk {
-        Some(_) => (
-            (2.0 * f64::from(x.defect_severity_sum)).min(20.0),
-            0.2 * x.crown_dieback_pct,
-        ),
+        Some(_) => ((2.0 * f64::from(x.defect_severity_sum)).min(20.0), 0.2 * x.crown_dieback_pct),
         None => (0.0, 0.0),
     };
-    let tilt = x.tilt_max.map_or(0.0, |t| {
-        (5.0 * (t - x.baseline_tilt_deg - 1.0).max(0.0)).min(30.0)
-    });
+    let tilt = x.tilt_max.map_or(0.0, |t| (5.0 * (t - x.baseline_tilt_deg - 1.0).max(0.0)).min(30.0));
     let sway = match (x.sway_min, x.baseline_sway_hz) {
         (Some(s), Some(b)) if b > 0.0 => (50.0 * ((b - s) / b - 0.10).max(0.0)).min(15.0),
         _ => 0.0,
     };
     let storm = match x.gust_max {
-        Some(g) if g >= 20.0 => {
-            10.0 + if x.soil_mean.is_some_and(|s| s >= 40.0) {
-                10.0
-            } else {
-                0.0
-            }
-        }
+        Some(g) if g >= 20.0 => 10.0 + if x.soil_mean.is_some_and(|s| s >= 40.0) { 10.0 } else { 0.0 },
         _ => 0.0,
     };
     let raw = (base - defect - dieback - tilt - sway - storm).clamp(0.0, 100.0);
@@ -204,22 +187,10 @@ mod tests {
     #[test]
     fn traq_matrices_all_cells() {
         let m1 = [
-            (
-                "imminent",
-                ["unlikely", "somewhat_likely", "likely", "very_likely"],
-            ),
-            (
-                "probable",
-                ["unlikely", "unlikely", "somewhat_likely", "likely"],
-            ),
-            (
-                "possible",
-                ["unlikely", "unlikely", "unlikely", "somewhat_likely"],
-            ),
-            (
-                "improbable",
-                ["unlikely", "unlikely", "unlikely", "unlikely"],
-            ),
+            ("imminent", ["unlikely", "somewhat_likely", "likely", "very_likely"]),
+            ("probable", ["unlikely", "unlikely", "somewhat_likely", "likely"]),
+            ("possible", ["unlikely", "unlikely", "unlikely", "somewhat_likely"]),
+            ("improbable", ["unlikely", "unlikely", "unlikely", "unlikely"]),
         ];
         let impacts = ["very_low", "low", "medium", "high"];
         for (f, row) in m1 {
@@ -237,10 +208,7 @@ mod tests {
         let cons = ["negligible", "minor", "significant", "severe"];
         for (fi, row) in m2 {
             for (c, want) in cons.iter().zip(row) {
-                let got = risk_rating(
-                    FailureImpact::parse(fi).unwrap(),
-                    Consequences::parse(c).unwrap(),
-                );
+                let got = risk_rating(FailureImpact::parse(fi).unwrap(), Consequences::parse(c).unwrap());
                 assert_eq!(got.as_str(), want, "{fi} x {c}");
             }
         }
@@ -269,19 +237,9 @@ mod tests {
 
     #[test]
     fn penalty_caps_and_missing_inputs() {
-        let unassessed = tree_score(&ScoreInputs {
-            defect_severity_sum: 30,
-            crown_dieback_pct: 100.0,
-            ..Default::default()
-        });
-        assert_eq!(
-            (
-                unassessed.base.0,
-                unassessed.defect_penalty.0,
-                unassessed.dieback_penalty.0
-            ),
-            (75.0, 0.0, 0.0)
-        );
+        let unassessed =
+            tree_score(&ScoreInputs { defect_severity_sum: 30, crown_dieback_pct: 100.0, ..Default::default() });
+        assert_eq!((unassessed.base.0, unassessed.defect_penalty.0, unassessed.dieback_penalty.0), (75.0, 0.0, 0.0));
         assert_eq!(unassessed.risk_rating_str(), "unassessed");
         assert_eq!(unassessed.top_penalty(), "none");
         let capped = tree_score(&ScoreInputs {
@@ -298,22 +256,11 @@ mod tests {
         assert_eq!(capped.score.0, 25.0);
         assert_eq!(capped.band, Band::Critical);
         // No baseline sway: no sway penalty. Tilt exactly baseline + 1: no penalty.
-        let s = tree_score(&ScoreInputs {
-            sway_min: Some(0.01),
-            tilt_max: Some(1.0),
-            ..Default::default()
-        });
+        let s = tree_score(&ScoreInputs { sway_min: Some(0.01), tilt_max: Some(1.0), ..Default::default() });
         assert_eq!((s.sway_penalty.0, s.tilt_penalty.0), (0.0, 0.0));
         // Storm: gust exactly 20 counts; soil exactly 40 counts; soil missing does not.
-        let st = |g, s| {
-            tree_score(&ScoreInputs {
-                gust_max: Some(g),
-                soil_mean: s,
-                ..Default::default()
-            })
-            .storm_penalty
-            .0
-        };
+        let st =
+            |g, s| tree_score(&ScoreInputs { gust_max: Some(g), soil_mean: s, ..Default::default() }).storm_penalty.0;
         assert_eq!(st(19.99, Some(90.0)), 0.0);
         assert_eq!(st(20.0, Some(39.99)), 10.0);
         assert_eq!(st(20.0, Some(40.0)), 20.0);
@@ -337,11 +284,7 @@ mod tests {
         assert_eq!(Band::of(40.0), Band::Poor);
         assert_eq!(Band::of(39.9), Band::Critical);
         // Rounding to one decimal happens before banding: 79.96 rounds to 80.0, good.
-        let s = tree_score(&ScoreInputs {
-            risk: Some(RiskRating::Low),
-            crown_dieback_pct: 50.2,
-            ..Default::default()
-        });
+        let s = tree_score(&ScoreInputs { risk: Some(RiskRating::Low), crown_dieback_pct: 50.2, ..Default::default() });
         assert_eq!(s.score.0, 80.0);
         assert_eq!(s.band, Band::Good);
     }

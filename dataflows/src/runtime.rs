@@ -71,12 +71,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            workers: 1,
-            allowed_lateness_ms: 5_000,
-            idle_timeout: Duration::from_secs(30),
-            batch: 16_384,
-        }
+        RuntimeConfig { workers: 1, allowed_lateness_ms: 5_000, idle_timeout: Duration::from_secs(30), batch: 16_384 }
     }
 }
 
@@ -104,10 +99,7 @@ pub struct Stats {
 impl Stats {
     /// New counters.
     pub fn new() -> Self {
-        Stats {
-            watermark: AtomicI64::new(i64::MIN),
-            ..Default::default()
-        }
+        Stats { watermark: AtomicI64::new(i64::MIN), ..Default::default() }
     }
     /// The watermark, if any.
     pub fn watermark(&self) -> Option<i64> {
@@ -167,11 +159,7 @@ impl PartitionTracker {
         self.max_ts = self.max_ts.max(Some(ts));
     }
     fn active_min(&self, now: Instant, idle: Duration) -> Option<i64> {
-        self.partitions
-            .values()
-            .filter(|(_, seen)| now.duration_since(*seen) < idle)
-            .map(|(ts, _)| *ts)
-            .min()
+        self.partitions.values().filter(|(_, seen)| now.duration_since(*seen) < idle).map(|(ts, _)| *ts).min()
     }
 }
 
@@ -195,10 +183,7 @@ struct TimeQueue {
 
 impl TimeQueue {
     fn push(&mut self, t: Timed) {
-        self.buckets
-            .entry(t.at.div_euclid(1000))
-            .or_default()
-            .push(t);
+        self.buckets.entry(t.at.div_euclid(1000)).or_default().push(t);
     }
     /// Removes and passes to `f` every reading with `at <= w`.
     fn take_until(&mut self, w: i64, mut f: impl FnMut(Timed)) {
@@ -283,9 +268,7 @@ impl WindowDriver {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 type ChangeBuffer = Rc<RefCell<Vec<(ViewChange, DataflowTime, isize)>>>;
@@ -340,9 +323,7 @@ pub fn run(
 ) -> Result<(), RuntimeError> {
     let workers = config.workers.max(1);
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
-        worker_main(
-            worker, &config, &sources, &sinks, &catalog, &stats, &shutdown,
-        )
+        worker_main(worker, &config, &sources, &sinks, &catalog, &stats, &shutdown)
     })
     .map_err(RuntimeError::Start)?;
     let mut first_error = None;
@@ -396,10 +377,9 @@ fn worker_main(
                 let buf = changes.clone();
                 $coll
                     .inspect_batch(move |_, updates| {
-                        buf.borrow_mut()
-                            .extend(updates.iter().map(|((k, v), t, r)| {
-                                ($variant(k.clone(), v.clone()), DataflowTime(*t), *r)
-                            }));
+                        buf.borrow_mut().extend(
+                            updates.iter().map(|((k, v), t, r)| ($variant(k.clone(), v.clone()), DataflowTime(*t), *r)),
+                        );
                     })
                     .probe_with(&probe);
             }};
@@ -416,11 +396,7 @@ fn worker_main(
                 let mut buf = buf.borrow_mut();
                 let mut score_buf = score_buf.borrow_mut();
                 for ((k, v), t, r) in updates {
-                    buf.push((
-                        ViewChange::Score(k.clone(), v.clone()),
-                        DataflowTime(*t),
-                        *r,
-                    ));
+                    buf.push((ViewChange::Score(k.clone(), v.clone()), DataflowTime(*t), *r));
                     score_buf.push((k.clone(), v.clone(), *t, *r));
                 }
             })
@@ -433,25 +409,16 @@ fn worker_main(
     {
         let reports = reports.clone();
         worker.dataflow::<u64, _, _>(|scope| {
-            scope
-                .input_from(&mut control)
-                .broadcast()
-                .inspect(move |r: &Report| {
-                    let mut reports = reports.borrow_mut();
-                    if reports[r.worker]
-                        .as_ref()
-                        .is_none_or(|old| old.round < r.round)
-                    {
-                        reports[r.worker] = Some(r.clone());
-                    }
-                });
+            scope.input_from(&mut control).broadcast().inspect(move |r: &Report| {
+                let mut reports = reports.borrow_mut();
+                if reports[r.worker].as_ref().is_none_or(|old| old.round < r.round) {
+                    reports[r.worker] = Some(r.clone());
+                }
+            });
         });
     }
 
-    let mut tracker = PartitionTracker {
-        partitions: HashMap::new(),
-        max_ts: None,
-    };
+    let mut tracker = PartitionTracker { partitions: HashMap::new(), max_ts: None };
     let mut driver = WindowDriver::default();
     let mut time = DataflowTime::new(None, 0);
     let mut watermark: Option<i64> = None;
@@ -471,11 +438,8 @@ fn worker_main(
         for (k, v, t, r) in scores.borrow_mut().drain(..) {
             pending_alerts.entry(t).or_default().push((k, v, r));
         }
-        let complete: Vec<u64> = pending_alerts
-            .keys()
-            .copied()
-            .take_while(|t| frontier.is_none_or(|f| *t < f))
-            .collect();
+        let complete: Vec<u64> =
+            pending_alerts.keys().copied().take_while(|t| frontier.is_none_or(|f| *t < f)).collect();
         for t in complete {
             if let Some(mut changes) = pending_alerts.remove(&t) {
                 for alert in alerts_of(&mut changes, DataflowTime(t).watermark()) {
@@ -491,8 +455,7 @@ fn worker_main(
         round += 1;
         let now = Instant::now();
         let mut dirty = false;
-        let (mut read, mut valid, mut rejected, mut expired, mut late) =
-            (0u64, [0u64; 3], 0u64, 0u64, 0u64);
+        let (mut read, mut valid, mut rejected, mut expired, mut late) = (0u64, [0u64; 3], 0u64, 0u64, 0u64);
 
         // 1. Read a batch and apply it at the current time.
         if !done {
@@ -515,12 +478,7 @@ fn worker_main(
                             Event::Reading(r) => {
                                 valid[2] += 1;
                                 tracker.observe(msg.partition, r.ts, now);
-                                let t = Timed {
-                                    at: r.ts,
-                                    tree: r.tree_id,
-                                    metric: r.metric,
-                                    value: r.value,
-                                };
+                                let t = Timed { at: r.ts, tree: r.tree_id, metric: r.metric, value: r.value };
                                 match driver.offer(t, watermark, &mut reading_in) {
                                     Offer::Pending => {}
                                     Offer::Applied { late: is_late } => {
@@ -545,12 +503,8 @@ fn worker_main(
             let arrival_ms = now_ms();
             for (raw, pos, rejection) in rejections.drain(..) {
                 let label = rejection.label();
-                *stats
-                    .rejected_by_label
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(label.clone())
-                    .or_default() += 1;
+                *stats.rejected_by_label.lock().unwrap_or_else(|p| p.into_inner()).entry(label.clone()).or_default() +=
+                    1;
                 sink.dead_letter(DeadLetter {
                     raw,
                     source: source.describe(pos),
@@ -573,19 +527,8 @@ fn worker_main(
         stats.readings_late.fetch_add(late, Ordering::Relaxed);
 
         // 2. Tell the peers where we are; learn the global watermark and the greatest peer time.
-        let active_min = if done {
-            None
-        } else {
-            tracker.active_min(now, config.idle_timeout)
-        };
-        control.send(Report {
-            worker: index,
-            round,
-            active_min,
-            max_ts: tracker.max_ts,
-            done,
-            time: time.0,
-        });
+        let active_min = if done { None } else { tracker.active_min(now, config.idle_timeout) };
+        control.send(Report { worker: index, round, active_min, max_ts: tracker.max_ts, done, time: time.0 });
         control.advance_to(round);
         worker.step();
         let (global, peer_time, all_done) = {
@@ -665,52 +608,25 @@ mod tests {
     use crate::event::Region;
     use crate::rating::{tree_score, ScoreInputs};
 
-    fn report(
-        worker: usize,
-        active_min: Option<i64>,
-        max_ts: Option<i64>,
-        done: bool,
-    ) -> Option<Report> {
-        Some(Report {
-            worker,
-            round: 1,
-            active_min,
-            max_ts,
-            done,
-            time: 0,
-        })
+    fn report(worker: usize, active_min: Option<i64>, max_ts: Option<i64>, done: bool) -> Option<Report> {
+        Some(Report { worker, round: 1, active_min, max_ts, done, time: 0 })
     }
 
     #[test]
     fn watermark_rules() {
         // Not everyone has reported: no watermark decision yet.
-        assert_eq!(
-            global_watermark(&[report(0, Some(10_000), Some(10_000), false), None], 5_000),
-            None
-        );
+        assert_eq!(global_watermark(&[report(0, Some(10_000), Some(10_000), false), None], 5_000), None);
         // Least maximum over active partitions, minus lateness.
-        let r = [
-            report(0, Some(20_000), Some(30_000), false),
-            report(1, Some(12_000), Some(12_000), false),
-        ];
+        let r = [report(0, Some(20_000), Some(30_000), false), report(1, Some(12_000), Some(12_000), false)];
         assert_eq!(global_watermark(&r, 5_000), Some(Some(7_000)));
         // A finished or idle worker does not hold the watermark back.
-        let r = [
-            report(0, Some(20_000), Some(30_000), false),
-            report(1, None, Some(12_000), true),
-        ];
+        let r = [report(0, Some(20_000), Some(30_000), false), report(1, None, Some(12_000), true)];
         assert_eq!(global_watermark(&r, 5_000), Some(Some(15_000)));
         // Quiet stream: every partition idle -> the greatest ts seen.
-        let r = [
-            report(0, None, Some(30_000), false),
-            report(1, None, Some(12_000), false),
-        ];
+        let r = [report(0, None, Some(30_000), false), report(1, None, Some(12_000), false)];
         assert_eq!(global_watermark(&r, 5_000), Some(Some(30_000)));
         // End of a bounded input: the greatest ts, no lateness.
-        let r = [
-            report(0, None, Some(30_000), true),
-            report(1, None, Some(31_000), true),
-        ];
+        let r = [report(0, None, Some(30_000), true), report(1, None, Some(31_000), true)];
         assert_eq!(global_watermark(&r, 5_000), Some(Some(31_000)));
         // No readings at all: no watermark.
         let r = [report(0, None, None, true)];
@@ -718,40 +634,19 @@ mod tests {
     }
 
     fn row(inputs: ScoreInputs) -> ScoreRow {
-        ScoreRow {
-            region: Region::EuWest,
-            score: tree_score(&inputs),
-        }
+        ScoreRow { region: Region::EuWest, score: tree_score(&inputs) }
     }
 
     #[test]
     fn one_alert_per_transition_into_or_out_of_critical() {
         use crate::event::RiskRating;
         // High risk (base 35) with one defect: 33, critical. Unassessed with a 30 tilt penalty: 45, poor.
-        let critical = row(ScoreInputs {
-            risk: Some(RiskRating::High),
-            defect_severity_sum: 1,
-            ..Default::default()
-        });
-        let poor = row(ScoreInputs {
-            tilt_max: Some(7.0),
-            ..Default::default()
-        });
-        let good = row(ScoreInputs {
-            risk: Some(RiskRating::Low),
-            ..Default::default()
-        });
-        let worse = row(ScoreInputs {
-            risk: Some(RiskRating::High),
-            defect_severity_sum: 3,
-            ..Default::default()
-        });
+        let critical = row(ScoreInputs { risk: Some(RiskRating::High), defect_severity_sum: 1, ..Default::default() });
+        let poor = row(ScoreInputs { tilt_max: Some(7.0), ..Default::default() });
+        let good = row(ScoreInputs { risk: Some(RiskRating::Low), ..Default::default() });
+        let worse = row(ScoreInputs { risk: Some(RiskRating::High), defect_severity_sum: 3, ..Default::default() });
         assert_eq!(
-            (
-                critical.score.band.as_str(),
-                poor.score.band.as_str(),
-                good.score.band.as_str()
-            ),
+            (critical.score.band.as_str(), poor.score.band.as_str(), good.score.band.as_str()),
             ("critical", "poor", "good")
         );
         let id = |s: &str| Id::from(s);
@@ -770,14 +665,7 @@ mod tests {
         let alerts = alerts_of(&mut changes, Some(42));
         let got: Vec<(&str, &str, &str, Option<&str>)> = alerts
             .iter()
-            .map(|a| {
-                (
-                    a.tree_id.as_str(),
-                    a.kind.as_str(),
-                    a.band.as_str(),
-                    a.previous_band.as_deref(),
-                )
-            })
+            .map(|a| (a.tree_id.as_str(), a.kind.as_str(), a.band.as_str(), a.previous_band.as_deref()))
             .collect();
         assert_eq!(
             got,

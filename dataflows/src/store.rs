@@ -4,12 +4,18 @@
 //! frontier; the catalog applies, in time order, exactly the changes at times
 //! that every worker has completed. So a reader always sees all six views at
 //! one dataflow time ([`Snapshot::time`]), never a mix of two.
+//!
+//! Views are persistent maps (`imbl`): [`Catalog::snapshot`] hands a reader
+//! an `Arc` of the current state in O(1), and the reader keeps that state for
+//! as long as it likes while ingest goes on (structural sharing: a writer
+//! copies only the paths it changes while a reader holds the old version).
 
 use crate::event::{Id, Region, TreeEvent};
 use crate::time::DataflowTime;
 use crate::views::{AfissRow, AgentDayRow, RegionAgg, ScoreRow, WindowRow};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use imbl::{HashMap, OrdMap};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// One change of one view row.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,17 +46,12 @@ pub struct Views {
     /// `tree_scores`
     pub tree_scores: HashMap<Id, ScoreRow>,
     /// `region_summary`
-    pub region_summary: BTreeMap<Region, RegionAgg>,
+    pub region_summary: OrdMap<Region, RegionAgg>,
     /// `agent_activity`
-    pub agent_activity: BTreeMap<(Id, i32), AgentDayRow>,
+    pub agent_activity: OrdMap<(Id, i32), AgentDayRow>,
 }
 
-fn apply_map<K: std::hash::Hash + Eq, V: PartialEq>(
-    map: &mut HashMap<K, V>,
-    k: K,
-    v: V,
-    diff: isize,
-) {
+fn apply_map<K: std::hash::Hash + Eq + Clone, V: PartialEq + Clone>(map: &mut HashMap<K, V>, k: K, v: V, diff: isize) {
     if diff > 0 {
         map.insert(k, v);
     } else if map.get(&k) == Some(&v) {
@@ -58,7 +59,7 @@ fn apply_map<K: std::hash::Hash + Eq, V: PartialEq>(
     }
 }
 
-fn apply_btree<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, k: K, v: V, diff: isize) {
+fn apply_btree<K: Ord + Clone, V: PartialEq + Clone>(map: &mut OrdMap<K, V>, k: K, v: V, diff: isize) {
     if diff > 0 {
         map.insert(k, v);
     } else if map.get(&k) == Some(&v) {
@@ -92,7 +93,7 @@ impl Views {
 }
 
 /// The views and the time they are at.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// The views.
     pub views: Views,
@@ -121,7 +122,7 @@ struct Pending {
 
 /// The shared views of one process.
 pub struct Catalog {
-    snapshot: RwLock<Snapshot>,
+    snapshot: RwLock<Arc<Snapshot>>,
     pending: Mutex<Pending>,
 }
 
@@ -129,28 +130,18 @@ impl Catalog {
     /// A catalog fed by `workers` workers.
     pub fn new(workers: usize) -> Self {
         Catalog {
-            snapshot: RwLock::new(Snapshot {
-                frontier: Some(DataflowTime(0)),
-                ..Default::default()
-            }),
-            pending: Mutex::new(Pending {
-                frontiers: vec![None; workers],
-                ..Default::default()
-            }),
+            snapshot: RwLock::new(Arc::new(Snapshot { frontier: Some(DataflowTime(0)), ..Default::default() })),
+            pending: Mutex::new(Pending { frontiers: vec![None; workers], ..Default::default() }),
         }
     }
 
-    /// Read access to the views at one time. Hold it briefly: writers wait.
-    pub fn read(&self) -> RwLockReadGuard<'_, Snapshot> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
+    /// The views at the latest complete time, in O(1); never blocks ingest for long.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap_or_else(|poison| poison.into_inner()).clone()
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.pending.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// A worker delivers its view changes, its frontier (`None`: finished) and
@@ -165,11 +156,7 @@ impl Catalog {
         let mut pending = self.pending();
         pending.input_watermark = pending.input_watermark.max(input_watermark);
         for (change, time, diff) in changes {
-            pending
-                .changes
-                .entry(time)
-                .or_default()
-                .push((change, diff));
+            pending.changes.entry(time).or_default().push((change, diff));
         }
         pending.frontiers[worker] = Some(frontier);
         // The global frontier: the least worker frontier (a finished worker holds nothing back).
@@ -184,16 +171,12 @@ impl Catalog {
         let ready: Vec<(DataflowTime, Vec<(ViewChange, isize)>)> = match global {
             Some(g) => {
                 let later = pending.changes.split_off(&g);
-                std::mem::replace(&mut pending.changes, later)
-                    .into_iter()
-                    .collect()
+                std::mem::replace(&mut pending.changes, later).into_iter().collect()
             }
             None => std::mem::take(&mut pending.changes).into_iter().collect(),
         };
-        let mut snap = self
-            .snapshot
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut guard = self.snapshot.write().unwrap_or_else(|poison| poison.into_inner());
+        let snap = Arc::make_mut(&mut guard);
         // Hold the pending lock while writing, so that deliveries apply in frontier order.
         for (_time, mut changes) in ready {
             // Retractions first: within a time each key has at most one row before and after.

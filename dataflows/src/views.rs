@@ -69,9 +69,7 @@ pub struct AgentDayRow {
 
 /// The aggregates of `region_summary`, kept as a difference type so that a
 /// tree's change updates its region in O(1) instead of rescanning the region.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RegionAgg {
     /// Registered trees.
     pub trees: i64,
@@ -168,9 +166,7 @@ where
 
 /// Live assessments keyed by tree: for each assessment id the revision with the
 /// greatest `(revision, source position)`, unless it withdraws the assessment.
-pub fn live_assessments<'s, T>(
-    revisions: Keyed<'s, T, Id, AssessmentEvent>,
-) -> Keyed<'s, T, Id, AssessmentEvent>
+pub fn live_assessments<'s, T>(revisions: Keyed<'s, T, Id, AssessmentEvent>) -> Keyed<'s, T, Id, AssessmentEvent>
 where
     T: Timestamp + Lattice + Ord,
 {
@@ -194,9 +190,10 @@ where
 {
     live.reduce_named("AfissCurrent", |_tree, live, out| {
         let total: isize = live.iter().map(|(_, n)| *n).sum();
-        let current = live.iter().map(|(a, _)| *a).max_by(|x, y| {
-            (x.observed_at, &x.assessment_id).cmp(&(y.observed_at, &y.assessment_id))
-        });
+        let current = live
+            .iter()
+            .map(|(a, _)| *a)
+            .max_by(|x, y| (x.observed_at, &x.assessment_id).cmp(&(y.observed_at, &y.assessment_id)));
         if let Some(a) = current {
             let fi = failure_impact(a.likelihood_of_failure, a.likelihood_of_impact);
             out.push((
@@ -295,55 +292,33 @@ where
                 }
             }
             if let Some(region) = region {
-                out.push((
-                    ScoreRow {
-                        region,
-                        score: tree_score(&inputs),
-                    },
-                    1,
-                ));
+                out.push((ScoreRow { region, score: tree_score(&inputs) }, 1));
             }
         })
 }
 
 /// `region_summary`: per region, counts and mean score of its registered trees.
-pub fn region_summary<'s, T>(
-    scores: Keyed<'s, T, Id, ScoreRow>,
-) -> Keyed<'s, T, crate::event::Region, RegionAgg>
+pub fn region_summary<'s, T>(scores: Keyed<'s, T, Id, ScoreRow>) -> Keyed<'s, T, crate::event::Region, RegionAgg>
 where
     T: Timestamp + Lattice + Ord,
 {
     // Each tree contributes its aggregate as a difference; `count` sums them per region.
-    scores
-        .explode(|(_tree, row)| Some((row.region, RegionAgg::of(&row.score))))
-        .count()
+    scores.explode(|(_tree, row)| Some((row.region, RegionAgg::of(&row.score)))).count()
 }
 
 /// `agent_activity`: per (agent, UTC day of `observed_at`), the agent's live assessments.
-pub fn agent_activity<'s, T>(
-    live: Keyed<'s, T, Id, AssessmentEvent>,
-) -> Keyed<'s, T, (Id, i32), AgentDayRow>
+pub fn agent_activity<'s, T>(live: Keyed<'s, T, Id, AssessmentEvent>) -> Keyed<'s, T, (Id, i32), AgentDayRow>
 where
     T: Timestamp + Lattice + Ord,
 {
     live.map(|(tree, a)| {
         let fi = failure_impact(a.likelihood_of_failure, a.likelihood_of_impact);
-        let high = matches!(
-            risk_rating(fi, a.consequences),
-            RiskRating::High | RiskRating::Extreme
-        );
-        (
-            (a.agent_id.clone(), day_of(a.observed_at)),
-            (tree, a.assessment_id, high),
-        )
+        let high = matches!(risk_rating(fi, a.consequences), RiskRating::High | RiskRating::Extreme);
+        ((a.agent_id.clone(), day_of(a.observed_at)), (tree, a.assessment_id, high))
     })
     .reduce_named("AgentActivity", |_agent_day, assessments, out| {
         // Values sorted by tree first, so distinct trees are runs.
-        let mut row = AgentDayRow {
-            assessments: 0,
-            distinct_trees: 0,
-            high_or_extreme: 0,
-        };
+        let mut row = AgentDayRow { assessments: 0, distinct_trees: 0, high_or_extreme: 0 };
         let mut last_tree: Option<&Id> = None;
         for ((tree, _id, high), n) in assessments {
             if *n <= 0 {

@@ -13,30 +13,17 @@ use std::time::{Duration, Instant};
 
 fn read_parquet(path: &Path) -> Vec<Map<String, Value>> {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
     reader.flat_map(|b| batch_rows(&b.unwrap())).collect()
 }
 
 fn read_views(dir: &Path) -> BTreeMap<&'static str, Vec<Map<String, Value>>> {
-    treeai_dataflows::VIEW_NAMES
-        .iter()
-        .map(|v| (*v, read_parquet(&dir.join(v).join("part-00000.parquet"))))
-        .collect()
+    treeai_dataflows::VIEW_NAMES.iter().map(|v| (*v, read_parquet(&dir.join(v).join("part-00000.parquet")))).collect()
 }
 
 fn treeai(args: &[&str]) -> String {
-    let out = Command::new(treeai_bin())
-        .args(args)
-        .output()
-        .expect("run treeai");
-    assert!(
-        out.status.success(),
-        "treeai {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(treeai_bin()).args(args).output().expect("run treeai");
+    assert!(out.status.success(), "treeai {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -45,45 +32,18 @@ fn produce_then_backfill_matches_the_spec_and_ignores_worker_count() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("e.ndjson");
     let e = events.to_str().unwrap();
-    treeai(&[
-        "produce",
-        "--count",
-        "40000",
-        "--trees",
-        "500",
-        "--seed",
-        "1",
-        "--bad-fraction",
-        "0.01",
-        "--output",
-        e,
-    ]);
+    treeai(&["produce", "--count", "40000", "--trees", "500", "--seed", "1", "--bad-fraction", "0.01", "--output", e]);
 
     let mut outputs = Vec::new();
     for workers in ["1", "2", "4"] {
         let out = dir.path().join(format!("out{workers}"));
-        let summary = treeai(&[
-            "backfill",
-            "--input",
-            e,
-            "--output",
-            out.to_str().unwrap(),
-            "--workers",
-            workers,
-        ]);
-        assert!(
-            summary.starts_with("backfill: 40000 events read"),
-            "{summary}"
-        );
+        let summary = treeai(&["backfill", "--input", e, "--output", out.to_str().unwrap(), "--workers", workers]);
+        assert!(summary.starts_with("backfill: 40000 events read"), "{summary}");
         outputs.push(read_views(&out));
         let dead = read_parquet(&out.join("deadletter").join("part-00000.parquet"));
         assert!(dead.len() > 200, "dead letters: {}", dead.len());
-        assert!(dead
-            .iter()
-            .all(|d| d["reason"].as_str().is_some_and(|r| !r.is_empty())));
-        assert!(dead.iter().all(|d| d["source"]
-            .as_str()
-            .is_some_and(|s| s.contains("e.ndjson:"))));
+        assert!(dead.iter().all(|d| d["reason"].as_str().is_some_and(|r| !r.is_empty())));
+        assert!(dead.iter().all(|d| d["source"].as_str().is_some_and(|s| s.contains("e.ndjson:"))));
     }
     for (name, rows) in &outputs[0] {
         assert!(!rows.is_empty(), "view {name} is empty");
@@ -92,41 +52,21 @@ fn produce_then_backfill_matches_the_spec_and_ignores_worker_count() {
     assert_eq!(outputs[0], outputs[2], "1 vs 4 workers");
 
     let text = std::fs::read(&events).unwrap();
-    let lines: Vec<&[u8]> = text
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    let inputs: Vec<NaiveInput> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| NaiveInput {
-            order: i as u64 + 1,
-            line: l,
-        })
-        .collect();
+    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let inputs: Vec<NaiveInput> =
+        lines.iter().enumerate().map(|(i, l)| NaiveInput { order: i as u64 + 1, line: l }).collect();
     let want = naive_views(&inputs);
     if let Some(diff) = diff_views(&outputs[0], &want.views) {
         panic!("backfill differs from the naive implementation:\n{diff}");
     }
-    let dead = read_parquet(
-        &dir.path()
-            .join("out1")
-            .join("deadletter")
-            .join("part-00000.parquet"),
-    );
+    let dead = read_parquet(&dir.path().join("out1").join("deadletter").join("part-00000.parquet"));
     assert_eq!(dead.len(), want.rejected);
 }
 
 #[test]
 fn backfill_reports_bad_arguments_with_one_line() {
     let out = Command::new(treeai_bin())
-        .args([
-            "backfill",
-            "--input",
-            "/nonexistent.ndjson",
-            "--output",
-            "/tmp/x",
-        ])
+        .args(["backfill", "--input", "/nonexistent.ndjson", "--output", "/tmp/x"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -135,11 +75,7 @@ fn backfill_reports_bad_arguments_with_one_line() {
 }
 
 /// Waits for a line of `child`'s stderr that satisfies `want`, for at most `secs`.
-fn wait_for(
-    lines: &std::sync::mpsc::Receiver<String>,
-    secs: u64,
-    want: impl Fn(&str) -> bool,
-) -> String {
+fn wait_for(lines: &std::sync::mpsc::Receiver<String>, secs: u64, want: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match lines.recv_timeout(left) {
@@ -152,12 +88,7 @@ fn wait_for(
 }
 
 fn spawn(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(treeai_bin())
-        .args(args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(treeai_bin()).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -171,9 +102,7 @@ fn spawn(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<Strin
 }
 
 fn interrupt(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -190,33 +119,17 @@ fn run_streams_files_then_stays_up_until_interrupted() {
     let (mut child, lines) = spawn(&["run", "--input", data, "--workers", "2"]);
     let done = wait_for(&lines, 60, |l| l.contains("input complete"));
     assert!(done.contains("events 11 (rejected 1)"), "{done}");
-    assert!(
-        done.contains("watermark 2026-11-25T09:50:00.000Z"),
-        "{done}"
-    );
+    assert!(done.contains("watermark 2026-11-25T09:50:00.000Z"), "{done}");
     assert!(done.contains("tree_scores=1"), "{done}");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "run exited instead of staying up"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "run exited instead of staying up");
     assert!(interrupt(&mut child).success());
 }
 
 #[test]
 fn run_without_arguments_shows_live_progress() {
-    let (mut child, lines) = spawn(&[
-        "run",
-        "--workers",
-        "2",
-        "--trees",
-        "2000",
-        "--rate",
-        "20000",
-    ]);
-    let line = wait_for(&lines, 60, |l| {
-        l.contains("ev/s") && !l.contains("events 0 ")
-    });
+    let (mut child, lines) = spawn(&["run", "--workers", "2", "--trees", "2000", "--rate", "20000"]);
+    let line = wait_for(&lines, 60, |l| l.contains("ev/s") && !l.contains("events 0 "));
     assert!(line.contains("watermark 20"), "{line}");
     assert!(interrupt(&mut child).success());
 }

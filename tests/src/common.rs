@@ -1,8 +1,6 @@
 //! Helpers shared by the test modules.
 
-use arrow::array::{
-    Array, Date32Array, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
-};
+use arrow::array::{Array, Date32Array, Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
@@ -21,32 +19,17 @@ pub fn batch_rows(batch: &RecordBatch) -> Vec<Map<String, Value>> {
                 Value::Null
             } else {
                 match field.data_type() {
-                    DataType::Utf8 => {
-                        Value::from(col.as_any().downcast_ref::<StringArray>().unwrap().value(r))
+                    DataType::Utf8 => Value::from(col.as_any().downcast_ref::<StringArray>().unwrap().value(r)),
+                    DataType::Int64 => Value::from(col.as_any().downcast_ref::<Int64Array>().unwrap().value(r)),
+                    DataType::Float64 => Value::from(col.as_any().downcast_ref::<Float64Array>().unwrap().value(r)),
+                    DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                        Value::from(col.as_any().downcast_ref::<TimestampMillisecondArray>().unwrap().value(r))
                     }
-                    DataType::Int64 => {
-                        Value::from(col.as_any().downcast_ref::<Int64Array>().unwrap().value(r))
-                    }
-                    DataType::Float64 => Value::from(
-                        col.as_any()
-                            .downcast_ref::<Float64Array>()
-                            .unwrap()
-                            .value(r),
-                    ),
-                    DataType::Timestamp(TimeUnit::Millisecond, _) => Value::from(
-                        col.as_any()
-                            .downcast_ref::<TimestampMillisecondArray>()
-                            .unwrap()
-                            .value(r),
-                    ),
                     DataType::Date32 => Value::from(treeai_dataflows::time::format_day(
                         col.as_any().downcast_ref::<Date32Array>().unwrap().value(r),
                     )),
                     DataType::Binary => Value::from(String::from_utf8_lossy(
-                        col.as_any()
-                            .downcast_ref::<arrow::array::BinaryArray>()
-                            .unwrap()
-                            .value(r),
+                        col.as_any().downcast_ref::<arrow::array::BinaryArray>().unwrap().value(r),
                     )),
                     other => panic!("unexpected column type {other:?}"),
                 }
@@ -71,19 +54,11 @@ pub fn diff_views(
             continue;
         };
         if got_rows.len() != want_rows.len() {
-            out += &format!(
-                "{view}: {} rows, want {}\n",
-                got_rows.len(),
-                want_rows.len()
-            );
+            out += &format!("{view}: {} rows, want {}\n", got_rows.len(), want_rows.len());
         }
         for (g, w) in got_rows.iter().zip(want_rows) {
             if !rows_match(g, w) {
-                out += &format!(
-                    "{view}:\n  got  {}\n  want {}\n",
-                    Value::Object(g.clone()),
-                    Value::Object(w.clone())
-                );
+                out += &format!("{view}:\n  got  {}\n  want {}\n", Value::Object(g.clone()), Value::Object(w.clone()));
             }
         }
         if out.len() > 4000 {
@@ -95,9 +70,7 @@ pub fn diff_views(
 
 fn near_band_boundary(row: &Map<String, Value>) -> bool {
     let s = row.get("score").and_then(Value::as_f64).unwrap_or(-1.0);
-    [40.0, 60.0, 80.0]
-        .iter()
-        .any(|b| (s - b).abs() <= 0.1 + 1e-9)
+    [40.0, 60.0, 80.0].iter().any(|b| (s - b).abs() <= 0.1 + 1e-9)
 }
 
 fn rows_match(g: &Map<String, Value>, w: &Map<String, Value>) -> bool {
@@ -108,15 +81,8 @@ fn rows_match(g: &Map<String, Value>, w: &Map<String, Value>) -> bool {
         let Some(gv) = g.get(k) else { return false };
         let ok = match (gv, wv) {
             (Value::Number(a), Value::Number(b)) => {
-                let (a, b) = (
-                    a.as_f64().unwrap_or(f64::NAN),
-                    b.as_f64().unwrap_or(f64::NAN),
-                );
-                let tol = if k == "score" || k == "mean_score" {
-                    0.1 + 1e-9
-                } else {
-                    1e-6
-                };
+                let (a, b) = (a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
+                let tol = if k == "score" || k == "mean_score" { 0.1 + 1e-9 } else { 1e-6 };
                 (a - b).abs() <= tol
             }
             (Value::String(a), Value::String(b)) if k == "band" => a == b || near_band_boundary(w),
@@ -137,10 +103,6 @@ pub fn treeai_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join(format!("treeai{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build -p treeai` first (or set TREEAI_BIN)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} not found: run `cargo build -p treeai` first (or set TREEAI_BIN)", bin.display());
     bin
 }

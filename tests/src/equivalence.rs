@@ -48,22 +48,16 @@ fn random_line(rng: &mut Pcg64Mcg) -> String {
                 "updated_at": ts(rng, updated),
             });
             if rng.random_bool(0.7) {
-                o["baseline_tilt_deg"] =
-                    json!((rng.random_range(0.0..4.0f64) * 10.0).round() / 10.0);
+                o["baseline_tilt_deg"] = json!((rng.random_range(0.0..4.0f64) * 10.0).round() / 10.0);
             }
             if rng.random_bool(0.7) {
-                o["baseline_sway_hz"] =
-                    json!((rng.random_range(0.2..1.5f64) * 100.0).round() / 100.0);
+                o["baseline_sway_hz"] = json!((rng.random_range(0.2..1.5f64) * 100.0).round() / 100.0);
             }
             if rng.random_bool(0.5) {
-                o["species"] = json!(pick(
-                    rng,
-                    &["Quercus robur", "Tilia cordata", "Acer platanoides"]
-                ));
+                o["species"] = json!(pick(rng, &["Quercus robur", "Tilia cordata", "Acer platanoides"]));
                 o["dbh_cm"] = json!(rng.random_range(5..200));
                 o["height_m"] = json!(rng.random_range(2.0..40.0f64));
-                o["target_occupancy"] =
-                    json!(pick(rng, &["rare", "occasional", "frequent", "constant"]));
+                o["target_occupancy"] = json!(pick(rng, &["rare", "occasional", "frequent", "constant"]));
             }
             o
         }
@@ -104,11 +98,7 @@ fn random_line(rng: &mut Pcg64Mcg) -> String {
             ("wind_gust_ms", 0.0, 40.0),
         ][rng.random_range(0..4)];
         // Mostly within ~3 hours, some far in the past (expired when they arrive late).
-        let t = if rng.random_bool(0.05) {
-            BASE_MS - 86_400_000
-        } else {
-            BASE_MS + rng.random_range(0..3 * 3_600_000)
-        };
+        let t = if rng.random_bool(0.05) { BASE_MS - 86_400_000 } else { BASE_MS + rng.random_range(0..3 * 3_600_000) };
         json!({
             "type": "reading", "sensor_id": format!("S-{}", rng.random_range(0..5)), "tree_id": tree,
             "metric": metric, "value": (rng.random_range(lo..hi) * 100.0f64).round() / 100.0 + if metric == "sway_hz" { 0.01 } else { 0.0 },
@@ -148,12 +138,7 @@ impl Source for VecSource {
         }
         let n = self.rng.random_range(1..=self.max_batch.min(max));
         for (line, pos, partition) in self.messages.iter().skip(self.next).take(n) {
-            emit(RawMessage {
-                bytes: line.as_bytes(),
-                kind: None,
-                pos: *pos,
-                partition: *partition,
-            });
+            emit(RawMessage { bytes: line.as_bytes(), kind: None, pos: *pos, partition: *partition });
         }
         self.next += n;
         Poll::Ready
@@ -178,25 +163,14 @@ fn run_dataflow(lines: &[String], workers: usize, seed: u64) -> Outcome {
     for i in order {
         let w = rng.random_range(0..workers);
         let partition = rng.random_range(0..3);
-        dealt[w].push((
-            lines[i].clone(),
-            Position {
-                source: 0,
-                offset: i as u64 + 1,
-            },
-            partition,
-        ));
+        dealt[w].push((lines[i].clone(), Position { source: 0, offset: i as u64 + 1 }, partition));
     }
     let max_batch = [1, 3, 17, 200][rng.random_range(0..4)];
     let dealt = Arc::new(Mutex::new(dealt));
     let factory: SourceFactory = Arc::new(move |w, _peers| {
         let messages = std::mem::take(&mut dealt.lock().unwrap()[w]);
-        Ok(Box::new(VecSource {
-            messages,
-            next: 0,
-            rng: Pcg64Mcg::seed_from_u64(seed ^ w as u64),
-            max_batch,
-        }) as Box<dyn Source>)
+        Ok(Box::new(VecSource { messages, next: 0, rng: Pcg64Mcg::seed_from_u64(seed ^ w as u64), max_batch })
+            as Box<dyn Source>)
     });
     let config = RuntimeConfig {
         workers,
@@ -216,42 +190,21 @@ fn run_dataflow(lines: &[String], workers: usize, seed: u64) -> Outcome {
         Arc::new(AtomicBool::new(false)),
     )
     .expect("runtime");
-    let snap = catalog.read();
-    let views = view_batches(&snap.views, snap.watermark)
-        .into_iter()
-        .map(|(n, b)| (n, batch_rows(&b)))
-        .collect();
+    let snap = catalog.snapshot();
+    let views = view_batches(&snap.views, snap.watermark).into_iter().map(|(n, b)| (n, batch_rows(&b))).collect();
     let rejected = collected.lock().unwrap().dead_letters.len();
-    Outcome {
-        views,
-        watermark: snap.watermark,
-        rejected,
-    }
+    Outcome { views, watermark: snap.watermark, rejected }
 }
 
 fn check(lines: &[String], seed: u64, workers: usize) {
-    let inputs: Vec<NaiveInput> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| NaiveInput {
-            order: i as u64 + 1,
-            line: l.as_bytes(),
-        })
-        .collect();
+    let inputs: Vec<NaiveInput> =
+        lines.iter().enumerate().map(|(i, l)| NaiveInput { order: i as u64 + 1, line: l.as_bytes() }).collect();
     let want = naive_views(&inputs);
     let got = run_dataflow(lines, workers, seed);
-    assert_eq!(
-        got.watermark, want.watermark,
-        "watermark (seed {seed}, workers {workers})"
-    );
-    assert_eq!(
-        got.rejected, want.rejected,
-        "rejected (seed {seed}, workers {workers})"
-    );
+    assert_eq!(got.watermark, want.watermark, "watermark (seed {seed}, workers {workers})");
+    assert_eq!(got.rejected, want.rejected, "rejected (seed {seed}, workers {workers})");
     if let Some(diff) = diff_views(&got.views, &want.views) {
-        panic!(
-            "seed {seed}, workers {workers}: views differ from the naive implementation:\n{diff}"
-        );
+        panic!("seed {seed}, workers {workers}: views differ from the naive implementation:\n{diff}");
     }
 }
 
@@ -277,10 +230,7 @@ fn the_same_input_gives_the_same_views_in_any_order_and_worker_count() {
 
 #[test]
 fn worked_example_of_the_spec() {
-    let lines: Vec<String> = include_str!("../data/one-tree.ndjson")
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let lines: Vec<String> = include_str!("../data/one-tree.ndjson").lines().map(str::to_string).collect();
     let got = run_dataflow(&lines, 2, 7);
     assert_eq!(got.rejected, 1);
     assert_eq!(got.watermark, Some(1_795_600_200_000)); // 2026-11-25T09:50:00Z
@@ -290,30 +240,17 @@ fn worked_example_of_the_spec() {
     assert_eq!(score["risk_rating"], json!("moderate"));
     let w = &got.views["sensor_windows"][0];
     assert_eq!(
-        (
-            w["tilt_max"].clone(),
-            w["sway_min"].clone(),
-            w["readings"].clone()
-        ),
+        (w["tilt_max"].clone(), w["sway_min"].clone(), w["readings"].clone()),
         (json!(4.5), json!(0.4), json!(5))
     );
     assert_eq!(w["gust_max"], json!(18.0));
     assert_eq!(w["soil_mean"], json!(41.0));
     let a = &got.views["afiss_current"][0];
-    assert_eq!(
-        (a["assessment_id"].clone(), a["revision"].clone()),
-        (json!("A-2"), json!(2))
-    );
-    assert_eq!(
-        (a["failure_impact"].clone(), a["risk_rating"].clone()),
-        (json!("somewhat_likely"), json!("moderate"))
-    );
+    assert_eq!((a["assessment_id"].clone(), a["revision"].clone()), (json!("A-2"), json!(2)));
+    assert_eq!((a["failure_impact"].clone(), a["risk_rating"].clone()), (json!("somewhat_likely"), json!("moderate")));
     assert_eq!(a["assessments_total"], json!(2));
     let agents = &got.views["agent_activity"];
     assert_eq!(agents.len(), 2);
-    assert_eq!(
-        (agents[1]["agent_id"].clone(), agents[1]["day"].clone()),
-        (json!("agent-07"), json!("2026-11-20"))
-    );
+    assert_eq!((agents[1]["agent_id"].clone(), agents[1]["day"].clone()), (json!("agent-07"), json!("2026-11-20")));
     assert_eq!(agents[1]["high_or_extreme"], json!(1));
 }

@@ -67,17 +67,8 @@ const OCCUPANCIES: &[&str] = &["rare", "occasional", "frequent", "constant"];
 const FAILURES: &[&str] = &["improbable", "possible", "probable", "imminent"];
 const IMPACTS: &[&str] = &["very_low", "low", "medium", "high"];
 const CONSEQUENCES: &[&str] = &["negligible", "minor", "significant", "severe"];
-const DEFECT_KINDS: &[&str] = &[
-    "decay",
-    "crack",
-    "lean",
-    "deadwood",
-    "root_damage",
-    "cavity",
-    "canker",
-    "included_bark",
-    "hanger",
-];
+const DEFECT_KINDS: &[&str] =
+    &["decay", "crack", "lean", "deadwood", "root_damage", "cavity", "canker", "included_bark", "hanger"];
 const METRICS: &[&str] = &["tilt_deg", "sway_hz", "soil_moisture_pct", "wind_gust_ms"];
 
 // ---------------------------------------------------------------------------
@@ -402,21 +393,11 @@ struct Range {
 }
 
 const fn closed(lo: f64, hi: f64) -> Range {
-    Range {
-        lo,
-        lo_closed: true,
-        hi,
-        hi_closed: true,
-    }
+    Range { lo, lo_closed: true, hi, hi_closed: true }
 }
 
 const fn open_closed(lo: f64, hi: f64) -> Range {
-    Range {
-        lo,
-        lo_closed: false,
-        hi,
-        hi_closed: true,
-    }
+    Range { lo, lo_closed: false, hi, hi_closed: true }
 }
 
 fn in_range(x: f64, r: Range) -> bool {
@@ -466,10 +447,7 @@ fn opt_bool(o: &Obj, key: &str) -> Result<Option<bool>, String> {
 
 /// Epoch ms of 2000-01-01T00:00:00Z and 2100-01-01T00:00:00Z.
 fn ts_bounds() -> (i64, i64) {
-    (
-        days_from_civil(2000, 1, 1) * DAY_MS,
-        days_from_civil(2100, 1, 1) * DAY_MS,
-    )
+    (days_from_civil(2000, 1, 1) * DAY_MS, days_from_civil(2100, 1, 1) * DAY_MS)
 }
 
 fn req_ts(o: &Obj, key: &str) -> Result<i64, String> {
@@ -495,21 +473,14 @@ fn parse_tree(o: &Obj) -> Result<Tree, String> {
     let deleted = opt_bool(o, "deleted")?.unwrap_or(false);
     // For a deletion the other fields may be absent; if present they are
     // validated like an upsert's (choice).
-    let region = if deleted {
-        opt_enum(o, "region", REGIONS)?
-    } else {
-        Some(req_enum(o, "region", REGIONS)?)
-    };
+    let region = if deleted { opt_enum(o, "region", REGIONS)? } else { Some(req_enum(o, "region", REGIONS)?) };
     let species = opt_string(o, "species", 128)?;
     let lat_r = closed(-90.0, 90.0);
     let lon_r = closed(-180.0, 180.0);
     let (lat, lon) = if deleted {
         (opt_number(o, "lat", lat_r)?, opt_number(o, "lon", lon_r)?)
     } else {
-        (
-            Some(req_number(o, "lat", lat_r)?),
-            Some(req_number(o, "lon", lon_r)?),
-        )
+        (Some(req_number(o, "lat", lat_r)?), Some(req_number(o, "lon", lon_r)?))
     };
     let dbh_cm = opt_number(o, "dbh_cm", open_closed(0.0, 1500.0))?;
     let height_m = opt_number(o, "height_m", open_closed(0.0, 150.0))?;
@@ -552,21 +523,15 @@ fn parse_assessment(o: &Obj) -> Result<Assessment, String> {
     let consequences = req_enum(o, "consequences", CONSEQUENCES)?;
     let mut defect_severities = Vec::new();
     if let Some(v) = field(o, "defects") {
-        let items = v
-            .as_array()
-            .ok_or_else(|| "defects: not an array".to_string())?;
+        let items = v.as_array().ok_or_else(|| "defects: not an array".to_string())?;
         if items.len() > 32 {
             return Err("defects: more than 32 items".to_string());
         }
         for item in items {
-            let d = item
-                .as_object()
-                .ok_or_else(|| "defects[]: not an object".to_string())?;
+            let d = item.as_object().ok_or_else(|| "defects[]: not an object".to_string())?;
             req_enum(d, "kind", DEFECT_KINDS).map_err(|e| format!("defects[].{e}"))?;
-            let sv =
-                field(d, "severity").ok_or_else(|| "defects[].severity: missing".to_string())?;
-            let s =
-                as_integer(sv).ok_or_else(|| "defects[].severity: not an integer".to_string())?;
+            let sv = field(d, "severity").ok_or_else(|| "defects[].severity: missing".to_string())?;
+            let s = as_integer(sv).ok_or_else(|| "defects[].severity: not an integer".to_string())?;
             if !(1..=5).contains(&s) {
                 return Err("defects[].severity: out of 1..5".to_string());
             }
@@ -606,12 +571,7 @@ fn parse_reading(o: &Obj) -> Result<Reading, String> {
     let metric = req_enum(o, "metric", METRICS)?;
     let value = req_number(o, "value", metric_range(&metric))?;
     let ts = req_ts(o, "ts")?;
-    Ok(Reading {
-        tree_id,
-        metric,
-        value,
-        ts,
-    })
+    Ok(Reading { tree_id, metric, value, ts })
 }
 
 /// Validate one NDJSON line (DOMAIN §2). `Err` carries a reason.
@@ -666,10 +626,7 @@ fn matrix2(failure_impact: &str, consequences: &str) -> &'static str {
 }
 
 fn risk_rating(a: &Assessment) -> &'static str {
-    matrix2(
-        matrix1(&a.likelihood_of_failure, &a.likelihood_of_impact),
-        &a.consequences,
-    )
+    matrix2(matrix1(&a.likelihood_of_failure, &a.likelihood_of_impact), &a.consequences)
 }
 
 fn base_score(rating: &str) -> f64 {
@@ -770,8 +727,7 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
                     Some((r, o, _)) => (a.revision, order) > (*r, *o),
                 };
                 if replace {
-                    assessment_versions
-                        .insert(a.assessment_id.clone(), (a.revision, order, a.clone()));
+                    assessment_versions.insert(a.assessment_id.clone(), (a.revision, order, a.clone()));
                 }
             }
             Event::Reading(r) => {
@@ -808,10 +764,7 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
         *live_count.entry(a.tree_id.clone()).or_insert(0) += 1;
         let replace = match current.get(&a.tree_id) {
             None => true,
-            Some(c) => {
-                (a.observed_at, a.assessment_id.as_bytes())
-                    > (c.observed_at, c.assessment_id.as_bytes())
-            }
+            Some(c) => (a.observed_at, a.assessment_id.as_bytes()) > (c.observed_at, c.assessment_id.as_bytes()),
         };
         if replace {
             current.insert(a.tree_id.clone(), a.clone());
@@ -865,10 +818,7 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
         row.insert("dbh_cm".into(), opt_f(t.dbh_cm));
         row.insert("height_m".into(), opt_f(t.height_m));
         row.insert("target_occupancy".into(), opt_s(&t.target_occupancy));
-        row.insert(
-            "baseline_tilt_deg".into(),
-            Value::from(t.baseline_tilt_deg.unwrap_or(0.0)),
-        );
+        row.insert("baseline_tilt_deg".into(), Value::from(t.baseline_tilt_deg.unwrap_or(0.0)));
         row.insert("baseline_sway_hz".into(), opt_f(t.baseline_sway_hz));
         row.insert("updated_at".into(), Value::from(t.updated_at));
         trees_rows.push(row);
@@ -889,35 +839,20 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
         }
         let mut row = Map::new();
         row.insert("tree_id".into(), Value::from(tree_id.as_str()));
-        row.insert(
-            "assessment_id".into(),
-            Value::from(a.assessment_id.as_str()),
-        );
+        row.insert("assessment_id".into(), Value::from(a.assessment_id.as_str()));
         row.insert("revision".into(), Value::from(a.revision));
         row.insert("agent_id".into(), Value::from(a.agent_id.as_str()));
         row.insert("observed_at".into(), Value::from(a.observed_at));
-        row.insert(
-            "likelihood_of_failure".into(),
-            Value::from(a.likelihood_of_failure.as_str()),
-        );
-        row.insert(
-            "likelihood_of_impact".into(),
-            Value::from(a.likelihood_of_impact.as_str()),
-        );
+        row.insert("likelihood_of_failure".into(), Value::from(a.likelihood_of_failure.as_str()));
+        row.insert("likelihood_of_impact".into(), Value::from(a.likelihood_of_impact.as_str()));
         row.insert("consequences".into(), Value::from(a.consequences.as_str()));
         row.insert("failure_impact".into(), Value::from(fi));
         row.insert("risk_rating".into(), Value::from(rr));
-        row.insert(
-            "defect_count".into(),
-            Value::from(a.defect_severities.len() as u64),
-        );
+        row.insert("defect_count".into(), Value::from(a.defect_severities.len() as u64));
         row.insert("defect_severity_sum".into(), Value::from(sum));
         row.insert("max_defect_severity".into(), Value::from(max));
         row.insert("crown_dieback_pct".into(), Value::from(a.crown_dieback_pct));
-        row.insert(
-            "assessments_total".into(),
-            Value::from(*live_count.get(tree_id).unwrap_or(&0)),
-        );
+        row.insert("assessments_total".into(), Value::from(*live_count.get(tree_id).unwrap_or(&0)));
         afiss_rows.push(row);
     }
 
@@ -980,8 +915,7 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
             }
             _ => 0.0,
         };
-        let raw =
-            base - defect_penalty - dieback_penalty - tilt_penalty - sway_penalty - storm_penalty;
+        let raw = base - defect_penalty - dieback_penalty - tilt_penalty - sway_penalty - storm_penalty;
         let clamped = raw.clamp(0.0, 100.0);
         let score = (clamped * 10.0).round() / 10.0;
         let b = band(score);
@@ -1040,10 +974,7 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
         row.insert("poor".into(), Value::from(count(&bands, "poor")));
         row.insert("critical".into(), Value::from(count(&bands, "critical")));
         row.insert("risk_low".into(), Value::from(count(&risks, "low")));
-        row.insert(
-            "risk_moderate".into(),
-            Value::from(count(&risks, "moderate")),
-        );
+        row.insert("risk_moderate".into(), Value::from(count(&risks, "moderate")));
         row.insert("risk_high".into(), Value::from(count(&risks, "high")));
         row.insert("risk_extreme".into(), Value::from(count(&risks, "extreme")));
         region_rows.push(row);
@@ -1080,11 +1011,7 @@ pub fn naive_views(inputs: &[NaiveInput]) -> NaiveViews {
     views.insert("tree_scores", score_rows);
     views.insert("region_summary", region_rows);
     views.insert("agent_activity", activity_rows);
-    NaiveViews {
-        watermark,
-        rejected,
-        views,
-    }
+    NaiveViews { watermark, rejected, views }
 }
 
 // ---------------------------------------------------------------------------
@@ -1110,33 +1037,21 @@ mod tests {
 "#;
 
     fn run(text: &str) -> NaiveViews {
-        let inputs: Vec<NaiveInput> = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| NaiveInput {
-                order: i as u64,
-                line: l.as_bytes(),
-            })
-            .collect();
+        let inputs: Vec<NaiveInput> =
+            text.lines().enumerate().map(|(i, l)| NaiveInput { order: i as u64, line: l.as_bytes() }).collect();
         naive_views(&inputs)
     }
 
     fn f(row: &Map<String, Value>, k: &str) -> f64 {
-        row[k]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{k} not a number: {:?}", row[k]))
+        row[k].as_f64().unwrap_or_else(|| panic!("{k} not a number: {:?}", row[k]))
     }
 
     fn i(row: &Map<String, Value>, k: &str) -> i64 {
-        row[k]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{k} not an integer: {:?}", row[k]))
+        row[k].as_i64().unwrap_or_else(|| panic!("{k} not an integer: {:?}", row[k]))
     }
 
     fn s<'a>(row: &'a Map<String, Value>, k: &str) -> &'a str {
-        row[k]
-            .as_str()
-            .unwrap_or_else(|| panic!("{k} not a string: {:?}", row[k]))
+        row[k].as_str().unwrap_or_else(|| panic!("{k} not a string: {:?}", row[k]))
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -1156,10 +1071,7 @@ mod tests {
         assert_eq!(w, 1_795_600_200_000);
         assert_eq!(v.watermark, Some(w));
         // The integer ts of the sway reading is 09:00Z.
-        assert_eq!(
-            parse_rfc3339("2026-11-25T09:00:00Z"),
-            Some(1_795_597_200_000)
-        );
+        assert_eq!(parse_rfc3339("2026-11-25T09:00:00Z"), Some(1_795_597_200_000));
 
         // trees
         let trees = &v.views["trees"];
@@ -1170,10 +1082,7 @@ mod tests {
         assert!(trees[0]["dbh_cm"].is_null());
         assert!(close(f(&trees[0], "baseline_tilt_deg"), 2.0));
         assert!(close(f(&trees[0], "baseline_sway_hz"), 0.5));
-        assert_eq!(
-            i(&trees[0], "updated_at"),
-            parse_rfc3339("2026-11-25T08:00:00Z").unwrap()
-        );
+        assert_eq!(i(&trees[0], "updated_at"), parse_rfc3339("2026-11-25T08:00:00Z").unwrap());
         assert_eq!(trees[0].len(), 11);
 
         // afiss_current
@@ -1185,10 +1094,7 @@ mod tests {
         assert_eq!(s(a, "assessment_id"), "A-2");
         assert_eq!(i(a, "revision"), 2);
         assert_eq!(s(a, "agent_id"), "agent-03");
-        assert_eq!(
-            i(a, "observed_at"),
-            parse_rfc3339("2026-11-24T10:00:00Z").unwrap()
-        );
+        assert_eq!(i(a, "observed_at"), parse_rfc3339("2026-11-24T10:00:00Z").unwrap());
         assert_eq!(s(a, "likelihood_of_failure"), "possible");
         assert_eq!(s(a, "likelihood_of_impact"), "high");
         assert_eq!(s(a, "consequences"), "significant");
@@ -1239,19 +1145,8 @@ mod tests {
         assert_eq!(i(r, "trees"), 1);
         assert_eq!(i(r, "assessed_trees"), 1);
         assert!(close(f(r, "mean_score"), 42.5));
-        assert_eq!(
-            (i(r, "good"), i(r, "fair"), i(r, "poor"), i(r, "critical")),
-            (0, 0, 1, 0)
-        );
-        assert_eq!(
-            (
-                i(r, "risk_low"),
-                i(r, "risk_moderate"),
-                i(r, "risk_high"),
-                i(r, "risk_extreme")
-            ),
-            (0, 1, 0, 0)
-        );
+        assert_eq!((i(r, "good"), i(r, "fair"), i(r, "poor"), i(r, "critical")), (0, 0, 1, 0));
+        assert_eq!((i(r, "risk_low"), i(r, "risk_moderate"), i(r, "risk_high"), i(r, "risk_extreme")), (0, 1, 0, 0));
 
         // agent_activity, sorted by (agent_id, day)
         let aa = &v.views["agent_activity"];
@@ -1273,14 +1168,8 @@ mod tests {
         // Reversing line order but keeping each line's source-order rank must
         // not change anything.
         let lines: Vec<&str> = ONE_TREE.lines().collect();
-        let mut inputs: Vec<NaiveInput> = lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| NaiveInput {
-                order: i as u64,
-                line: l.as_bytes(),
-            })
-            .collect();
+        let mut inputs: Vec<NaiveInput> =
+            lines.iter().enumerate().map(|(i, l)| NaiveInput { order: i as u64, line: l.as_bytes() }).collect();
         let a = naive_views(&inputs);
         inputs.reverse();
         let b = naive_views(&inputs);
@@ -1293,48 +1182,25 @@ mod tests {
     fn naive_rfc3339_and_days() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2000-01-01T00:00:00Z"), Some(946_684_800_000));
-        assert_eq!(
-            parse_rfc3339("2100-01-01T00:00:00Z"),
-            Some(4_102_444_800_000)
-        );
+        assert_eq!(parse_rfc3339("2100-01-01T00:00:00Z"), Some(4_102_444_800_000));
         assert_eq!(
             parse_rfc3339("2026-11-25T10:00:01.250Z"),
             Some(parse_rfc3339("2026-11-25T10:00:01Z").unwrap() + 250)
         );
-        assert_eq!(
-            parse_rfc3339("2026-11-25T11:30:00+01:30"),
-            parse_rfc3339("2026-11-25T10:00:00Z")
-        );
-        assert_eq!(
-            parse_rfc3339("2026-11-25T05:00:00-05:00"),
-            parse_rfc3339("2026-11-25T10:00:00z")
-        );
-        assert_eq!(
-            parse_rfc3339("2026-11-25T10:00:00.5Z"),
-            Some(parse_rfc3339("2026-11-25T10:00:00Z").unwrap() + 500)
-        );
+        assert_eq!(parse_rfc3339("2026-11-25T11:30:00+01:30"), parse_rfc3339("2026-11-25T10:00:00Z"));
+        assert_eq!(parse_rfc3339("2026-11-25T05:00:00-05:00"), parse_rfc3339("2026-11-25T10:00:00z"));
+        assert_eq!(parse_rfc3339("2026-11-25T10:00:00.5Z"), Some(parse_rfc3339("2026-11-25T10:00:00Z").unwrap() + 500));
         assert_eq!(
             parse_rfc3339("2026-11-25T10:00:00.123999Z"),
             Some(parse_rfc3339("2026-11-25T10:00:00Z").unwrap() + 123)
         );
-        assert_eq!(
-            parse_rfc3339("2024-02-29T00:00:00Z")
-                .map(utc_day)
-                .as_deref(),
-            Some("2024-02-29")
-        );
+        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z").map(utc_day).as_deref(), Some("2024-02-29"));
         assert_eq!(parse_rfc3339("2023-02-29T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("2026-11-25 10:00:00Z"), None);
         assert_eq!(parse_rfc3339("2026-11-25T10:00:00"), None);
         assert_eq!(parse_rfc3339("2026-11-25T10:00:00.Z"), None);
         assert_eq!(parse_rfc3339("2026-11-25T24:00:00Z"), None);
-        for ms in [
-            0i64,
-            946_684_800_000,
-            951_782_400_000,
-            1_795_600_200_000,
-            4_102_444_799_999,
-        ] {
+        for ms in [0i64, 946_684_800_000, 951_782_400_000, 1_795_600_200_000, 4_102_444_799_999] {
             let day = utc_day(ms);
             let back = parse_rfc3339(&format!("{day}T00:00:00Z")).unwrap();
             assert!(back <= ms && ms < back + DAY_MS, "{ms} {day}");
@@ -1352,31 +1218,18 @@ mod tests {
         assert!(ok(&format!("{tree},\"dbh_cm\":1500}}")));
         assert!(!ok(&format!("{tree},\"lat\":90.0001}}")));
         assert!(!ok(&format!("{tree},\"region\":\"mars\"}}")));
-        assert!(!ok(&format!(
-            "{tree},\"species\":\"{}\"}}",
-            "é".repeat(129)
-        )));
+        assert!(!ok(&format!("{tree},\"species\":\"{}\"}}", "é".repeat(129))));
         assert!(ok(&format!("{tree},\"species\":\"{}\"}}", "é".repeat(128))));
         assert!(!ok(&format!("{tree},\"tree_id\":\"{}\"}}", "a".repeat(65))));
         assert!(!ok(&format!("{tree},\"tree_id\":\"a b\"}}")));
         assert!(!ok(&format!("{tree},\"updated_at\":946684799999}}")));
         assert!(ok(&format!("{tree},\"updated_at\":946684800000.0}}")));
         assert!(!ok(&format!("{tree},\"updated_at\":946684800000.5}}")));
-        assert!(!ok(&format!(
-            "{tree},\"updated_at\":\"2100-01-01T00:00:00Z\"}}"
-        )));
-        assert!(!ok(&format!(
-            "{tree},\"updated_at\":\"2099-12-31T23:30:00-01:00\"}}"
-        )));
-        assert!(ok(
-            r#"{"type":"tree","tree_id":"T-1","deleted":true,"updated_at":"2026-01-01T00:00:00Z"}"#
-        ));
-        assert!(!ok(
-            r#"{"type":"tree","tree_id":"T-1","deleted":true,"lat":100,"updated_at":"2026-01-01T00:00:00Z"}"#
-        ));
-        assert!(!ok(
-            r#"{"type":"tree","tree_id":"T-1","deleted":"yes","updated_at":"2026-01-01T00:00:00Z"}"#
-        ));
+        assert!(!ok(&format!("{tree},\"updated_at\":\"2100-01-01T00:00:00Z\"}}")));
+        assert!(!ok(&format!("{tree},\"updated_at\":\"2099-12-31T23:30:00-01:00\"}}")));
+        assert!(ok(r#"{"type":"tree","tree_id":"T-1","deleted":true,"updated_at":"2026-01-01T00:00:00Z"}"#));
+        assert!(!ok(r#"{"type":"tree","tree_id":"T-1","deleted":true,"lat":100,"updated_at":"2026-01-01T00:00:00Z"}"#));
+        assert!(!ok(r#"{"type":"tree","tree_id":"T-1","deleted":"yes","updated_at":"2026-01-01T00:00:00Z"}"#));
         assert!(!ok(r#"{"tree_id":"T-1"}"#));
         assert!(!ok(r#"{"type":"weather"}"#));
         assert!(!ok("[1,2]"));
@@ -1389,15 +1242,9 @@ mod tests {
         assert!(!ok(&format!("{asm},\"revision\":0}}")));
         assert!(!ok(&format!("{asm},\"revision\":1.5}}")));
         assert!(!ok(&format!("{asm},\"revision\":\"2\"}}")));
-        assert!(!ok(&format!(
-            "{asm},\"defects\":[{{\"kind\":\"decay\",\"severity\":6}}]}}"
-        )));
-        assert!(!ok(&format!(
-            "{asm},\"defects\":[{{\"kind\":\"rot\",\"severity\":1}}]}}"
-        )));
-        assert!(!ok(&format!(
-            "{asm},\"defects\":[{{\"kind\":\"decay\"}}]}}"
-        )));
+        assert!(!ok(&format!("{asm},\"defects\":[{{\"kind\":\"decay\",\"severity\":6}}]}}")));
+        assert!(!ok(&format!("{asm},\"defects\":[{{\"kind\":\"rot\",\"severity\":1}}]}}")));
+        assert!(!ok(&format!("{asm},\"defects\":[{{\"kind\":\"decay\"}}]}}")));
         let d = vec![r#"{"kind":"decay","severity":1}"#; 33].join(",");
         assert!(!ok(&format!("{asm},\"defects\":[{d}]}}")));
         let d = vec![r#"{"kind":"decay","severity":1}"#; 32].join(",");
@@ -1409,21 +1256,14 @@ mod tests {
         assert!(ok(&format!("{rd},\"metric\":\"sway_hz\",\"value\":20}}")));
         assert!(!ok(&format!("{rd},\"metric\":\"sway_hz\",\"value\":0}}")));
         assert!(ok(&format!("{rd},\"metric\":\"tilt_deg\",\"value\":0}}")));
-        assert!(!ok(&format!(
-            "{rd},\"metric\":\"wind_gust_ms\",\"value\":120.1}}"
-        )));
-        assert!(!ok(&format!(
-            "{rd},\"metric\":\"wind_gust_ms\",\"value\":1e999}}"
-        )));
+        assert!(!ok(&format!("{rd},\"metric\":\"wind_gust_ms\",\"value\":120.1}}")));
+        assert!(!ok(&format!("{rd},\"metric\":\"wind_gust_ms\",\"value\":1e999}}")));
         assert!(!ok(&format!("{rd},\"metric\":\"rain\",\"value\":1}}")));
 
         // 64 KiB limit on the line's bytes.
         let pad = |n: usize| {
             let base = format!("{rd},\"metric\":\"tilt_deg\",\"value\":1,\"p\":\"\"}}");
-            format!(
-                "{rd},\"metric\":\"tilt_deg\",\"value\":1,\"p\":\"{}\"}}",
-                "x".repeat(n - base.len())
-            )
+            format!("{rd},\"metric\":\"tilt_deg\",\"value\":1,\"p\":\"{}\"}}", "x".repeat(n - base.len()))
         };
         assert!(ok(&pad(65536)));
         assert!(!ok(&pad(65537)));
