@@ -20,6 +20,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build (the treeai binary is used by the end-to-end tests)"
 cargo build --workspace --all-targets --locked
 
+step "SQL test clients: psql and psycopg"
+command -v psql >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-client; }
+python3 -c 'import psycopg' 2>/dev/null \
+  || python3 -m pip install --quiet 'psycopg[binary]' \
+  || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]'
+
+step "S3-compatible server for the lake tests: moto"
+python3 -c 'import moto.server, boto3' 2>/dev/null \
+  || python3 -m pip install --quiet 'moto[server]' \
+  || python3 -m pip install --quiet --break-system-packages 'moto[server]'
+
 step "cargo test"
 cargo test --workspace --locked
 

@@ -8,6 +8,11 @@
 //! input = ["events.ndjson"]   # NDJSON files; absent = the built-in generator
 //! allowed_lateness_ms = 5000  # DOMAIN §3
 //! idle_timeout_ms = 30000     # DOMAIN §3
+//! sql_addr = "127.0.0.1:6875" # Postgres wire protocol (`treeai run`)
+//! http_addr = "127.0.0.1:8080" # HTTP: /v1/sql, /metrics, /healthz, /readyz
+//! sql_timeout_ms = 30000      # time limit of one SQL statement
+//! sql_memory_limit_mb = 1024  # memory pool of all running SQL queries
+//! http_max_rows = 100000      # most rows of one HTTP /v1/sql answer
 //!
 //! [generator]                 # the embedded default source
 //! trees = 10000
@@ -34,9 +39,43 @@ pub struct FileConfig {
     pub allowed_lateness_ms: Option<i64>,
     /// A partition with no readings for this long is idle, ms (flag `--idle-timeout-ms`); default 30000.
     pub idle_timeout_ms: Option<u64>,
+    /// Postgres wire protocol listen address of `treeai run` (flag `--sql-addr`,
+    /// env `TREEAI_SQL_ADDR`); default `127.0.0.1:6875`.
+    pub sql_addr: Option<String>,
+    /// HTTP listen address of `treeai run` (flag `--http-addr`, env
+    /// `TREEAI_HTTP_ADDR`); default `127.0.0.1:8080`.
+    pub http_addr: Option<String>,
+    /// Time limit of one SQL statement in ms (flag `--sql-timeout-ms`); default 30000.
+    pub sql_timeout_ms: Option<u64>,
+    /// Memory pool of all running SQL queries in MiB (flag `--sql-memory-limit-mb`); default 1024.
+    pub sql_memory_limit_mb: Option<usize>,
+    /// Most rows one HTTP `/v1/sql` answer carries (flag `--http-max-rows`); default 100000.
+    pub http_max_rows: Option<usize>,
     /// The built-in generator, used when there is no input.
     #[serde(default)]
     pub generator: GeneratorFile,
+    /// The Parquet lake.
+    #[serde(default)]
+    pub lake: LakeFile,
+}
+
+/// `[lake]`: where and how events, score changes, alerts and dead letters land.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeFile {
+    /// Lake root: a local path or `file://`, `s3://`, `gs://`, `az://` URL (flag `--lake`,
+    /// env `TREEAI_LAKE`); default `./lake`.
+    pub url: Option<String>,
+    /// `zstd` (default), `lz4` or `none` (flag `--lake-compression`).
+    pub compression: Option<String>,
+    /// Roll a file after this many bytes of input (flag `--lake-roll-bytes`); default 64 MiB.
+    pub roll_bytes: Option<usize>,
+    /// Roll a file after this many ms (flag `--lake-roll-ms`); default 60000.
+    pub roll_ms: Option<u64>,
+    /// `object_store` options, e.g. `aws_endpoint`, `aws_region`, `aws_allow_http`
+    /// (the `AWS_*`, `GOOGLE_*`, `AZURE_*` environment variables are read too).
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// `[generator]`: the embedded default source of `treeai run`.

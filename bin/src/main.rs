@@ -1,6 +1,8 @@
 //! `treeai`: the TreeAI pipeline's one binary.
 
 mod config;
+mod lake_args;
+mod sql;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -10,9 +12,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use treeai_connectors::arrow_views::Codec;
 use treeai_connectors::generator::{Generator, GeneratorConfig, Season};
-use treeai_connectors::pipeline::{run_bounded, write_views};
+use treeai_connectors::pipeline::{run_bounded_to_lake, write_views};
 use treeai_connectors::SourceSpec;
 use treeai_dataflows::runtime::{self, RuntimeConfig, Stats};
 use treeai_dataflows::source::NullSink;
@@ -84,6 +85,10 @@ struct RunArgs {
     /// Generator: random seed [default: 1].
     #[arg(long)]
     seed: Option<u64>,
+    #[command(flatten)]
+    sql: sql::SqlArgs,
+    #[command(flatten)]
+    lake: lake_args::LakeArgs,
 }
 
 #[derive(Args)]
@@ -130,6 +135,10 @@ struct BackfillArgs {
     /// Output directory: one folder per view, plus deadletter/.
     #[arg(long)]
     output: PathBuf,
+    /// Also write the lake tables (events, score changes, alerts, dead letters) under this root:
+    /// a local path or a file://, s3://, gs://, az:// URL.
+    #[arg(long)]
+    lake_output: Option<String>,
     /// Parquet compression: zstd, lz4 or none.
     #[arg(long, default_value = "zstd")]
     compression: String,
@@ -181,6 +190,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let config = runtime_config(&args.common, &file)?;
     let input = if args.input.is_empty() { file.input.clone().unwrap_or_default() } else { args.input.clone() };
+    let source_label = if input.is_empty() { "generator" } else { "file" };
     let source = if input.is_empty() {
         let g = &file.generator;
         let season = match (&args.season, &g.season) {
@@ -225,12 +235,30 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let catalog = Arc::new(Catalog::new(config.workers));
     let stats = Arc::new(Stats::new());
+    let server = sql::start(&args.sql, &file, &catalog, &stats, source_label)?;
+    eprintln!(
+        "treeai run: SQL on postgres://treeai@{} (psql -h {} -p {} -U treeai), HTTP on http://{}",
+        server.pg_addr,
+        server.pg_addr.ip(),
+        server.pg_addr.port(),
+        server.http_addr
+    );
     let finished = Arc::new(AtomicBool::new(false));
     let progress = {
         let (catalog, stats, shutdown, finished) = (catalog.clone(), stats.clone(), shutdown.clone(), finished.clone());
         std::thread::spawn(move || progress_loop(&catalog, &stats, &shutdown, &finished))
     };
-    let sinks = Arc::new(|_| Box::new(NullSink) as Box<dyn treeai_dataflows::source::Sink>);
+    let lake = match args.lake.config(&file.lake, None)? {
+        Some(lake_config) => {
+            eprintln!("treeai run: lake at {}", lake_config.url);
+            Some(treeai_connectors::lake::Lake::open(lake_config)?)
+        }
+        None => None,
+    };
+    let sinks = match &lake {
+        Some(lake) => lake.sink_factory(),
+        None => Arc::new(|_| Box::new(NullSink) as Box<dyn treeai_dataflows::source::Sink>),
+    };
     let result = runtime::run(config, source.factory(), sinks, catalog.clone(), stats.clone(), shutdown.clone());
     finished.store(true, Ordering::SeqCst);
     result?;
@@ -334,17 +362,18 @@ fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let config =
         RuntimeConfig { batch: treeai_connectors::pipeline::BATCH_ROUND, ..runtime_config(&args.common, &file)? };
-    let codec = match args.compression.as_str() {
-        "zstd" => Codec::Zstd,
-        "lz4" => Codec::Lz4,
-        "none" => Codec::None,
-        other => bail!("--compression {other:?}: expected zstd, lz4 or none"),
-    };
+    let codec = lake_args::codec(&args.compression)?;
     for p in &args.input {
         std::fs::metadata(p).with_context(|| format!("input {}", p.display()))?;
     }
     let started = Instant::now();
-    let result = run_bounded(SourceSpec::Files(args.input.clone()), config)?;
+    let lake = args.lake_output.as_ref().map(|url| treeai_connectors::lake::LakeConfig {
+        url: url.clone(),
+        compression: codec,
+        options: file.lake.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ..Default::default()
+    });
+    let result = run_bounded_to_lake(SourceSpec::Files(args.input.clone()), config, lake)?;
     let rows = write_views(&args.output, &result, codec)?;
     let rows: Vec<String> = rows.iter().map(|(n, r)| format!("{n}={r}")).collect();
     println!(

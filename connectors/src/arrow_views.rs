@@ -9,228 +9,229 @@ use crate::ConnectorError;
 use arrow::array::{
     ArrayRef, BinaryArray, Date32Array, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
+use arrow::datatypes::SchemaRef;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use arrow::record_batch::RecordBatch;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use std::path::Path;
 use std::sync::Arc;
+use treeai_dataflows::event::{Id, Region, TreeEvent};
 use treeai_dataflows::source::DeadLetter;
 use treeai_dataflows::store::Views;
+use treeai_dataflows::views::{AfissRow, AgentDayRow, RegionAgg, ScoreRow, WindowRow};
 
-fn ts_type() -> DataType {
+pub(crate) fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
 
-fn strings<'a>(v: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
+pub(crate) fn strings<'a>(v: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(StringArray::from_iter(v))
 }
-fn floats(v: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
+pub(crate) fn floats(v: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
     Arc::new(Float64Array::from_iter(v))
 }
-fn ints(v: impl IntoIterator<Item = i64>) -> ArrayRef {
+pub(crate) fn ints(v: impl IntoIterator<Item = i64>) -> ArrayRef {
     Arc::new(Int64Array::from_iter_values(v))
 }
-fn times(v: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
+pub(crate) fn times(v: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMillisecondArray::from_iter(v).with_timezone("UTC"))
 }
 
-fn batch(fields: Vec<(&str, DataType, bool)>, columns: Vec<ArrayRef>) -> RecordBatch {
+pub(crate) fn batch(fields: Vec<(&str, DataType, bool)>, columns: Vec<ArrayRef>) -> RecordBatch {
     let schema = Schema::new(fields.into_iter().map(|(n, t, null)| Field::new(n, t, null)).collect::<Vec<_>>());
     RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema by construction")
 }
 
 use DataType::{Float64 as F, Int64 as I, Utf8 as S};
 
-/// All six views as record batches, in [`treeai_dataflows::VIEW_NAMES`] order.
-/// `watermark` fills `sensor_windows.window_end`.
+/// One column of a view: its name, type and nullability, and how to build it
+/// from rows `(key, value)` of the view's map. `watermark` is the watermark the
+/// views are read at (it fills `sensor_windows.window_end`).
+pub struct ViewColumn<K: 'static, V: 'static> {
+    /// Column name (DOMAIN §4).
+    pub name: &'static str,
+    /// Arrow type.
+    pub data_type: DataType,
+    /// Whether the column may hold NULL.
+    pub nullable: bool,
+    build: fn(&[(&K, &V)], Option<i64>) -> ArrayRef,
+}
+
+fn col<K, V>(
+    name: &'static str,
+    data_type: DataType,
+    nullable: bool,
+    build: fn(&[(&K, &V)], Option<i64>) -> ArrayRef,
+) -> ViewColumn<K, V> {
+    ViewColumn { name, data_type, nullable, build }
+}
+
+/// The schema of a view given its columns.
+pub fn view_schema<K, V>(columns: &[ViewColumn<K, V>]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns.iter().map(|c| Field::new(c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
+    ))
+}
+
+/// A record batch of `rows` with the columns `projection` (indices into
+/// `columns`; `None`: all). Only the projected columns are built; an empty
+/// projection gives a batch that has only a row count (for `count(*)`).
+pub fn view_rows_batch<K, V>(
+    columns: &[ViewColumn<K, V>],
+    rows: &[(&K, &V)],
+    watermark: Option<i64>,
+    projection: Option<&[usize]>,
+) -> RecordBatch {
+    let all: Vec<usize>;
+    let projection = match projection {
+        Some(p) => p,
+        None => {
+            all = (0..columns.len()).collect();
+            &all
+        }
+    };
+    let fields: Vec<Field> = projection
+        .iter()
+        .map(|&i| Field::new(columns[i].name, columns[i].data_type.clone(), columns[i].nullable))
+        .collect();
+    let arrays: Vec<ArrayRef> = projection.iter().map(|&i| (columns[i].build)(rows, watermark)).collect();
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)
+        .expect("columns match the schema by construction")
+}
+
+/// Columns of `trees` (key: tree_id).
+pub fn trees_columns() -> Vec<ViewColumn<Id, TreeEvent>> {
+    vec![
+        col("tree_id", S, false, |r, _| strings(r.iter().map(|(k, _)| Some(k.as_str())))),
+        col("region", S, true, |r, _| strings(r.iter().map(|(_, t)| t.region.map(|r| r.as_str())))),
+        col("species", S, true, |r, _| strings(r.iter().map(|(_, t)| t.species.as_deref()))),
+        col("lat", F, false, |r, _| floats(r.iter().map(|(_, t)| Some(t.lat.0)))),
+        col("lon", F, false, |r, _| floats(r.iter().map(|(_, t)| Some(t.lon.0)))),
+        col("dbh_cm", F, true, |r, _| floats(r.iter().map(|(_, t)| t.dbh_cm.map(|x| x.0)))),
+        col("height_m", F, true, |r, _| floats(r.iter().map(|(_, t)| t.height_m.map(|x| x.0)))),
+        col("target_occupancy", S, true, |r, _| strings(r.iter().map(|(_, t)| t.target_occupancy.map(|o| o.as_str())))),
+        col("baseline_tilt_deg", F, false, |r, _| floats(r.iter().map(|(_, t)| Some(t.baseline_tilt_deg.0)))),
+        col("baseline_sway_hz", F, true, |r, _| floats(r.iter().map(|(_, t)| t.baseline_sway_hz.map(|x| x.0)))),
+        col("updated_at", ts_type(), false, |r, _| times(r.iter().map(|(_, t)| Some(t.updated_at)))),
+    ]
+}
+
+/// Columns of `afiss_current` (key: tree_id).
+pub fn afiss_columns() -> Vec<ViewColumn<Id, AfissRow>> {
+    vec![
+        col("tree_id", S, false, |r, _| strings(r.iter().map(|(k, _)| Some(k.as_str())))),
+        col("assessment_id", S, false, |r, _| {
+            strings(r.iter().map(|(_, a)| Some(a.assessment.assessment_id.as_str())))
+        }),
+        col("revision", I, false, |r, _| ints(r.iter().map(|(_, a)| i64::from(a.assessment.revision)))),
+        col("agent_id", S, false, |r, _| strings(r.iter().map(|(_, a)| Some(a.assessment.agent_id.as_str())))),
+        col("observed_at", ts_type(), false, |r, _| times(r.iter().map(|(_, a)| Some(a.assessment.observed_at)))),
+        col("likelihood_of_failure", S, false, |r, _| {
+            strings(r.iter().map(|(_, a)| Some(a.assessment.likelihood_of_failure.as_str())))
+        }),
+        col("likelihood_of_impact", S, false, |r, _| {
+            strings(r.iter().map(|(_, a)| Some(a.assessment.likelihood_of_impact.as_str())))
+        }),
+        col("consequences", S, false, |r, _| strings(r.iter().map(|(_, a)| Some(a.assessment.consequences.as_str())))),
+        col("failure_impact", S, false, |r, _| strings(r.iter().map(|(_, a)| Some(a.failure_impact.as_str())))),
+        col("risk_rating", S, false, |r, _| strings(r.iter().map(|(_, a)| Some(a.risk_rating.as_str())))),
+        col("defect_count", I, false, |r, _| ints(r.iter().map(|(_, a)| i64::from(a.assessment.defect_count)))),
+        col("defect_severity_sum", I, false, |r, _| {
+            ints(r.iter().map(|(_, a)| i64::from(a.assessment.defect_severity_sum)))
+        }),
+        col("max_defect_severity", I, false, |r, _| {
+            ints(r.iter().map(|(_, a)| i64::from(a.assessment.max_defect_severity)))
+        }),
+        col("crown_dieback_pct", F, false, |r, _| {
+            floats(r.iter().map(|(_, a)| Some(a.assessment.crown_dieback_pct.0)))
+        }),
+        col("assessments_total", I, false, |r, _| ints(r.iter().map(|(_, a)| i64::from(a.assessments_total)))),
+    ]
+}
+
+/// Columns of `sensor_windows` (key: tree_id); `window_end` is the watermark.
+pub fn windows_columns() -> Vec<ViewColumn<Id, WindowRow>> {
+    vec![
+        col("tree_id", S, false, |r, _| strings(r.iter().map(|(k, _)| Some(k.as_str())))),
+        col("window_end", ts_type(), true, |r, w| times(r.iter().map(|_| w))),
+        col("tilt_max", F, true, |r, _| floats(r.iter().map(|(_, w)| w.tilt_max.map(|x| x.0)))),
+        col("sway_min", F, true, |r, _| floats(r.iter().map(|(_, w)| w.sway_min.map(|x| x.0)))),
+        col("gust_max", F, true, |r, _| floats(r.iter().map(|(_, w)| w.gust_max.map(|x| x.0)))),
+        col("soil_mean", F, true, |r, _| floats(r.iter().map(|(_, w)| w.soil_mean.map(|x| x.0)))),
+        col("readings", I, false, |r, _| ints(r.iter().map(|(_, w)| w.readings as i64))),
+    ]
+}
+
+/// Columns of `tree_scores` (key: tree_id).
+pub fn scores_columns() -> Vec<ViewColumn<Id, ScoreRow>> {
+    vec![
+        col("tree_id", S, false, |r, _| strings(r.iter().map(|(k, _)| Some(k.as_str())))),
+        col("region", S, false, |r, _| strings(r.iter().map(|(_, s)| Some(s.region.as_str())))),
+        col("score", F, false, |r, _| floats(r.iter().map(|(_, s)| Some(s.score.score.0)))),
+        col("band", S, false, |r, _| strings(r.iter().map(|(_, s)| Some(s.score.band.as_str())))),
+        col("risk_rating", S, false, |r, _| strings(r.iter().map(|(_, s)| Some(s.score.risk_rating_str())))),
+        col("base", F, false, |r, _| floats(r.iter().map(|(_, s)| Some(s.score.base.0)))),
+        col("defect_penalty", F, false, |r, _| floats(r.iter().map(|(_, s)| Some(s.score.defect_penalty.0)))),
+        col("dieback_penalty", F, false, |r, _| floats(r.iter().map(|(_, s)| Some(s.score.dieback_penalty.0)))),
+        col("tilt_penalty", F, false, |r, _| floats(r.iter().map(|(_, s)| Some(s.score.tilt_penalty.0)))),
+        col("sway_penalty", F, false, |r, _| floats(r.iter().map(|(_, s)| Some(s.score.sway_penalty.0)))),
+        col("storm_penalty", F, false, |r, _| floats(r.iter().map(|(_, s)| Some(s.score.storm_penalty.0)))),
+    ]
+}
+
+/// Columns of `region_summary` (key: region).
+pub fn regions_columns() -> Vec<ViewColumn<Region, RegionAgg>> {
+    vec![
+        col("region", S, false, |r, _| strings(r.iter().map(|(k, _)| Some(k.as_str())))),
+        col("trees", I, false, |r, _| ints(r.iter().map(|(_, a)| a.trees))),
+        col("assessed_trees", I, false, |r, _| ints(r.iter().map(|(_, a)| a.assessed_trees))),
+        col("mean_score", F, false, |r, _| floats(r.iter().map(|(_, a)| Some(a.mean_score())))),
+        col("good", I, false, |r, _| ints(r.iter().map(|(_, a)| a.bands[0]))),
+        col("fair", I, false, |r, _| ints(r.iter().map(|(_, a)| a.bands[1]))),
+        col("poor", I, false, |r, _| ints(r.iter().map(|(_, a)| a.bands[2]))),
+        col("critical", I, false, |r, _| ints(r.iter().map(|(_, a)| a.bands[3]))),
+        col("risk_low", I, false, |r, _| ints(r.iter().map(|(_, a)| a.risks[0]))),
+        col("risk_moderate", I, false, |r, _| ints(r.iter().map(|(_, a)| a.risks[1]))),
+        col("risk_high", I, false, |r, _| ints(r.iter().map(|(_, a)| a.risks[2]))),
+        col("risk_extreme", I, false, |r, _| ints(r.iter().map(|(_, a)| a.risks[3]))),
+    ]
+}
+
+/// Columns of `agent_activity` (key: agent_id and day number).
+pub fn agents_columns() -> Vec<ViewColumn<(Id, i32), AgentDayRow>> {
+    vec![
+        col("agent_id", S, false, |r, _| strings(r.iter().map(|((agent, _), _)| Some(agent.as_str())))),
+        col("day", DataType::Date32, false, |r, _| {
+            Arc::new(Date32Array::from_iter_values(r.iter().map(|((_, day), _)| *day)))
+        }),
+        col("assessments", I, false, |r, _| ints(r.iter().map(|(_, a)| a.assessments as i64))),
+        col("distinct_trees", I, false, |r, _| ints(r.iter().map(|(_, a)| a.distinct_trees as i64))),
+        col("high_or_extreme", I, false, |r, _| ints(r.iter().map(|(_, a)| a.high_or_extreme as i64))),
+    ]
+}
+
+fn sorted<'a, K: Ord, V>(rows: impl Iterator<Item = (&'a K, &'a V)>) -> Vec<(&'a K, &'a V)> {
+    let mut rows: Vec<_> = rows.collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    rows
+}
+
+/// All six views as record batches, in [`treeai_dataflows::VIEW_NAMES`] order,
+/// rows sorted by key. `watermark` fills `sensor_windows.window_end`.
 pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str, RecordBatch)> {
-    let mut trees: Vec<_> = views.trees.iter().collect();
-    trees.sort_by(|a, b| a.0.cmp(b.0));
-    let trees = batch(
-        vec![
-            ("tree_id", S, false),
-            ("region", S, true),
-            ("species", S, true),
-            ("lat", F, false),
-            ("lon", F, false),
-            ("dbh_cm", F, true),
-            ("height_m", F, true),
-            ("target_occupancy", S, true),
-            ("baseline_tilt_deg", F, false),
-            ("baseline_sway_hz", F, true),
-            ("updated_at", ts_type(), false),
-        ],
-        vec![
-            strings(trees.iter().map(|(k, _)| Some(k.as_str()))),
-            strings(trees.iter().map(|(_, t)| t.region.map(|r| r.as_str()))),
-            strings(trees.iter().map(|(_, t)| t.species.as_deref())),
-            floats(trees.iter().map(|(_, t)| Some(t.lat.0))),
-            floats(trees.iter().map(|(_, t)| Some(t.lon.0))),
-            floats(trees.iter().map(|(_, t)| t.dbh_cm.map(|x| x.0))),
-            floats(trees.iter().map(|(_, t)| t.height_m.map(|x| x.0))),
-            strings(trees.iter().map(|(_, t)| t.target_occupancy.map(|o| o.as_str()))),
-            floats(trees.iter().map(|(_, t)| Some(t.baseline_tilt_deg.0))),
-            floats(trees.iter().map(|(_, t)| t.baseline_sway_hz.map(|x| x.0))),
-            times(trees.iter().map(|(_, t)| Some(t.updated_at))),
-        ],
-    );
-
-    let mut afiss: Vec<_> = views.afiss_current.iter().collect();
-    afiss.sort_by(|a, b| a.0.cmp(b.0));
-    let a = |f: fn(&treeai_dataflows::views::AfissRow) -> i64| ints(afiss.iter().map(move |(_, r)| f(r)));
-    let afiss_batch = batch(
-        vec![
-            ("tree_id", S, false),
-            ("assessment_id", S, false),
-            ("revision", I, false),
-            ("agent_id", S, false),
-            ("observed_at", ts_type(), false),
-            ("likelihood_of_failure", S, false),
-            ("likelihood_of_impact", S, false),
-            ("consequences", S, false),
-            ("failure_impact", S, false),
-            ("risk_rating", S, false),
-            ("defect_count", I, false),
-            ("defect_severity_sum", I, false),
-            ("max_defect_severity", I, false),
-            ("crown_dieback_pct", F, false),
-            ("assessments_total", I, false),
-        ],
-        vec![
-            strings(afiss.iter().map(|(k, _)| Some(k.as_str()))),
-            strings(afiss.iter().map(|(_, r)| Some(r.assessment.assessment_id.as_str()))),
-            a(|r| i64::from(r.assessment.revision)),
-            strings(afiss.iter().map(|(_, r)| Some(r.assessment.agent_id.as_str()))),
-            times(afiss.iter().map(|(_, r)| Some(r.assessment.observed_at))),
-            strings(afiss.iter().map(|(_, r)| Some(r.assessment.likelihood_of_failure.as_str()))),
-            strings(afiss.iter().map(|(_, r)| Some(r.assessment.likelihood_of_impact.as_str()))),
-            strings(afiss.iter().map(|(_, r)| Some(r.assessment.consequences.as_str()))),
-            strings(afiss.iter().map(|(_, r)| Some(r.failure_impact.as_str()))),
-            strings(afiss.iter().map(|(_, r)| Some(r.risk_rating.as_str()))),
-            a(|r| i64::from(r.assessment.defect_count)),
-            a(|r| i64::from(r.assessment.defect_severity_sum)),
-            a(|r| i64::from(r.assessment.max_defect_severity)),
-            floats(afiss.iter().map(|(_, r)| Some(r.assessment.crown_dieback_pct.0))),
-            a(|r| i64::from(r.assessments_total)),
-        ],
-    );
-
-    let mut windows: Vec<_> = views.sensor_windows.iter().collect();
-    windows.sort_by(|a, b| a.0.cmp(b.0));
-    let windows_batch = batch(
-        vec![
-            ("tree_id", S, false),
-            ("window_end", ts_type(), true),
-            ("tilt_max", F, true),
-            ("sway_min", F, true),
-            ("gust_max", F, true),
-            ("soil_mean", F, true),
-            ("readings", I, false),
-        ],
-        vec![
-            strings(windows.iter().map(|(k, _)| Some(k.as_str()))),
-            times(windows.iter().map(|_| watermark)),
-            floats(windows.iter().map(|(_, w)| w.tilt_max.map(|x| x.0))),
-            floats(windows.iter().map(|(_, w)| w.sway_min.map(|x| x.0))),
-            floats(windows.iter().map(|(_, w)| w.gust_max.map(|x| x.0))),
-            floats(windows.iter().map(|(_, w)| w.soil_mean.map(|x| x.0))),
-            ints(windows.iter().map(|(_, w)| w.readings as i64)),
-        ],
-    );
-
-    let mut scores: Vec<_> = views.tree_scores.iter().collect();
-    scores.sort_by(|a, b| a.0.cmp(b.0));
-    let s = |f: fn(&treeai_dataflows::rating::Score) -> f64| floats(scores.iter().map(move |(_, r)| Some(f(&r.score))));
-    let scores_batch = batch(
-        vec![
-            ("tree_id", S, false),
-            ("region", S, false),
-            ("score", F, false),
-            ("band", S, false),
-            ("risk_rating", S, false),
-            ("base", F, false),
-            ("defect_penalty", F, false),
-            ("dieback_penalty", F, false),
-            ("tilt_penalty", F, false),
-            ("sway_penalty", F, false),
-            ("storm_penalty", F, false),
-        ],
-        vec![
-            strings(scores.iter().map(|(k, _)| Some(k.as_str()))),
-            strings(scores.iter().map(|(_, r)| Some(r.region.as_str()))),
-            s(|x| x.score.0),
-            strings(scores.iter().map(|(_, r)| Some(r.score.band.as_str()))),
-            strings(scores.iter().map(|(_, r)| Some(r.score.risk_rating_str()))),
-            s(|x| x.base.0),
-            s(|x| x.defect_penalty.0),
-            s(|x| x.dieback_penalty.0),
-            s(|x| x.tilt_penalty.0),
-            s(|x| x.sway_penalty.0),
-            s(|x| x.storm_penalty.0),
-        ],
-    );
-
+    let w = watermark;
     let mut regions: Vec<_> = views.region_summary.iter().collect();
     regions.sort_by_key(|(r, _)| r.as_str());
-    let r = |f: fn(&treeai_dataflows::views::RegionAgg) -> i64| ints(regions.iter().map(move |(_, a)| f(a)));
-    let regions_batch = batch(
-        vec![
-            ("region", S, false),
-            ("trees", I, false),
-            ("assessed_trees", I, false),
-            ("mean_score", F, false),
-            ("good", I, false),
-            ("fair", I, false),
-            ("poor", I, false),
-            ("critical", I, false),
-            ("risk_low", I, false),
-            ("risk_moderate", I, false),
-            ("risk_high", I, false),
-            ("risk_extreme", I, false),
-        ],
-        vec![
-            strings(regions.iter().map(|(k, _)| Some(k.as_str()))),
-            r(|a| a.trees),
-            r(|a| a.assessed_trees),
-            floats(regions.iter().map(|(_, a)| Some(a.mean_score()))),
-            r(|a| a.bands[0]),
-            r(|a| a.bands[1]),
-            r(|a| a.bands[2]),
-            r(|a| a.bands[3]),
-            r(|a| a.risks[0]),
-            r(|a| a.risks[1]),
-            r(|a| a.risks[2]),
-            r(|a| a.risks[3]),
-        ],
-    );
-
-    let agents: Vec<_> = views.agent_activity.iter().collect();
-    let agents_batch = batch(
-        vec![
-            ("agent_id", S, false),
-            ("day", DataType::Date32, false),
-            ("assessments", I, false),
-            ("distinct_trees", I, false),
-            ("high_or_extreme", I, false),
-        ],
-        vec![
-            strings(agents.iter().map(|((agent, _), _)| Some(agent.as_str()))),
-            Arc::new(Date32Array::from_iter_values(agents.iter().map(|((_, day), _)| *day))),
-            ints(agents.iter().map(|(_, r)| r.assessments as i64)),
-            ints(agents.iter().map(|(_, r)| r.distinct_trees as i64)),
-            ints(agents.iter().map(|(_, r)| r.high_or_extreme as i64)),
-        ],
-    );
-
     vec![
-        ("trees", trees),
-        ("afiss_current", afiss_batch),
-        ("sensor_windows", windows_batch),
-        ("tree_scores", scores_batch),
-        ("region_summary", regions_batch),
-        ("agent_activity", agents_batch),
+        ("trees", view_rows_batch(&trees_columns(), &sorted(views.trees.iter()), w, None)),
+        ("afiss_current", view_rows_batch(&afiss_columns(), &sorted(views.afiss_current.iter()), w, None)),
+        ("sensor_windows", view_rows_batch(&windows_columns(), &sorted(views.sensor_windows.iter()), w, None)),
+        ("tree_scores", view_rows_batch(&scores_columns(), &sorted(views.tree_scores.iter()), w, None)),
+        ("region_summary", view_rows_batch(&regions_columns(), &regions, w, None)),
+        ("agent_activity", view_rows_batch(&agents_columns(), &sorted(views.agent_activity.iter()), w, None)),
     ]
 }
 

@@ -7,6 +7,7 @@ pub mod arrow_views;
 pub mod file;
 pub mod generated;
 pub mod generator;
+pub mod lake;
 pub mod pipeline;
 pub mod sinks;
 

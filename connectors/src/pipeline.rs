@@ -2,7 +2,8 @@
 //! bounded input, to its end (`treeai backfill`, tests, benchmarks).
 
 use crate::arrow_views::{deadletter_batch, view_batches, write_parquet, Codec};
-use crate::sinks::{CollectSink, Collected};
+use crate::lake::{Lake, LakeConfig};
+use crate::sinks::{CollectSink, Collected, Tee};
 use crate::{ConnectorError, SourceSpec};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -29,18 +30,35 @@ pub struct BatchResult {
 
 /// Runs the dataflow over a bounded source to its end.
 pub fn run_bounded(source: SourceSpec, config: RuntimeConfig) -> Result<BatchResult, ConnectorError> {
+    run_bounded_to_lake(source, config, None)
+}
+
+/// As [`run_bounded`], also landing every event, score change, alert and dead
+/// letter in the lake at `lake` (when given); returns once all files are written.
+pub fn run_bounded_to_lake(
+    source: SourceSpec,
+    config: RuntimeConfig,
+    lake: Option<LakeConfig>,
+) -> Result<BatchResult, ConnectorError> {
+    let lake = lake.map(Lake::open).transpose()?;
     let catalog = Arc::new(Catalog::new(config.workers.max(1)));
     let stats = Arc::new(Stats::new());
     let collected = Arc::new(Mutex::new(Collected::default()));
     runtime::run(
         config,
         source.factory(),
-        CollectSink::factory(collected.clone()),
+        match &lake {
+            Some(lake) => Tee::factory(vec![CollectSink::factory(collected.clone()), lake.sink_factory()]),
+            None => CollectSink::factory(collected.clone()),
+        },
         catalog.clone(),
         stats.clone(),
         Arc::new(AtomicBool::new(false)),
     )
     .map_err(|e| ConnectorError::Input(e.to_string()))?;
+    if let Some(lake) = &lake {
+        lake.wait();
+    }
     let snapshot = catalog.snapshot();
     let collected = std::mem::take(&mut *collected.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(BatchResult { views: snapshot.views.clone(), watermark: snapshot.watermark, collected, stats })

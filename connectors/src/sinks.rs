@@ -1,7 +1,8 @@
 //! In-process sinks: collect dead letters and alerts for a batch job or a test.
 
 use std::sync::{Arc, Mutex};
-use treeai_dataflows::source::{Alert, DeadLetter, Sink, SinkFactory};
+use treeai_dataflows::event::{Event, Position};
+use treeai_dataflows::source::{Alert, DeadLetter, ScoreChange, Sink, SinkFactory};
 
 /// What the workers' [`CollectSink`]s gathered.
 #[derive(Debug, Default)]
@@ -41,5 +42,48 @@ impl Sink for CollectSink {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         shared.dead_letters.append(&mut self.local.dead_letters);
         shared.alerts.append(&mut self.local.alerts);
+    }
+}
+
+/// A sink that passes everything to several sinks.
+pub struct Tee(pub Vec<Box<dyn Sink>>);
+
+impl Tee {
+    /// A factory of tees over the sinks of several factories.
+    pub fn factory(factories: Vec<SinkFactory>) -> SinkFactory {
+        Arc::new(move |worker| Box::new(Tee(factories.iter().map(|f| f(worker)).collect())) as Box<dyn Sink>)
+    }
+}
+
+impl Sink for Tee {
+    fn dead_letter(&mut self, letter: DeadLetter) {
+        for s in &mut self.0 {
+            s.dead_letter(letter.clone());
+        }
+    }
+    fn alert(&mut self, alert: Alert) {
+        for s in &mut self.0 {
+            s.alert(alert.clone());
+        }
+    }
+    fn event(&mut self, event: &Event, pos: Position, arrival_ms: i64) {
+        for s in &mut self.0 {
+            s.event(event, pos, arrival_ms);
+        }
+    }
+    fn score_change(&mut self, change: &ScoreChange) {
+        for s in &mut self.0 {
+            s.score_change(change);
+        }
+    }
+    fn flush(&mut self) {
+        for s in &mut self.0 {
+            s.flush();
+        }
+    }
+    fn close(&mut self) {
+        for s in &mut self.0 {
+            s.close();
+        }
     }
 }

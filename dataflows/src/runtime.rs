@@ -25,7 +25,7 @@
 
 use crate::event::{Event, Id, Metric, F64};
 use crate::parse::{parse_event, MAX_MESSAGE_BYTES};
-use crate::source::{Alert, AlertKind, DeadLetter, Poll, RawMessage, SinkFactory, SourceFactory};
+use crate::source::{Alert, AlertKind, DeadLetter, Poll, RawMessage, ScoreChange, SinkFactory, SourceFactory};
 use crate::store::{Catalog, ViewChange};
 use crate::time::{DataflowTime, HOUR_MS};
 use crate::views::{self, ScoreRow};
@@ -442,7 +442,17 @@ fn worker_main(
             pending_alerts.keys().copied().take_while(|t| frontier.is_none_or(|f| *t < f)).collect();
         for t in complete {
             if let Some(mut changes) = pending_alerts.remove(&t) {
-                for alert in alerts_of(&mut changes, DataflowTime(t).watermark()) {
+                let watermark = DataflowTime(t).watermark();
+                for (tree_id, row, diff) in &changes {
+                    sink.score_change(&ScoreChange {
+                        tree_id: tree_id.clone(),
+                        row: row.clone(),
+                        diff: *diff,
+                        time: t,
+                        watermark,
+                    });
+                }
+                for alert in alerts_of(&mut changes, watermark) {
                     stats.alerts.fetch_add(1, Ordering::Relaxed);
                     sink.alert(alert);
                 }
@@ -458,12 +468,13 @@ fn worker_main(
         let (mut read, mut valid, mut rejected, mut expired, mut late) = (0u64, [0u64; 3], 0u64, 0u64, 0u64);
 
         // 1. Read a batch and apply it at the current time.
+        let arrival_ms = now_ms();
         if !done {
             let status = source.poll(config.batch, &mut |msg: RawMessage<'_>| {
                 read += 1;
                 match parse_event(msg.bytes, msg.kind, msg.pos) {
                     Ok(event) => {
-                        sink.event(&event, msg.pos, 0);
+                        sink.event(&event, msg.pos, arrival_ms);
                         match event {
                             Event::Tree(t) => {
                                 valid[0] += 1;
@@ -500,7 +511,6 @@ fn worker_main(
                     }
                 }
             });
-            let arrival_ms = now_ms();
             for (raw, pos, rejection) in rejections.drain(..) {
                 let label = rejection.label();
                 *stats.rejected_by_label.lock().unwrap_or_else(|p| p.into_inner()).entry(label.clone()).or_default() +=
@@ -599,6 +609,7 @@ fn worker_main(
         }
     }
     deliver(&probe, watermark, &mut pending_alerts, &mut sink);
+    sink.close();
     Ok(())
 }
 

@@ -108,8 +108,27 @@ pub trait Sink {
     fn alert(&mut self, alert: Alert);
     /// A valid event as it was applied (for the lake); the default ignores it.
     fn event(&mut self, _event: &Event, _pos: Position, _arrival_ms: i64) {}
-    /// Called at the end of every round and at shutdown.
+    /// A change of `tree_scores` at a completed dataflow time (for the lake); the default ignores it.
+    fn score_change(&mut self, _change: &ScoreChange) {}
+    /// Called at the end of every round.
     fn flush(&mut self) {}
+    /// Called once when the worker stops: write out everything buffered.
+    fn close(&mut self) {}
+}
+
+/// One change of a `tree_scores` row: `diff` is -1 for the old row, +1 for the new one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoreChange {
+    /// The tree.
+    pub tree_id: crate::event::Id,
+    /// The row retracted or inserted.
+    pub row: crate::views::ScoreRow,
+    /// -1 or +1.
+    pub diff: isize,
+    /// The dataflow time of the change.
+    pub time: u64,
+    /// Its watermark, epoch ms.
+    pub watermark: Option<i64>,
 }
 
 /// Builds the sink of worker `index`.

@@ -116,8 +116,17 @@ fn interrupt(child: &mut std::process::Child) -> std::process::ExitStatus {
 #[test]
 fn run_streams_files_then_stays_up_until_interrupted() {
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/one-tree.ndjson");
-    let (mut child, lines) = spawn(&["run", "--input", data, "--workers", "2"]);
+    let lake = tempfile::tempdir().unwrap();
+    let (mut child, lines) =
+        spawn(&["run", "--input", data, "--workers", "2", "--lake", lake.path().to_str().unwrap()]);
     let done = wait_for(&lines, 60, |l| l.contains("input complete"));
+    // The lake is written when the input is complete: 5 valid readings in hours 07 and 09.
+    let readings: Vec<_> = ["hour=07", "hour=09"]
+        .iter()
+        .map(|h| lake.path().join("readings/date=2026-11-25").join(h))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(readings.len(), 2, "readings partitions in {}", lake.path().display());
     assert!(done.contains("events 11 (rejected 1)"), "{done}");
     assert!(done.contains("watermark 2026-11-25T09:50:00.000Z"), "{done}");
     assert!(done.contains("tree_scores=1"), "{done}");
@@ -128,7 +137,7 @@ fn run_streams_files_then_stays_up_until_interrupted() {
 
 #[test]
 fn run_without_arguments_shows_live_progress() {
-    let (mut child, lines) = spawn(&["run", "--workers", "2", "--trees", "2000", "--rate", "20000"]);
+    let (mut child, lines) = spawn(&["run", "--workers", "2", "--trees", "2000", "--rate", "20000", "--no-lake"]);
     let line = wait_for(&lines, 60, |l| l.contains("ev/s") && !l.contains("events 0 "));
     assert!(line.contains("watermark 20"), "{line}");
     assert!(interrupt(&mut child).success());

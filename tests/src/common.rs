@@ -28,6 +28,9 @@ pub fn batch_rows(batch: &RecordBatch) -> Vec<Map<String, Value>> {
                     DataType::Date32 => Value::from(treeai_dataflows::time::format_day(
                         col.as_any().downcast_ref::<Date32Array>().unwrap().value(r),
                     )),
+                    DataType::Boolean => {
+                        Value::from(col.as_any().downcast_ref::<arrow::array::BooleanArray>().unwrap().value(r))
+                    }
                     DataType::Binary => Value::from(String::from_utf8_lossy(
                         col.as_any().downcast_ref::<arrow::array::BinaryArray>().unwrap().value(r),
                     )),

@@ -5,6 +5,9 @@
 //!   orders, batch boundaries and worker counts.
 //! - `validation`: every rule of DOMAIN §2, accepted and rejected.
 //! - `backfill`: the `treeai` binary end to end.
+//! - `lake`: the Parquet lake on local disk and on S3 (moto).
+//! - `sql`: the SQL endpoint of `treeai run` with psql, psycopg and HTTP.
+//! - `sqllogic`: SQL behaviour from `data/sql/*.slt` files through the engine.
 
 pub mod common;
 pub mod naive;
@@ -13,5 +16,11 @@ pub mod naive;
 mod backfill;
 #[cfg(test)]
 mod equivalence;
+#[cfg(test)]
+mod lake;
+#[cfg(test)]
+mod sql;
+#[cfg(test)]
+mod sqllogic;
 #[cfg(test)]
 mod validation;

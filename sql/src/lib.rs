@@ -1,0 +1,377 @@
+//! SQL over the live views: a DataFusion engine ([`Engine`]) served over the
+//! Postgres wire protocol ([`pg`]) and HTTP ([`http`]), with Prometheus
+//! metrics ([`metrics`]).
+//!
+//! Every statement takes one `Arc<Snapshot>` of the catalog (O(1)) and plans
+//! against a schema built on that snapshot alone ([`provider`]), so a query
+//! reads all six live views at one dataflow time.
+//!
+//! The endpoint is read-only: queries (`SELECT`, `WITH`, `VALUES`, `EXPLAIN`
+//! of a query, `SHOW`) run; `BEGIN`/`COMMIT`/`ROLLBACK` and `SET` of the
+//! harmless client settings that drivers send ([`HARMLESS_SETTINGS`]) are
+//! accepted and do nothing; everything else is refused with SQLSTATE 25006.
+//! Each statement has a time limit ([`SqlConfig::query_timeout`], SQLSTATE
+//! 57014) and the engine a memory pool ([`SqlConfig::memory_limit`],
+//! SQLSTATE 53200). There is no authentication: any user name is accepted.
+
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod pg;
+pub mod provider;
+pub mod server;
+
+pub use error::SqlError;
+
+use arrow::array::{ArrayRef, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList};
+use datafusion::common::ParamValues;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::{SQLOptions, SessionConfig};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{Set, Statement as AstStatement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use treeai_dataflows::store::{Catalog, Snapshot};
+
+pub use datafusion::execution::SessionState;
+
+/// Limits and addresses of the SQL endpoint.
+#[derive(Clone, Debug)]
+pub struct SqlConfig {
+    /// Postgres wire protocol listen address (default `127.0.0.1:6875`).
+    pub pg_addr: String,
+    /// HTTP listen address (default `127.0.0.1:8080`).
+    pub http_addr: String,
+    /// Time limit of one statement, planning and execution (default 30 s).
+    pub query_timeout: Duration,
+    /// Memory pool of all running queries together, bytes (default 1 GiB).
+    pub memory_limit: usize,
+    /// Most rows an HTTP response carries (default 100,000); more are cut and
+    /// the response says `"truncated": true`.
+    pub http_max_rows: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig {
+            pg_addr: "127.0.0.1:6875".into(),
+            http_addr: "127.0.0.1:8080".into(),
+            query_timeout: Duration::from_secs(30),
+            memory_limit: 1 << 30,
+            http_max_rows: 100_000,
+        }
+    }
+}
+
+/// Client settings a `SET` may name; accepted and ignored.
+pub const HARMLESS_SETTINGS: [&str; 13] = [
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "time zone",
+    "extra_float_digits",
+    "application_name",
+    "search_path",
+    "intervalstyle",
+    "client_min_messages",
+    "standard_conforming_strings",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+];
+
+/// Values `SHOW` gives for the Postgres settings clients ask about.
+const PG_SETTINGS: [(&str, &str); 10] = [
+    ("server_version", "16.0"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, MDY"),
+    ("timezone", "UTC"),
+    ("transaction_isolation", "serializable"),
+    ("default_transaction_read_only", "on"),
+    ("standard_conforming_strings", "on"),
+    ("integer_datetimes", "on"),
+    ("search_path", "public"),
+];
+
+/// What one parsed statement asks for.
+#[derive(Debug)]
+pub enum Action {
+    /// A query planned and run by DataFusion.
+    Query(DfStatement),
+    /// `BEGIN` / `START TRANSACTION`: accepted; every statement reads its own snapshot anyway.
+    Begin,
+    /// `COMMIT` / `END`: accepted.
+    Commit,
+    /// `ROLLBACK` / `ABORT`: accepted.
+    Rollback,
+    /// A harmless `SET`: accepted, no effect. Holds the command tag.
+    Ignored(&'static str),
+    /// `SHOW` of a Postgres setting: one row.
+    Show(String, String),
+}
+
+/// The result of a query.
+#[derive(Debug)]
+pub struct QueryOutput {
+    /// Column names and types.
+    pub schema: SchemaRef,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+    /// Rows in `batches`.
+    pub rows: usize,
+    /// Whether rows were cut at the row limit.
+    pub truncated: bool,
+    /// The watermark of the snapshot the query read (epoch ms).
+    pub watermark: Option<i64>,
+}
+
+/// The SQL engine over one catalog.
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    base: SessionState,
+    /// Limits and addresses.
+    pub config: SqlConfig,
+    /// Metrics of the process.
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl Engine {
+    /// An engine over `catalog`.
+    pub fn new(catalog: Arc<Catalog>, config: SqlConfig, metrics: Arc<metrics::Metrics>) -> Result<Self, SqlError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_limit, 1.0)
+            .build_arc()
+            .map_err(|e| SqlError::Internal(e.to_string()))?;
+        let mut session = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema("treeai", "public");
+        session.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+        let base = SessionStateBuilder::new()
+            .with_config(session)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+            .build();
+        Ok(Engine { catalog, base, config, metrics })
+    }
+
+    /// The catalog the engine reads.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// A session state whose tables all read `snapshot`.
+    pub fn state_at(&self, snapshot: Arc<Snapshot>) -> SessionState {
+        let catalog = MemoryCatalogProvider::new();
+        let schema = Arc::new(provider::SnapshotSchema::new(snapshot));
+        catalog.register_schema("public", schema).expect("a memory catalog accepts schemas");
+        let list = MemoryCatalogProviderList::new();
+        list.register_catalog("treeai".into(), Arc::new(catalog));
+        SessionStateBuilder::new_from_existing(self.base.clone()).with_catalog_list(Arc::new(list)).build()
+    }
+
+    /// A session state at the catalog's current snapshot, and that snapshot.
+    pub fn state_now(&self) -> (Arc<Snapshot>, SessionState) {
+        let snapshot = self.catalog.snapshot();
+        (snapshot.clone(), self.state_at(snapshot))
+    }
+
+    /// Parses `sql` (any number of `;`-separated statements) and classifies each.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Action>, SqlError> {
+        let dialect = PostgreSqlDialect {};
+        let mut parser = DFParserBuilder::new(sql)
+            .with_dialect(&dialect)
+            .build()
+            .map_err(|e| SqlError::Syntax(strip_prefix(e.to_string())))?;
+        let statements = parser.parse_statements().map_err(|e| SqlError::Syntax(strip_prefix(e.to_string())))?;
+        statements.into_iter().map(classify).collect()
+    }
+
+    /// Plans one query statement against `state`, with `params` for `$1`, `$2`, ….
+    pub async fn plan(
+        &self,
+        state: &SessionState,
+        statement: DfStatement,
+        params: Option<ParamValues>,
+    ) -> Result<LogicalPlan, SqlError> {
+        let plan = state.statement_to_plan(statement).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| SqlError::ReadOnly(strip_prefix(e.to_string())))?;
+        Ok(match params {
+            Some(p) => plan.with_param_values(p)?,
+            None => plan,
+        })
+    }
+
+    /// Runs a planned query to its end, keeping at most `max_rows` rows.
+    pub async fn execute(
+        &self,
+        state: &SessionState,
+        plan: LogicalPlan,
+        max_rows: Option<usize>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>, usize, bool), SqlError> {
+        let physical = state.create_physical_plan(&plan).await?;
+        let schema = physical.schema();
+        let mut stream = execute_stream(physical, state.task_ctx())?;
+        let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+        let max = max_rows.unwrap_or(usize::MAX);
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if rows + batch.num_rows() > max {
+                let keep = max - rows;
+                batches.push(batch.slice(0, keep));
+                rows += keep;
+                truncated = true;
+                break;
+            }
+            rows += batch.num_rows();
+            batches.push(batch);
+        }
+        Ok((schema, batches, rows, truncated))
+    }
+
+    /// Runs `fut` under the statement time limit.
+    pub async fn with_timeout<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, SqlError>>,
+    ) -> Result<T, SqlError> {
+        match tokio::time::timeout(self.config.query_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(SqlError::Timeout(self.config.query_timeout)),
+        }
+    }
+
+    /// Runs one action (parsed by [`Engine::parse`]) at a fresh snapshot under
+    /// the time limit. Non-query actions give `None`.
+    pub async fn run_action(
+        &self,
+        action: Action,
+        params: Option<ParamValues>,
+        max_rows: Option<usize>,
+    ) -> Result<Option<QueryOutput>, SqlError> {
+        match action {
+            Action::Query(statement) => {
+                let (snapshot, state) = self.state_now();
+                let (schema, batches, rows, truncated) = self
+                    .with_timeout(async {
+                        let plan = self.plan(&state, statement, params).await?;
+                        self.execute(&state, plan, max_rows).await
+                    })
+                    .await?;
+                Ok(Some(QueryOutput { schema, batches, rows, truncated, watermark: snapshot.watermark }))
+            }
+            Action::Show(name, value) => Ok(Some(show_output(&name, &value))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs `sql` (one statement; for HTTP and tests) and records the metrics
+    /// under `protocol`. Accepted non-queries (`BEGIN`, a harmless `SET`) give
+    /// an empty result.
+    pub async fn query(&self, sql: &str, max_rows: Option<usize>, protocol: &str) -> Result<QueryOutput, SqlError> {
+        let started = Instant::now();
+        let result = async {
+            let mut actions = self.parse(sql)?;
+            if actions.len() != 1 {
+                return Err(SqlError::Plan(format!("expected exactly one statement, got {}", actions.len())));
+            }
+            let out = self.run_action(actions.remove(0), None, max_rows).await?;
+            Ok(out.unwrap_or_else(|| QueryOutput {
+                schema: Arc::new(Schema::empty()),
+                batches: vec![],
+                rows: 0,
+                truncated: false,
+                watermark: self.catalog.snapshot().watermark,
+            }))
+        }
+        .await;
+        self.metrics.record_query(protocol, result.as_ref().err(), started.elapsed());
+        result
+    }
+}
+
+fn show_output(name: &str, value: &str) -> QueryOutput {
+    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+    let column: ArrayRef = Arc::new(StringArray::from(vec![value]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![column]).expect("one string column");
+    QueryOutput { schema, batches: vec![batch], rows: 1, truncated: false, watermark: None }
+}
+
+/// Drops DataFusion's "SQL error: " style prefixes from a message.
+fn strip_prefix(m: String) -> String {
+    for p in ["SQL error: ", "sql parser error: ", "Error during planning: "] {
+        if let Some(rest) = m.strip_prefix(p) {
+            return strip_prefix(rest.to_string());
+        }
+    }
+    m
+}
+
+/// The first word(s) of a statement, for messages.
+fn verb(statement: &impl std::fmt::Display) -> String {
+    let text = statement.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    words.join(" ").to_uppercase()
+}
+
+fn classify(statement: DfStatement) -> Result<Action, SqlError> {
+    let ast = match &statement {
+        DfStatement::Statement(ast) => ast.as_ref(),
+        DfStatement::Explain(explain) => {
+            return match classify((*explain.statement).clone())? {
+                Action::Query(_) => Ok(Action::Query(statement)),
+                _ => Err(SqlError::ReadOnly(verb(&statement))),
+            };
+        }
+        DfStatement::Reset(_) => return Ok(Action::Ignored("RESET")),
+        other => return Err(SqlError::ReadOnly(verb(other))),
+    };
+    match ast {
+        AstStatement::Query(_) | AstStatement::ShowTables { .. } | AstStatement::ShowColumns { .. } => {
+            Ok(Action::Query(statement))
+        }
+        AstStatement::Explain { statement: inner, .. } => match inner.as_ref() {
+            AstStatement::Query(_) => Ok(Action::Query(statement)),
+            _ => Err(SqlError::ReadOnly(verb(ast))),
+        },
+        AstStatement::ExplainTable { .. } => Ok(Action::Query(statement)),
+        AstStatement::ShowVariable { variable } => {
+            let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(" ");
+            match PG_SETTINGS.iter().find(|(n, _)| *n == name || (name == "time zone" && *n == "timezone")) {
+                Some((n, v)) => Ok(Action::Show(n.to_string(), v.to_string())),
+                None => Ok(Action::Query(statement)), // SHOW ALL, SHOW datafusion.*: information_schema
+            }
+        }
+        AstStatement::StartTransaction { .. } => Ok(Action::Begin),
+        AstStatement::Commit { .. } => Ok(Action::Commit),
+        AstStatement::Rollback { .. } => Ok(Action::Rollback),
+        AstStatement::Set(set) => {
+            let name = match set {
+                Set::SingleAssignment { variable, .. } => variable.to_string().to_lowercase(),
+                Set::SetTimeZone { .. } => "timezone".into(),
+                Set::SetNames { .. } => "client_encoding".into(),
+                _ => String::new(),
+            };
+            if HARMLESS_SETTINGS.contains(&name.as_str()) {
+                Ok(Action::Ignored("SET"))
+            } else {
+                Err(SqlError::ReadOnly(format!("SET {name}").trim().to_string()))
+            }
+        }
+        other => Err(SqlError::ReadOnly(verb(other))),
+    }
+}

@@ -1,0 +1,152 @@
+//! Prometheus metrics (`GET /metrics`), prefix `treeai_`.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `treeai_events_read_total` | counter | `source` |
+//! | `treeai_events_ingested_total` (valid events) | counter | `source`, `kind` (tree, assessment, reading) |
+//! | `treeai_events_rejected_total` | counter | `source`, `reason` (`field:rule`) |
+//! | `treeai_readings_late_total`, `treeai_readings_expired_total` | counter | |
+//! | `treeai_alerts_total` | counter | |
+//! | `treeai_watermark_ms` (of the views SQL reads) | gauge | |
+//! | `treeai_input_watermark_ms` (reached by the inputs) | gauge | |
+//! | `treeai_watermark_lag_seconds` (wall clock − views' watermark) | gauge | |
+//! | `treeai_view_rows` | gauge | `view` |
+//! | `treeai_sql_queries_total` | counter | `protocol` (pg, http), `outcome` (ok, error, refused, timeout, internal_error) |
+//! | `treeai_sql_query_seconds` | histogram | `protocol` |
+//!
+//! The event counters are read from the runtime's `Stats` at scrape time.
+
+use crate::SqlError;
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use treeai_dataflows::runtime::Stats;
+use treeai_dataflows::store::Catalog;
+use treeai_dataflows::VIEW_NAMES;
+
+/// The metrics of one process.
+pub struct Metrics {
+    registry: Registry,
+    queries: IntCounterVec,
+    query_seconds: HistogramVec,
+    stats: Arc<Stats>,
+    catalog: Arc<Catalog>,
+    source: String,
+}
+
+impl Metrics {
+    /// Metrics reading `stats` and `catalog`; `source` labels the event counters (`file`, `generator`).
+    pub fn new(stats: Arc<Stats>, catalog: Arc<Catalog>, source: &str) -> Self {
+        let registry = Registry::new();
+        let queries = IntCounterVec::new(
+            Opts::new("treeai_sql_queries_total", "SQL statements run, by protocol and outcome"),
+            &["protocol", "outcome"],
+        )
+        .expect("valid metric");
+        let query_seconds = HistogramVec::new(
+            HistogramOpts::new("treeai_sql_query_seconds", "SQL statement latency, seconds").buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["protocol"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(queries.clone())).expect("registered once");
+        registry.register(Box::new(query_seconds.clone())).expect("registered once");
+        Metrics { registry, queries, query_seconds, stats, catalog, source: source.to_string() }
+    }
+
+    /// Counts one statement and its latency.
+    pub fn record_query(&self, protocol: &str, error: Option<&SqlError>, elapsed: Duration) {
+        let outcome = error.map_or("ok", SqlError::outcome);
+        self.queries.with_label_values(&[protocol, outcome]).inc();
+        self.query_seconds.with_label_values(&[protocol]).observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let s = &self.stats;
+        let src = escape(&self.source);
+        let counter = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        };
+        counter(&mut out, "treeai_events_read_total", "Messages read from the sources.");
+        let _ = writeln!(out, "treeai_events_read_total{{source=\"{src}\"}} {}", s.events_read.load(Ordering::Relaxed));
+        counter(&mut out, "treeai_events_ingested_total", "Valid events applied, by kind.");
+        for (i, kind) in ["tree", "assessment", "reading"].iter().enumerate() {
+            let v = s.events_valid[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "treeai_events_ingested_total{{source=\"{src}\",kind=\"{kind}\"}} {v}");
+        }
+        counter(&mut out, "treeai_events_rejected_total", "Messages rejected, by reason (field:rule).");
+        let mut reasons: Vec<(String, u64)> = s
+            .rejected_by_label
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        reasons.sort();
+        for (reason, v) in reasons {
+            let _ =
+                writeln!(out, "treeai_events_rejected_total{{source=\"{src}\",reason=\"{}\"}} {v}", escape(&reason));
+        }
+        for (name, help, v) in [
+            (
+                "treeai_readings_late_total",
+                "Readings applied late (ts <= watermark, inside the window).",
+                &s.readings_late,
+            ),
+            (
+                "treeai_readings_expired_total",
+                "Readings that arrived after their window had passed.",
+                &s.readings_expired,
+            ),
+            ("treeai_alerts_total", "Alerts raised.", &s.alerts),
+        ] {
+            counter(&mut out, name, help);
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+        let snap = self.catalog.snapshot();
+        let gauge = |out: &mut String, name: &str, help: &str, v: Option<f64>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            if let Some(v) = v {
+                let _ = writeln!(out, "{name} {v}");
+            }
+        };
+        gauge(
+            &mut out,
+            "treeai_watermark_ms",
+            "Watermark of the views SQL reads, epoch ms.",
+            snap.watermark.map(|w| w as f64),
+        );
+        gauge(
+            &mut out,
+            "treeai_input_watermark_ms",
+            "Watermark the inputs reached, epoch ms.",
+            s.watermark().map(|w| w as f64),
+        );
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        gauge(
+            &mut out,
+            "treeai_watermark_lag_seconds",
+            "Wall-clock time minus the views' watermark, seconds.",
+            snap.watermark.map(|w| (now - w) as f64 / 1000.0),
+        );
+        let _ = writeln!(out, "# HELP treeai_view_rows Rows per live view.\n# TYPE treeai_view_rows gauge");
+        for (view, n) in VIEW_NAMES.iter().zip(snap.views.sizes()) {
+            let _ = writeln!(out, "treeai_view_rows{{view=\"{view}\"}} {n}");
+        }
+        let mut buf = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_ok() {
+            out.push_str(&String::from_utf8_lossy(&buf));
+        }
+        out
+    }
+}
+
+/// Escapes a label value.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -1,0 +1,468 @@
+//! The Postgres wire protocol (pgwire): simple and extended query protocols.
+//!
+//! Any user name and no password are accepted (no authentication; the
+//! endpoint listens on localhost by default). Arrow types map to Postgres
+//! types by [`pg_type`]: text, int2/int4/int8, float4/float8, bool,
+//! timestamptz (timestamp without zone for zone-less columns), date, bytea;
+//! other types are sent as text. Both text and binary result formats work.
+//!
+//! Extended protocol: `$1`, `$2`, … parameters take their type from the
+//! client's Parse message, else from DataFusion's inference, else text; text
+//! parameters are cast to the inferred type. Describe plans the statement
+//! (no execution) to answer with its columns.
+//!
+//! Errors become `ErrorResponse`s with the SQLSTATE of [`SqlError::sqlstate`];
+//! the connection stays usable. `psql`'s backslash commands read `pg_catalog`,
+//! which is not provided; plain SQL and `information_schema` work.
+
+use crate::{Action, Engine, QueryOutput, SqlError};
+use arrow::array::{
+    Array, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
+    Int8Array, LargeBinaryArray, LargeStringArray, StringArray, StringViewArray, TimestampMicrosecondArray,
+    TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray, UInt16Array, UInt32Array, UInt8Array,
+};
+use arrow::datatypes::{DataType, TimeUnit};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate};
+use datafusion::common::{ParamValues, ScalarValue};
+use futures::{stream, Sink};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DataRowEncoder, DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldInfo, QueryResponse,
+    Response, Tag,
+};
+use pgwire::api::stmt::{NoopQueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::PgWireBackendMessage;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The Postgres type a column of `data_type` is sent as.
+pub fn pg_type(data_type: &DataType) -> Type {
+    match data_type {
+        DataType::Boolean => Type::BOOL,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
+        DataType::Int32 | DataType::UInt16 => Type::INT4,
+        DataType::Int64 | DataType::UInt32 => Type::INT8,
+        DataType::Float16 | DataType::Float32 => Type::FLOAT4,
+        DataType::Float64 => Type::FLOAT8,
+        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
+        DataType::Timestamp(_, None) => Type::TIMESTAMP,
+        DataType::Date32 => Type::DATE,
+        DataType::Binary | DataType::LargeBinary => Type::BYTEA,
+        _ => Type::TEXT,
+    }
+}
+
+/// The Arrow type a parameter of Postgres type `t` is read as.
+fn arrow_type(t: &Type) -> Option<DataType> {
+    Some(match *t {
+        Type::BOOL => DataType::Boolean,
+        Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => DataType::Int64,
+        Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => DataType::Float64,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => DataType::Utf8,
+        Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Millisecond, None),
+        Type::DATE => DataType::Date32,
+        Type::BYTEA => DataType::Binary,
+        _ => return None,
+    })
+}
+
+/// `e` as a Postgres error response.
+pub fn pg_error(e: &SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".to_owned(), e.sqlstate().to_owned(), e.to_string())))
+}
+
+fn fields(out_schema: &arrow::datatypes::Schema, format: &Format) -> Result<Vec<FieldInfo>, SqlError> {
+    if let Format::Individual(codes) = format {
+        if codes.len() != out_schema.fields().len() {
+            return Err(SqlError::Parameter(format!(
+                "{} result format codes for {} columns",
+                codes.len(),
+                out_schema.fields().len()
+            )));
+        }
+    }
+    Ok(out_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| FieldInfo::new(f.name().clone(), None, None, pg_type(f.data_type()), format.format_for(i)))
+        .collect())
+}
+
+macro_rules! arr {
+    ($col:expr, $t:ty) => {
+        $col.as_any().downcast_ref::<$t>().ok_or_else(|| PgWireError::ApiError("array type mismatch".into()))?
+    };
+}
+
+fn encode_value(enc: &mut DataRowEncoder, col: &dyn Array, r: usize) -> PgWireResult<()> {
+    if col.is_null(r) || col.data_type() == &DataType::Null {
+        return enc.encode_field(&None::<i64>);
+    }
+    let micros = |v: i64, unit: &TimeUnit| match unit {
+        TimeUnit::Second => v.saturating_mul(1_000_000),
+        TimeUnit::Millisecond => v.saturating_mul(1000),
+        TimeUnit::Microsecond => v,
+        TimeUnit::Nanosecond => v / 1000,
+    };
+    match col.data_type() {
+        DataType::Boolean => enc.encode_field(&arr!(col, BooleanArray).value(r)),
+        DataType::Int8 => enc.encode_field(&i16::from(arr!(col, Int8Array).value(r))),
+        DataType::Int16 => enc.encode_field(&arr!(col, Int16Array).value(r)),
+        DataType::UInt8 => enc.encode_field(&i16::from(arr!(col, UInt8Array).value(r))),
+        DataType::Int32 => enc.encode_field(&arr!(col, Int32Array).value(r)),
+        DataType::UInt16 => enc.encode_field(&i32::from(arr!(col, UInt16Array).value(r))),
+        DataType::Int64 => enc.encode_field(&arr!(col, Int64Array).value(r)),
+        DataType::UInt32 => enc.encode_field(&i64::from(arr!(col, UInt32Array).value(r))),
+        DataType::Float32 => enc.encode_field(&arr!(col, Float32Array).value(r)),
+        DataType::Float64 => enc.encode_field(&arr!(col, Float64Array).value(r)),
+        DataType::Utf8 => enc.encode_field(&arr!(col, StringArray).value(r)),
+        DataType::LargeUtf8 => enc.encode_field(&arr!(col, LargeStringArray).value(r)),
+        DataType::Utf8View => enc.encode_field(&arr!(col, StringViewArray).value(r)),
+        DataType::Binary => enc.encode_field(&arr!(col, BinaryArray).value(r)),
+        DataType::LargeBinary => enc.encode_field(&arr!(col, LargeBinaryArray).value(r)),
+        DataType::Date32 => {
+            let days = arr!(col, Date32Array).value(r);
+            let date = NaiveDate::from_ymd_opt(1970, 1, 1)
+                .and_then(|d| d.checked_add_signed(chrono::Duration::days(i64::from(days))))
+                .ok_or_else(|| PgWireError::ApiError("date out of range".into()))?;
+            enc.encode_field(&date)
+        }
+        DataType::Timestamp(unit, tz) => {
+            let v = match unit {
+                TimeUnit::Second => arr!(col, TimestampSecondArray).value(r),
+                TimeUnit::Millisecond => arr!(col, TimestampMillisecondArray).value(r),
+                TimeUnit::Microsecond => arr!(col, TimestampMicrosecondArray).value(r),
+                TimeUnit::Nanosecond => arr!(col, TimestampNanosecondArray).value(r),
+            };
+            let t = DateTime::from_timestamp_micros(micros(v, unit))
+                .ok_or_else(|| PgWireError::ApiError("timestamp out of range".into()))?;
+            if tz.is_some() {
+                enc.encode_field(&t)
+            } else {
+                enc.encode_field(&t.naive_utc())
+            }
+        }
+        _ => {
+            let f = ArrayFormatter::try_new(col, &FormatOptions::default())
+                .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+            enc.encode_field(&f.value(r).to_string())
+        }
+    }
+}
+
+/// The rows of `out` as a pgwire query response.
+fn query_response(out: QueryOutput, format: &Format) -> Result<QueryResponse, SqlError> {
+    let fields = Arc::new(fields(&out.schema, format)?);
+    let mut rows: Vec<PgWireResult<DataRow>> = Vec::with_capacity(out.rows);
+    let mut enc = DataRowEncoder::new(fields.clone());
+    for batch in &out.batches {
+        for r in 0..batch.num_rows() {
+            let row = batch.columns().iter().try_for_each(|c| encode_value(&mut enc, c.as_ref(), r));
+            rows.push(row.map(|_| enc.take_row()));
+        }
+    }
+    Ok(QueryResponse::new(fields, stream::iter(rows)))
+}
+
+/// The pgwire handlers over an [`Engine`].
+pub struct PgHandler {
+    engine: Arc<Engine>,
+    parser: Arc<NoopQueryParser>,
+}
+
+impl PgHandler {
+    /// Handlers over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        PgHandler { engine, parser: Arc::new(NoopQueryParser::new()) }
+    }
+
+    /// Runs one action, giving the response to send (an error too).
+    async fn respond(
+        &self,
+        action: Action,
+        params: Option<ParamValues>,
+        format: &Format,
+    ) -> Result<Response, SqlError> {
+        Ok(match action {
+            Action::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+            Action::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
+            Action::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+            Action::Ignored(tag) => Response::Execution(Tag::new(tag)),
+            action => match self.engine.run_action(action, params, None).await? {
+                Some(out) => Response::Query(query_response(out, format)?),
+                None => Response::Execution(Tag::new("OK")),
+            },
+        })
+    }
+
+    fn timed(&self, started: Instant, result: Result<Response, SqlError>) -> PgWireResult<Response> {
+        self.engine.metrics.record_query("pg", result.as_ref().err(), started.elapsed());
+        result.map_err(|e| pg_error(&e))
+    }
+
+    /// The single statement of an extended-protocol query.
+    fn one_action(&self, sql: &str) -> Result<Action, SqlError> {
+        let mut actions = self.engine.parse(sql)?;
+        match actions.len() {
+            1 => Ok(actions.remove(0)),
+            n => Err(SqlError::Syntax(format!("a prepared statement holds one statement, got {n}"))),
+        }
+    }
+
+    /// Plans `sql` (without running it): its parameter types and result schema.
+    async fn describe(
+        &self,
+        sql: &str,
+        params: Option<ParamValues>,
+    ) -> Result<Option<(Vec<Option<DataType>>, arrow::datatypes::Schema)>, SqlError> {
+        match self.one_action(sql)? {
+            Action::Query(statement) => {
+                let (_, state) = self.engine.state_now();
+                let plan = self.engine.with_timeout(self.engine.plan(&state, statement, params)).await?;
+                let types = param_types(&plan)?;
+                Ok(Some((types, plan.schema().as_arrow().clone())))
+            }
+            Action::Show(name, value) => {
+                let out = crate::show_output(&name, &value);
+                Ok(Some((vec![], out.schema.as_ref().clone())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The parameters of `portal` as DataFusion values.
+    async fn params(&self, portal: &Portal<String>) -> Result<Option<ParamValues>, SqlError> {
+        if portal.parameter_len() == 0 {
+            return Ok(None);
+        }
+        let inferred = match self.one_action(&portal.statement.statement)? {
+            Action::Query(statement) => {
+                let (_, state) = self.engine.state_now();
+                let plan = self.engine.plan(&state, statement, None).await?;
+                param_types(&plan)?
+            }
+            _ => vec![],
+        };
+        let mut values = Vec::with_capacity(portal.parameter_len());
+        for i in 0..portal.parameter_len() {
+            let client = portal.statement.parameter_types.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
+            let target = inferred.get(i).cloned().flatten().or_else(|| client.as_ref().and_then(arrow_type));
+            values.push(param_value(portal, i, client.as_ref(), target.as_ref())?);
+        }
+        Ok(Some(ParamValues::from(values)))
+    }
+}
+
+/// `$1`, `$2`, … types DataFusion inferred, by position.
+fn param_types(plan: &datafusion::logical_expr::LogicalPlan) -> Result<Vec<Option<DataType>>, SqlError> {
+    let types = plan.get_parameter_types()?;
+    let mut out = Vec::new();
+    for (name, t) in types {
+        let Some(i) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).filter(|i| *i >= 1 && *i <= 65_535)
+        else {
+            continue;
+        };
+        if out.len() < i {
+            out.resize(i, None);
+        }
+        out[i - 1] = t;
+    }
+    Ok(out)
+}
+
+fn param_value(
+    portal: &Portal<String>,
+    i: usize,
+    client: Option<&Type>,
+    target: Option<&DataType>,
+) -> Result<ScalarValue, SqlError> {
+    let bad = |e: PgWireError| SqlError::Parameter(format!("${}: {e}", i + 1));
+    let raw = portal.parameters.get(i).cloned().flatten();
+    let value = match raw {
+        None => {
+            return Ok(target.map_or(ScalarValue::Utf8(None), |t| ScalarValue::try_from(t).unwrap_or(ScalarValue::Null)))
+        }
+        Some(bytes) if portal.parameter_format.is_binary(i) => {
+            let t = client.cloned().unwrap_or(Type::TEXT);
+            match t {
+                Type::BOOL => ScalarValue::Boolean(portal.parameter::<bool>(i, &t).map_err(bad)?),
+                Type::INT2 => ScalarValue::Int64(portal.parameter::<i16>(i, &t).map_err(bad)?.map(i64::from)),
+                Type::INT4 => ScalarValue::Int64(portal.parameter::<i32>(i, &t).map_err(bad)?.map(i64::from)),
+                Type::INT8 => ScalarValue::Int64(portal.parameter::<i64>(i, &t).map_err(bad)?),
+                Type::FLOAT4 => ScalarValue::Float64(portal.parameter::<f32>(i, &t).map_err(bad)?.map(f64::from)),
+                Type::FLOAT8 => ScalarValue::Float64(portal.parameter::<f64>(i, &t).map_err(bad)?),
+                Type::BYTEA => ScalarValue::Binary(Some(bytes.to_vec())),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => ScalarValue::Utf8(Some(
+                    String::from_utf8(bytes.to_vec()).map_err(|e| SqlError::Parameter(format!("${}: {e}", i + 1)))?,
+                )),
+                other => {
+                    return Err(SqlError::Parameter(format!(
+                        "${}: binary parameters of type {} are not supported; send text",
+                        i + 1,
+                        other.name()
+                    )))
+                }
+            }
+        }
+        Some(bytes) => ScalarValue::Utf8(Some(
+            String::from_utf8(bytes.to_vec()).map_err(|e| SqlError::Parameter(format!("${}: {e}", i + 1)))?,
+        )),
+    };
+    match target {
+        Some(t) if value.data_type() != *t => {
+            value.cast_to(t).map_err(|e| SqlError::Parameter(format!("${}: cannot read {value} as {t}: {e}", i + 1)))
+        }
+        _ => Ok(value),
+    }
+}
+
+#[async_trait]
+impl NoopStartupHandler for PgHandler {}
+
+#[async_trait]
+impl SimpleQueryHandler for PgHandler {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let started = Instant::now();
+        let actions = match self.engine.parse(query) {
+            Ok(a) => a,
+            Err(e) => return self.timed(started, Err(e)).map(|r| vec![r]),
+        };
+        let mut responses = Vec::with_capacity(actions.len());
+        for action in actions {
+            let started = Instant::now();
+            match self.timed(started, self.respond(action, None, &Format::UnifiedText).await) {
+                Ok(r) => responses.push(r),
+                Err(PgWireError::UserError(info)) => {
+                    // Postgres stops a multi-statement query at its first error.
+                    responses.push(Response::Error(info));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for PgHandler {
+    type Statement = String;
+    type QueryParser = NoopQueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let started = Instant::now();
+        let result = async {
+            let params = self.params(portal).await?;
+            let action = self.one_action(&portal.statement.statement)?;
+            self.respond(action, params, &portal.result_column_format).await
+        }
+        .await;
+        self.timed(started, result)
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Self::Statement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some((inferred, schema)) = self.describe(&target.statement, None).await.map_err(|e| pg_error(&e))? else {
+            return Ok(DescribeStatementResponse::no_data());
+        };
+        let n = inferred.len().max(target.parameter_types.len());
+        let params = (0..n)
+            .map(|i| {
+                target
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .filter(|t| *t != Type::UNKNOWN)
+                    .or_else(|| inferred.get(i).cloned().flatten().map(|t| pg_type(&t)))
+                    .unwrap_or(Type::TEXT)
+            })
+            .collect();
+        let fields = fields(&schema, &Format::UnifiedText).map_err(|e| pg_error(&e))?;
+        Ok(DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let result = async {
+            let params = self.params(portal).await?;
+            match self.describe(&portal.statement.statement, params).await? {
+                Some((_, schema)) => Ok(Some(fields(&schema, &portal.result_column_format)?)),
+                None => Ok(None),
+            }
+        }
+        .await;
+        match result.map_err(|e| pg_error(&e))? {
+            Some(fields) => Ok(DescribePortalResponse::new(fields)),
+            None => Ok(DescribePortalResponse::no_data()),
+        }
+    }
+}
+
+/// The pgwire server handlers.
+pub struct PgHandlers(pub Arc<PgHandler>);
+
+impl PgWireServerHandlers for PgHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.0.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.0.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.0.clone()
+    }
+}

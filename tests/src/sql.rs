@@ -1,0 +1,382 @@
+//! The SQL endpoint of `treeai run` with real clients: psql, psycopg (Python)
+//! and HTTP.
+
+use crate::common::treeai_bin;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `treeai run` with its SQL ports; interrupted when dropped.
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    pg: u16,
+    http: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let (pg, http) = (free_port(), free_port());
+        let (pg_addr, http_addr) = (format!("127.0.0.1:{pg}"), format!("127.0.0.1:{http}"));
+        let mut all = vec!["run", "--workers", "2", "--sql-addr", &pg_addr, "--http-addr", &http_addr];
+        all.extend_from_slice(args);
+        let mut child =
+            Command::new(treeai_bin()).args(&all).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for part in line.split('\r') {
+                    let _ = tx.send(part.to_string());
+                }
+            }
+        });
+        Server { child, lines, pg, http }
+    }
+
+    fn wait_for(&self, secs: u64, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if want(&line) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("no matching line within {secs}s; stderr so far:\n{}", seen.join("\n"));
+    }
+
+    /// Runs `sql` with psql; returns (success, stdout, stderr).
+    fn psql(&self, sql: &str) -> (bool, String, String) {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.pg.to_string(), "-U", "treeai", "-X", "-A", "-t", "-F", "|"])
+            .args(["-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql (apt-get install postgresql-client)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn psql_ok(&self, sql: &str) -> String {
+        let (ok, out, err) = self.psql(sql);
+        assert!(ok, "psql {sql:?} failed: {err}");
+        out
+    }
+
+    /// An HTTP/1.1 request; returns (status, headers, body).
+    fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req += &format!("{k}: {v}\r\n");
+        }
+        req += "\r\n";
+        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
+        let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut body = resp[split + 4..].to_vec();
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            body = dechunk(&body);
+        }
+        (status, head, body)
+    }
+
+    fn sql_json(&self, sql: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let (status, _, body) = self.http("POST", "/v1/sql", &[("Content-Type", "application/json")], body.as_bytes());
+        let v = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+        (status, v)
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = b.windows(2).position(|w| w == b"\r\n") else { break };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..end]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[end + 2..end + 2 + n]);
+        b = &b[end + 2 + n + 2..];
+    }
+    out
+}
+
+fn one_tree() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/data/one-tree.ndjson")
+}
+
+#[test]
+fn psql_queries_every_live_view_and_gets_postgres_errors() {
+    let server = Server::start(&["--input", one_tree(), "--sql-timeout-ms", "2000"]);
+    server.wait_for(60, |l| l.contains("input complete"));
+
+    // Each live view.
+    assert_eq!(
+        server.psql_ok("select tree_id, region, lat, baseline_sway_hz, updated_at from trees"),
+        "T-1|eu-west|53.35|0.5|2026-11-25 08:00:00.000000+00"
+    );
+    assert_eq!(
+        server.psql_ok(
+            "select assessment_id, revision, failure_impact, risk_rating, assessments_total from afiss_current"
+        ),
+        "A-2|2|somewhat_likely|moderate|2"
+    );
+    assert_eq!(
+        server.psql_ok("select window_end, tilt_max, sway_min, gust_max, soil_mean, readings from sensor_windows"),
+        "2026-11-25 09:50:00.000000+00|4.5|0.4|18.0|41.0|5"
+    );
+    assert_eq!(server.psql_ok("select tree_id, score, band from tree_scores"), "T-1|42.5|poor");
+    assert_eq!(server.psql_ok("select region, trees, mean_score, poor from region_summary"), "eu-west|1|42.5|1");
+    assert_eq!(
+        server.psql_ok("select agent_id, day, high_or_extreme from agent_activity order by agent_id"),
+        "agent-03|2026-11-24|0\nagent-07|2026-11-20|1"
+    );
+    // Filters and aggregates.
+    assert_eq!(server.psql_ok("select count(*) from tree_scores where tree_id = 'T-1' and score < 50"), "1");
+    assert_eq!(
+        server.psql_ok("select count(*), sum(assessments) from agent_activity where day >= '2026-11-21'"),
+        "1|1"
+    );
+    // Consistent time: region_summary against tree_scores in one query.
+    assert_eq!(
+        server.psql_ok(
+            "select r.region, r.trees, count(s.tree_id) from region_summary r \
+             join tree_scores s on s.region = r.region group by r.region, r.trees"
+        ),
+        "eu-west|1|1"
+    );
+    // Refused writes: SQLSTATE 25006, and the server goes on.
+    for write in ["insert into trees (tree_id) values ('T-9')", "create table t (a int)", "drop table trees"] {
+        let (ok, _, err) = server.psql(write);
+        assert!(!ok, "{write} succeeded");
+        assert!(err.contains("25006") && err.contains("read-only"), "{write}: {err}");
+    }
+    // A query over the time limit: 57014.
+    let started = Instant::now();
+    let (ok, _, err) = server.psql("select count(*) from generate_series(1, 10000000000)");
+    assert!(!ok, "the endless query succeeded");
+    assert!(err.contains("57014") && err.contains("timeout"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "timeout took {:?}", started.elapsed());
+    // A syntax error, with the position of the problem.
+    let (ok, _, err) = server.psql("selec 1");
+    assert!(!ok && err.contains("42601"), "{err}");
+    // Several statements in one simple query.
+    assert_eq!(server.psql_ok("begin; select 1; commit"), "BEGIN\n1\nCOMMIT");
+    assert_eq!(server.psql_ok("select count(*) from tree_scores"), "1");
+}
+
+#[test]
+fn psycopg_extended_protocol_parameters_types_and_errors() {
+    let server = Server::start(&["--input", one_tree()]);
+    server.wait_for(60, |l| l.contains("input complete"));
+    let script = r#"
+import datetime, sys
+import psycopg
+port = int(sys.argv[1])
+with psycopg.connect(host="127.0.0.1", port=port, user="treeai", dbname="treeai", connect_timeout=10) as conn:
+    cur = conn.cursor()
+    # A syntax error, then good queries on the same connection.
+    try:
+        cur.execute("selec 1")
+        raise SystemExit("syntax error not reported")
+    except psycopg.errors.SyntaxError as e:
+        assert e.sqlstate == "42601", e.sqlstate
+    conn.rollback()
+    # Parameters through the extended protocol, typed results.
+    cur.execute("select s.tree_id, s.score, s.band, t.updated_at from tree_scores s join trees t on t.tree_id = s.tree_id where s.tree_id = %s", ("T-1",))
+    rows = cur.fetchall()
+    assert len(rows) == 1, rows
+    tree_id, score, band, updated_at = rows[0]
+    assert (tree_id, score, band) == ("T-1", 42.5, "poor"), rows
+    assert updated_at == datetime.datetime(2026, 11, 25, 8, 0, tzinfo=datetime.timezone.utc), updated_at
+    cur.execute("select day, assessments from agent_activity where agent_id = %s and assessments >= %s", ("agent-07", 1))
+    assert cur.fetchall() == [(datetime.date(2026, 11, 20), 1)]
+    cur.execute("select count(*) from tree_scores where score > %s", (40.0,))
+    assert cur.fetchone() == (1,)
+    # Binary results.
+    cur = conn.cursor(binary=True)
+    cur.execute("select readings, tilt_max, window_end from sensor_windows where tree_id = %s", ("T-1",))
+    readings, tilt, end = cur.fetchone()
+    assert (readings, tilt) == (5, 4.5), (readings, tilt)
+    assert end == datetime.datetime(2026, 11, 25, 9, 50, tzinfo=datetime.timezone.utc), end
+    # A refused write, then the connection still works.
+    try:
+        cur.execute("delete from trees")
+        raise SystemExit("write not refused")
+    except psycopg.errors.ReadOnlySqlTransaction as e:
+        assert e.sqlstate == "25006"
+    conn.rollback()
+    cur.execute("select count(*) from trees")
+    assert cur.fetchone() == (1,)
+    # Prepared statements (describe statement).
+    for _ in range(3):
+        cur.execute("select band from tree_scores where tree_id = %s", ("T-1",), prepare=True)
+        assert cur.fetchone() == ("poor",)
+conn = psycopg.connect(host="127.0.0.1", port=port, user="anyone", dbname="x", autocommit=True)
+try:
+    conn.execute("select * from nowhere")
+except psycopg.errors.UndefinedTable as e:
+    assert e.sqlstate == "42P01"
+assert conn.execute("select 1 + 1").fetchone() == (2,)
+conn.close()
+print("psycopg ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &server.pg.to_string()])
+        .output()
+        .expect("python3 (scripts/test-all.sh installs psycopg)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("psycopg ok"), "psycopg script failed:\n{stdout}\n{stderr}");
+}
+
+#[test]
+fn http_sql_json_arrow_health_and_metrics() {
+    let server = Server::start(&["--input", one_tree(), "--http-max-rows", "1"]);
+    server.wait_for(60, |l| l.contains("input complete"));
+
+    let (status, head, body) = server.http("GET", "/healthz", &[], b"");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(String::from_utf8_lossy(&body).trim(), "ok");
+    let (status, _, _) = server.http("GET", "/readyz", &[], b"");
+    assert_eq!(status, 200);
+
+    let (status, v) = server.sql_json("select tree_id, score, updated_at from tree_scores join trees using (tree_id)");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["columns"][0], serde_json::json!({"name": "tree_id", "type": "text"}));
+    assert_eq!(v["columns"][1]["type"], "float8");
+    assert_eq!(v["columns"][2]["type"], "timestamptz");
+    assert_eq!(v["rows"], serde_json::json!([["T-1", 42.5, "2026-11-25T08:00:00.000Z"]]));
+    assert_eq!(v["truncated"], false);
+    assert_eq!(v["watermark"], "2026-11-25T09:50:00.000Z");
+
+    // The row limit (1 here): two rows are cut to one and said so.
+    let (status, v) = server.sql_json("select agent_id from agent_activity order by agent_id");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["rows"], serde_json::json!([["agent-03"]]));
+    assert_eq!(v["truncated"], true);
+
+    // Errors: client's fault, with SQLSTATE.
+    let (status, v) = server.sql_json("drop table trees");
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["sqlstate"], "25006", "{v}");
+    let (status, v) = server.sql_json("select * from nowhere");
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["sqlstate"], "42P01", "{v}");
+    let (status, _, body) = server.http("POST", "/v1/sql", &[], b"not json");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+
+    // Arrow IPC.
+    let body = serde_json::json!({"sql": "select tree_id, band from tree_scores"}).to_string();
+    let (status, head, ipc) = server.http(
+        "POST",
+        "/v1/sql",
+        &[("Content-Type", "application/json"), ("Accept", "application/vnd.apache.arrow.stream")],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/vnd.apache.arrow.stream"), "{head}");
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None).unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    let rows = batches.iter().flat_map(crate::common::batch_rows).collect::<Vec<_>>();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["band"], "poor");
+
+    // Metrics.
+    let (status, _, body) = server.http("GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    for want in [
+        "treeai_events_read_total{source=\"file\"} 11",
+        "treeai_events_ingested_total{source=\"file\",kind=\"reading\"} 6",
+        "treeai_events_rejected_total{source=\"file\",reason=\"value:out_of_range\"} 1",
+        "treeai_watermark_ms 1795600200000",
+        "treeai_view_rows{view=\"tree_scores\"} 1",
+        "treeai_sql_queries_total{outcome=\"ok\",protocol=\"http\"}",
+        "treeai_sql_queries_total{outcome=\"refused\",protocol=\"http\"} 1",
+        "treeai_sql_query_seconds_bucket",
+    ] {
+        assert!(text.contains(want), "metrics lack {want:?}:\n{text}");
+    }
+}
+
+/// The embedded default serves SQL within seconds, and every query sees one
+/// consistent time while the generator ingests.
+#[test]
+fn run_without_input_is_queryable_and_consistent_while_ingesting() {
+    let server = Server::start(&["--trees", "3000", "--rate", "20000"]);
+    let started = Instant::now();
+    server.wait_for(60, |l| l.contains("SQL on postgres://"));
+    // Queryable within seconds.
+    let mut first = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        let (ok, out, _) = server.psql("select count(*) from tree_scores");
+        if ok && out.parse::<u64>().is_ok_and(|n| n > 0) {
+            first = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = first.expect("no scored trees over SQL within 30 s");
+    assert!(first < Duration::from_secs(15), "first answer after {first:?}");
+    // Ready once the views have a watermark.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.http("GET", "/readyz", &[], b"").0 != 200 {
+        assert!(Instant::now() < deadline, "/readyz not 200 within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // region_summary agrees with tree_scores and afiss_current in every query while ingesting.
+    let check = "select \
+        (select count(*) from region_summary r full join (select region, count(*) as n from tree_scores group by region) c \
+            on c.region = r.region where r.trees is distinct from c.n), \
+        (select count(*) from tree_scores s join afiss_current a using (tree_id) where s.risk_rating <> a.risk_rating), \
+        (select coalesce(sum(assessed_trees), 0) from region_summary) - (select count(*) from tree_scores where risk_rating <> 'unassessed'), \
+        (select max(watermark) from (select max(window_end) as watermark from sensor_windows))";
+    let mut watermarks = std::collections::BTreeSet::new();
+    for _ in 0..15 {
+        let out = server.psql_ok(check);
+        let cells: Vec<&str> = out.split('|').collect();
+        assert_eq!(&cells[..3], &["0", "0", "0"], "inconsistent views in one query: {out}");
+        watermarks.insert(cells[3].to_string());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(watermarks.len() > 1, "the views did not move while querying: {watermarks:?}");
+}
