@@ -46,6 +46,9 @@ pub(crate) fn batch(fields: Vec<(&str, DataType, bool)>, columns: Vec<ArrayRef>)
 
 use DataType::{Float64 as F, Int64 as I, Utf8 as S};
 
+/// Builds one column from rows `(key, value)` and the watermark.
+pub type ColumnBuilder<K, V> = fn(&[(&K, &V)], Option<i64>) -> ArrayRef;
+
 /// One column of a view: its name, type and nullability, and how to build it
 /// from rows `(key, value)` of the view's map. `watermark` is the watermark the
 /// views are read at (it fills `sensor_windows.window_end`).
@@ -56,15 +59,10 @@ pub struct ViewColumn<K: 'static, V: 'static> {
     pub data_type: DataType,
     /// Whether the column may hold NULL.
     pub nullable: bool,
-    build: fn(&[(&K, &V)], Option<i64>) -> ArrayRef,
+    build: ColumnBuilder<K, V>,
 }
 
-fn col<K, V>(
-    name: &'static str,
-    data_type: DataType,
-    nullable: bool,
-    build: fn(&[(&K, &V)], Option<i64>) -> ArrayRef,
-) -> ViewColumn<K, V> {
+fn col<K, V>(name: &'static str, data_type: DataType, nullable: bool, build: ColumnBuilder<K, V>) -> ViewColumn<K, V> {
     ViewColumn { name, data_type, nullable, build }
 }
 

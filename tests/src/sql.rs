@@ -12,9 +12,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A running `treeai run` with its SQL ports; interrupted when dropped.
+/// A running `treeai run` with its SQL ports; interrupted when dropped. It
+/// runs in a temporary directory (its default lake `./lake` lands there).
 struct Server {
     child: Child,
+    _dir: tempfile::TempDir,
     lines: Receiver<String>,
     pg: u16,
     http: u16,
@@ -41,8 +43,14 @@ impl Server {
         let (pg_addr, http_addr) = (format!("127.0.0.1:{pg}"), format!("127.0.0.1:{http}"));
         let mut all = vec!["run", "--workers", "2", "--sql-addr", &pg_addr, "--http-addr", &http_addr];
         all.extend_from_slice(args);
-        let mut child =
-            Command::new(treeai_bin()).args(&all).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(treeai_bin())
+            .args(&all)
+            .current_dir(dir.path())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -52,7 +60,7 @@ impl Server {
                 }
             }
         });
-        Server { child, lines, pg, http }
+        Server { child, _dir: dir, lines, pg, http }
     }
 
     fn wait_for(&self, secs: u64, want: impl Fn(&str) -> bool) -> String {
@@ -127,14 +135,11 @@ impl Server {
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(end) = b.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(end) = b.windows(2).position(|w| w == b"\r\n") {
         let n = usize::from_str_radix(String::from_utf8_lossy(&b[..end]).trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&b[end + 2..end + 2 + n]);
-        b = &b[end + 2 + n + 2..];
+        let Some(chunk) = b.get(end + 2..end + 2 + n).filter(|_| n > 0) else { break };
+        out.extend_from_slice(chunk);
+        b = b.get(end + 2 + n + 2..).unwrap_or_default();
     }
     out
 }
@@ -366,10 +371,10 @@ fn run_without_input_is_queryable_and_consistent_while_ingesting() {
     // region_summary agrees with tree_scores and afiss_current in every query while ingesting.
     let check = "select \
         (select count(*) from region_summary r full join (select region, count(*) as n from tree_scores group by region) c \
-            on c.region = r.region where r.trees is distinct from c.n), \
-        (select count(*) from tree_scores s join afiss_current a using (tree_id) where s.risk_rating <> a.risk_rating), \
-        (select coalesce(sum(assessed_trees), 0) from region_summary) - (select count(*) from tree_scores where risk_rating <> 'unassessed'), \
-        (select max(watermark) from (select max(window_end) as watermark from sensor_windows))";
+            on c.region = r.region where r.trees is distinct from c.n) as regions_off, \
+        (select count(*) from tree_scores s join afiss_current a using (tree_id) where s.risk_rating <> a.risk_rating) as ratings_off, \
+        (select coalesce(sum(assessed_trees), 0) from region_summary) - (select count(*) from tree_scores where risk_rating <> 'unassessed') as assessed_off, \
+        (select max(window_end) from sensor_windows) as watermark";
     let mut watermarks = std::collections::BTreeSet::new();
     for _ in 0..15 {
         let out = server.psql_ok(check);
