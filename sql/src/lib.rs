@@ -28,6 +28,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList};
 use datafusion::common::ParamValues;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -53,6 +54,8 @@ pub struct SqlConfig {
     /// Time limit of one statement, planning and execution (default 30 s).
     pub query_timeout: Duration,
     /// Memory pool of all running queries together, bytes (default 1 GiB).
+    /// Operators that would spill fail instead (no temporary files). The
+    /// views' rows a scan copies are not counted.
     pub memory_limit: usize,
     /// Most rows an HTTP response carries (default 100,000); more are cut and
     /// the response says `"truncated": true`.
@@ -147,8 +150,10 @@ pub struct Engine {
 impl Engine {
     /// An engine over `catalog`.
     pub fn new(catalog: Arc<Catalog>, config: SqlConfig, metrics: Arc<metrics::Metrics>) -> Result<Self, SqlError> {
+        // No spilling to disk: client queries stay within the memory pool.
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(config.memory_limit, 1.0)
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
             .map_err(|e| SqlError::Internal(e.to_string()))?;
         let mut session = SessionConfig::new()

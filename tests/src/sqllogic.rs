@@ -216,3 +216,86 @@ fn sql_logic_files() {
     let failures: Vec<String> = files.iter().flat_map(|f| run_file(f)).collect();
     assert!(failures.is_empty(), "{} failing block(s):\n{}", failures.len(), failures.join("\n"));
 }
+
+fn engine_over(input: &str, config: SqlConfig) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    let file = generate(dir.path(), input);
+    let (catalog, stats) = load(&file);
+    let metrics = Arc::new(Metrics::new(stats, catalog.clone(), "file"));
+    Engine::new(catalog, config, metrics).unwrap()
+}
+
+/// A point lookup on the key is a map look-up: the scan itself yields only
+/// the matching rows (DataFusion's filter above it would hide a full copy).
+#[test]
+fn key_filters_reach_the_scan_as_lookups() {
+    use datafusion::catalog::TableProvider;
+    use datafusion::prelude::{col, lit};
+    use treeai_sql::provider::{View, ViewTable};
+    let engine = engine_over("trees=300 count=20000 seed=2", SqlConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (snapshot, state) = engine.state_now();
+    assert_eq!(snapshot.views.tree_scores.len(), 300);
+    let rows = |view: View, filters: Vec<datafusion::prelude::Expr>, projection: Option<Vec<usize>>| -> usize {
+        rt.block_on(async {
+            let table = ViewTable::new(view, snapshot.clone());
+            let plan = table.scan(&state, projection.as_ref(), &filters, None).await.unwrap();
+            let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await.unwrap();
+            batches.iter().map(|b| b.num_rows()).sum()
+        })
+    };
+    assert_eq!(rows(View::Scores, vec![], None), 300);
+    assert_eq!(rows(View::Scores, vec![col("tree_id").eq(lit("T-000007"))], None), 1);
+    assert_eq!(
+        rows(
+            View::Scores,
+            vec![col("tree_id").in_list(vec![lit("T-000007"), lit("T-000008"), lit("nope")], false)],
+            Some(vec![0, 2])
+        ),
+        2
+    );
+    assert_eq!(
+        rows(
+            View::Trees,
+            vec![col("tree_id").eq(lit("T-000001")).or(col("tree_id").eq(lit("T-000002")))],
+            Some(vec![])
+        ),
+        2
+    );
+    assert_eq!(rows(View::Windows, vec![col("tree_id").eq(lit("nope"))], None), 0);
+    let eu = snapshot.views.tree_scores.values().filter(|s| s.region.as_str() == "eu-west").count();
+    assert_eq!(rows(View::Scores, vec![col("region").eq(lit("eu-west"))], None), eu);
+    assert_eq!(rows(View::Regions, vec![col("region").eq(lit("eu-west"))], None), 1);
+    let agent = snapshot.views.agent_activity.keys().next().unwrap().0.clone();
+    let days = snapshot.views.agent_activity.keys().filter(|(a, _)| *a == agent).count();
+    assert_eq!(rows(View::Agents, vec![col("agent_id").eq(lit(agent.as_str()))], None), days);
+    // Pushdown answers: Inexact on the key, Unsupported elsewhere.
+    let table = ViewTable::new(View::Scores, snapshot.clone());
+    let key = col("tree_id").eq(lit("x"));
+    let other = col("score").gt(lit(1.0));
+    let answers = table.supports_filters_pushdown(&[&key, &other]).unwrap();
+    assert_eq!(format!("{answers:?}"), "[Inexact, Unsupported]");
+}
+
+/// The memory pool and the time limit stop a query with the right SQLSTATE,
+/// and the engine answers the next query.
+#[test]
+fn memory_and_time_limits_stop_queries() {
+    let config =
+        SqlConfig { memory_limit: 4 << 20, query_timeout: std::time::Duration::from_secs(1), ..Default::default() };
+    let engine = engine_over("trees=50 count=2000 seed=1", config);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let err = rt
+        .block_on(engine.query(
+            "select v, count(*) from generate_series(1, 3000000) t(v) group by v order by 2 desc, 1 limit 1",
+            None,
+            "test",
+        ))
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), "53200", "{err}");
+    let err =
+        rt.block_on(engine.query("select count(*) from generate_series(1, 100000000000)", None, "test")).unwrap_err();
+    assert_eq!(err.sqlstate(), "57014", "{err}");
+    let out = rt.block_on(engine.query("select count(*) from tree_scores", None, "test")).unwrap();
+    assert_eq!(output_lines(&out), vec!["50"]);
+}
