@@ -29,6 +29,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList};
 use datafusion::common::ParamValues;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -135,6 +136,8 @@ pub struct QueryOutput {
     pub truncated: bool,
     /// The watermark of the snapshot the query read (epoch ms).
     pub watermark: Option<i64>,
+    /// The rows' share of the memory pool, released when the output is dropped.
+    pub reservation: Option<MemoryReservation>,
 }
 
 /// The SQL engine over one catalog.
@@ -228,14 +231,17 @@ impl Engine {
         state: &SessionState,
         plan: LogicalPlan,
         max_rows: Option<usize>,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>, usize, bool), SqlError> {
+    ) -> Result<QueryOutput, SqlError> {
         let physical = state.create_physical_plan(&plan).await?;
         let schema = physical.schema();
         let mut stream = execute_stream(physical, state.task_ctx())?;
+        // The result held for the client counts against the memory pool too.
+        let reservation = MemoryConsumer::new("query result").register(&state.runtime_env().memory_pool);
         let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
         let max = max_rows.unwrap_or(usize::MAX);
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            reservation.try_grow(batch.get_array_memory_size())?;
             if rows + batch.num_rows() > max {
                 let keep = max - rows;
                 batches.push(batch.slice(0, keep));
@@ -246,7 +252,7 @@ impl Engine {
             rows += batch.num_rows();
             batches.push(batch);
         }
-        Ok((schema, batches, rows, truncated))
+        Ok(QueryOutput { schema, batches, rows, truncated, watermark: None, reservation: Some(reservation) })
     }
 
     /// Runs `fut` under the statement time limit.
@@ -271,13 +277,13 @@ impl Engine {
         match action {
             Action::Query(statement) => {
                 let (snapshot, state) = self.state_now();
-                let (schema, batches, rows, truncated) = self
+                let out = self
                     .with_timeout(async {
                         let plan = self.plan(&state, statement, params).await?;
                         self.execute(&state, plan, max_rows).await
                     })
                     .await?;
-                Ok(Some(QueryOutput { schema, batches, rows, truncated, watermark: snapshot.watermark }))
+                Ok(Some(QueryOutput { watermark: snapshot.watermark, ..out }))
             }
             Action::Show(name, value) => Ok(Some(show_output(&name, &value))),
             _ => Ok(None),
@@ -301,6 +307,7 @@ impl Engine {
                 rows: 0,
                 truncated: false,
                 watermark: self.catalog.snapshot().watermark,
+                reservation: None,
             }))
         }
         .await;
@@ -313,7 +320,7 @@ fn show_output(name: &str, value: &str) -> QueryOutput {
     let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
     let column: ArrayRef = Arc::new(StringArray::from(vec![value]));
     let batch = RecordBatch::try_new(schema.clone(), vec![column]).expect("one string column");
-    QueryOutput { schema, batches: vec![batch], rows: 1, truncated: false, watermark: None }
+    QueryOutput { schema, batches: vec![batch], rows: 1, truncated: false, watermark: None, reservation: None }
 }
 
 /// Drops DataFusion's "SQL error: " style prefixes from a message.

@@ -26,7 +26,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate};
 use datafusion::common::{ParamValues, ScalarValue};
-use futures::{stream, Sink};
+use futures::{stream, Sink, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::portal::{Format, Portal};
@@ -173,7 +173,15 @@ fn query_response(out: QueryOutput, format: &Format) -> Result<QueryResponse, Sq
             rows.push(row.map(|_| enc.take_row()));
         }
     }
-    Ok(QueryResponse::new(fields, stream::iter(rows)))
+    // The rows keep their share of the memory pool until they are sent.
+    let reservation = out.reservation;
+    Ok(QueryResponse::new(
+        fields,
+        stream::iter(rows).map(move |row| {
+            let _held = &reservation;
+            row
+        }),
+    ))
 }
 
 /// The pgwire handlers over an [`Engine`].

@@ -293,6 +293,9 @@ fn memory_and_time_limits_stop_queries() {
         ))
         .unwrap_err();
     assert_eq!(err.sqlstate(), "53200", "{err}");
+    // A result larger than the pool: refused too, not held in memory.
+    let err = rt.block_on(engine.query("select v from generate_series(1, 3000000) t(v)", None, "test")).unwrap_err();
+    assert_eq!(err.sqlstate(), "53200", "{err}");
     let err =
         rt.block_on(engine.query("select count(*) from generate_series(1, 100000000000)", None, "test")).unwrap_err();
     assert_eq!(err.sqlstate(), "57014", "{err}");
