@@ -234,6 +234,28 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The Arrow schema of the table's files (partition columns excluded: they are in the path).
+    pub fn schema(self) -> arrow::datatypes::SchemaRef {
+        let rows = match self {
+            Table::Readings => Rows::Readings(Vec::new()),
+            Table::Assessments => Rows::Assessments(Vec::new()),
+            Table::Trees => Rows::Trees(Vec::new()),
+            Table::ScoreChanges => Rows::ScoreChanges(Vec::new()),
+            Table::Alerts => Rows::Alerts(Vec::new()),
+            Table::Deadletter => Rows::Deadletter(Vec::new()),
+        };
+        rows_batch(&rows).schema()
+    }
+    /// The Hive partition columns of the table, outermost first.
+    pub fn partition_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Readings => &["date", "hour"],
+            _ => &["date"],
+        }
+    }
+}
+
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 fn date_part(ms: Option<i64>) -> String {

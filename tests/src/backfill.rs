@@ -87,8 +87,21 @@ fn wait_for(lines: &std::sync::mpsc::Receiver<String>, secs: u64, want: impl Fn(
     panic!("no matching line within {secs}s");
 }
 
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Spawns `treeai` with free SQL and HTTP ports (tests run in parallel).
 fn spawn(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(treeai_bin()).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let (pg, http) = (free_addr(), free_addr());
+    let mut child = Command::new(treeai_bin())
+        .args(args)
+        .args(["--sql-addr", &pg, "--http-addr", &http])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
