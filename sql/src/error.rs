@@ -70,30 +70,27 @@ impl SqlError {
 
 impl From<DataFusionError> for SqlError {
     fn from(e: DataFusionError) -> Self {
-        classify(e)
+        classify(&e)
     }
 }
 
-fn classify(e: DataFusionError) -> SqlError {
-    match e {
-        DataFusionError::Context(_, inner) => classify(*inner),
-        DataFusionError::Diagnostic(_, inner) => classify(*inner),
-        DataFusionError::Shared(inner) => classify(DataFusionError::External(Box::new(inner))),
+/// Classifies by the innermost DataFusion error (through contexts, shared
+/// errors of repartitioned streams and Arrow's external errors).
+fn classify(e: &DataFusionError) -> SqlError {
+    let root = e.find_root();
+    let message = || root.strip_backtrace();
+    match root {
         DataFusionError::SQL(e, _) => SqlError::Syntax(e.to_string()),
-        DataFusionError::Plan(m) => SqlError::Plan(m),
+        DataFusionError::Plan(m) => SqlError::Plan(m.clone()),
         DataFusionError::SchemaError(e, _) => SqlError::Plan(format!("Schema error: {e}")),
         DataFusionError::NotImplemented(m) => SqlError::Plan(format!("not supported: {m}")),
-        DataFusionError::Configuration(m) => SqlError::Plan(m),
-        DataFusionError::ResourcesExhausted(m) => SqlError::ResourcesExhausted(m),
+        DataFusionError::Configuration(m) => SqlError::Plan(m.clone()),
+        DataFusionError::ResourcesExhausted(m) => SqlError::ResourcesExhausted(m.clone()),
         DataFusionError::ArrowError(e, _) => SqlError::Execution(e.to_string()),
-        DataFusionError::Execution(m) => SqlError::Execution(m),
-        DataFusionError::ExecutionJoin(e) => SqlError::Internal(e.to_string()),
-        DataFusionError::Internal(m) => SqlError::Internal(m),
-        DataFusionError::IoError(e) => SqlError::Internal(e.to_string()),
-        DataFusionError::External(e) => match e.downcast::<DataFusionError>() {
-            Ok(inner) => classify(*inner),
-            Err(e) => SqlError::Execution(e.to_string()),
-        },
-        other => SqlError::Execution(other.to_string()),
+        DataFusionError::Execution(m) => SqlError::Execution(m.clone()),
+        DataFusionError::ExecutionJoin(_) | DataFusionError::Internal(_) | DataFusionError::IoError(_) => {
+            SqlError::Internal(message())
+        }
+        _ => SqlError::Execution(message()),
     }
 }

@@ -24,15 +24,17 @@ pub mod server;
 pub use error::SqlError;
 
 use arrow::array::{ArrayRef, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList};
-use datafusion::common::ParamValues;
+use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::FunctionRegistry;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
@@ -178,14 +180,29 @@ impl Engine {
         &self.catalog
     }
 
-    /// A session state whose tables all read `snapshot`.
+    /// A session state whose tables all read `snapshot`, with the function
+    /// `treeai_watermark()`: the snapshot's watermark (timestamptz, NULL before
+    /// the first one).
     pub fn state_at(&self, snapshot: Arc<Snapshot>) -> SessionState {
+        let watermark = snapshot.watermark;
         let catalog = MemoryCatalogProvider::new();
         let schema = Arc::new(provider::SnapshotSchema::new(snapshot));
         catalog.register_schema("public", schema).expect("a memory catalog accepts schemas");
         let list = MemoryCatalogProviderList::new();
         list.register_catalog("treeai".into(), Arc::new(catalog));
-        SessionStateBuilder::new_from_existing(self.base.clone()).with_catalog_list(Arc::new(list)).build()
+        let mut state =
+            SessionStateBuilder::new_from_existing(self.base.clone()).with_catalog_list(Arc::new(list)).build();
+        let udf = create_udf(
+            "treeai_watermark",
+            vec![],
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            Volatility::Stable,
+            Arc::new(move |_| {
+                Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(watermark, Some("UTC".into()))))
+            }),
+        );
+        state.register_udf(Arc::new(udf)).expect("registering a function");
+        state
     }
 
     /// A session state at the catalog's current snapshot, and that snapshot.
