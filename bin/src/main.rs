@@ -235,7 +235,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let catalog = Arc::new(Catalog::new(config.workers));
     let stats = Arc::new(Stats::new());
-    let server = sql::start(&args.sql, &file, &catalog, &stats, source_label)?;
+    let lake_config = args.lake.config(&file.lake, None)?;
+    let server = sql::start(&args.sql, &file, &catalog, &stats, source_label, lake_config.as_ref())?;
     eprintln!(
         "treeai run: SQL on postgres://treeai@{} (psql -h {} -p {} -U treeai), HTTP on http://{}",
         server.pg_addr,
@@ -248,7 +249,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let (catalog, stats, shutdown, finished) = (catalog.clone(), stats.clone(), shutdown.clone(), finished.clone());
         std::thread::spawn(move || progress_loop(&catalog, &stats, &shutdown, &finished))
     };
-    let lake = match args.lake.config(&file.lake, None)? {
+    let lake = match lake_config {
         Some(lake_config) => {
             eprintln!("treeai run: lake at {}", lake_config.url);
             Some(treeai_connectors::lake::Lake::open(lake_config)?)

@@ -37,6 +37,7 @@ pub fn start(
     catalog: &Arc<Catalog>,
     stats: &Arc<Stats>,
     source: &str,
+    lake: Option<&treeai_connectors::lake::LakeConfig>,
 ) -> anyhow::Result<treeai_sql::server::SqlServer> {
     let d = SqlConfig::default();
     let config = SqlConfig {
@@ -47,6 +48,10 @@ pub fn start(
         http_max_rows: args.http_max_rows.or(file.http_max_rows).unwrap_or(d.http_max_rows),
     };
     let metrics = Arc::new(Metrics::new(stats.clone(), catalog.clone(), source));
-    let engine = Arc::new(Engine::new(catalog.clone(), config, metrics).context("starting the SQL engine")?);
+    let mut engine = Engine::new(catalog.clone(), config, metrics).context("starting the SQL engine")?;
+    if let Some(lake) = lake {
+        engine = engine.with_lake(&lake.url, &lake.options).context("opening the lake for SQL")?;
+    }
+    let engine = Arc::new(engine);
     treeai_sql::server::start(engine).context("starting the SQL servers")
 }

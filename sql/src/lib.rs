@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod http;
+pub mod lake;
 pub mod metrics;
 pub mod pg;
 pub mod provider;
@@ -150,6 +151,8 @@ pub struct Engine {
     pub config: SqlConfig,
     /// Metrics of the process.
     pub metrics: Arc<metrics::Metrics>,
+    /// The `lake` schema, when the process has a lake.
+    lake: Option<Arc<dyn datafusion::catalog::SchemaProvider>>,
 }
 
 impl Engine {
@@ -172,7 +175,13 @@ impl Engine {
             .with_default_features()
             .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
             .build();
-        Ok(Engine { catalog, base, config, metrics })
+        Ok(Engine { catalog, base, config, metrics, lake: None })
+    }
+
+    /// Adds the lake tables as schema `lake` (see [`lake`]).
+    pub fn with_lake(mut self, url: &str, options: &[(String, String)]) -> Result<Self, SqlError> {
+        self.lake = Some(lake::lake_schema(url, options, self.base.runtime_env())?);
+        Ok(self)
     }
 
     /// The catalog the engine reads.
@@ -188,6 +197,9 @@ impl Engine {
         let catalog = MemoryCatalogProvider::new();
         let schema = Arc::new(provider::SnapshotSchema::new(snapshot));
         catalog.register_schema("public", schema).expect("a memory catalog accepts schemas");
+        if let Some(lake) = &self.lake {
+            catalog.register_schema("lake", lake.clone()).expect("a memory catalog accepts schemas");
+        }
         let list = MemoryCatalogProviderList::new();
         list.register_catalog("treeai".into(), Arc::new(catalog));
         let mut state =

@@ -197,3 +197,71 @@ fn lake_on_s3_compatible_storage() {
     assert!(keys.iter().all(|k| k.ends_with(".parquet")), "{keys:?}");
     assert!(keys.iter().any(|k| k.contains("/hour=")), "{keys:?}");
 }
+
+fn psql(port: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", port, "-U", "treeai", "-At", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn lake_tables_in_sql_with_partition_filters_and_a_live_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("e.ndjson");
+    produce(&input, "6000");
+    let lake = dir.path().join("lake");
+    let (pg, http) = (free_port(), free_port());
+    let mut child = Command::new(treeai_bin())
+        .args(["run", "--workers", "2", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap()])
+        .args(["--sql-addr", &format!("127.0.0.1:{pg}"), "--http-addr", &format!("127.0.0.1:{http}")])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("input complete");
+        if line.contains("input complete") {
+            break;
+        }
+    }
+    let port = pg.to_string();
+
+    let text = std::fs::read(&input).unwrap();
+    let readings: Vec<i64> = text
+        .split(|b| *b == b'\n')
+        .filter_map(|l| match parse_event(l, None, Position::default()) {
+            Ok(Event::Reading(r)) => Some(r.ts),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(psql(&port, "select count(*) from lake.readings"), readings.len().to_string());
+    let ts = readings[0];
+    let (date, hour) = (format_day(day_of(ts)), ts.rem_euclid(86_400_000) / 3_600_000);
+    let in_hour =
+        readings.iter().filter(|t| day_of(**t) == day_of(ts) && t.rem_euclid(86_400_000) / 3_600_000 == hour).count();
+    assert_eq!(
+        psql(&port, &format!("select count(*) from lake.readings where date = '{date}' and hour = '{hour:02}'")),
+        in_hour.to_string()
+    );
+    // A live view joined with a lake table, in one query.
+    let joined = psql(
+        &port,
+        "select count(distinct s.tree_id) from tree_scores s join lake.trees t on s.tree_id = t.tree_id where not t.deleted",
+    );
+    let live = psql(&port, "select count(*) from tree_scores");
+    assert_eq!(joined, live, "every scored tree has its registry events in the lake");
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
