@@ -43,9 +43,14 @@ impl Server {
         let (pg_addr, http_addr) = (format!("127.0.0.1:{pg}"), format!("127.0.0.1:{http}"));
         let mut all = vec!["run", "--workers", "2", "--sql-addr", &pg_addr, "--http-addr", &http_addr];
         all.extend_from_slice(args);
-        let dir = tempfile::tempdir().unwrap();
+        Server::spawn(&all, &[], tempfile::tempdir().unwrap(), pg, http)
+    }
+
+    /// `treeai ARGS` with `envs` in `dir`, expected to serve on `pg` and `http`.
+    fn spawn(args: &[&str], envs: &[(&str, &str)], dir: tempfile::TempDir, pg: u16, http: u16) -> Server {
         let mut child = Command::new(treeai_bin())
-            .args(&all)
+            .args(args)
+            .envs(envs.iter().copied())
             .current_dir(dir.path())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -384,4 +389,33 @@ fn run_without_input_is_queryable_and_consistent_while_ingesting() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(watermarks.len() > 1, "the views did not move while querying: {watermarks:?}");
+}
+
+/// Addresses follow the documented precedence: config file < environment < flags.
+#[test]
+fn sql_addresses_from_config_file_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, http_file, http_env) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("treeai.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 1\ninput = [{:?}]\nsql_addr = \"127.0.0.1:{pg}\"\nhttp_addr = \"127.0.0.1:{http_file}\"\n\
+             sql_timeout_ms = 5000\nhttp_max_rows = 1\n",
+            one_tree()
+        ),
+    )
+    .unwrap();
+    let env_addr = format!("127.0.0.1:{http_env}");
+    let args = ["run", "--config", config.to_str().unwrap()];
+    let server = Server::spawn(&args, &[("TREEAI_HTTP_ADDR", &env_addr)], dir, pg, http_env);
+    server.wait_for(60, |l| l.contains("input complete"));
+    assert_eq!(server.psql_ok("select band from tree_scores"), "poor");
+    let (status, v) = server.sql_json("select agent_id from agent_activity");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["truncated"], true, "http_max_rows from the file: {v}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", http_file)).is_err(),
+        "the file's http_addr is used despite the environment"
+    );
 }
