@@ -1,15 +1,14 @@
 //! The `treeai` binary end to end: produce → backfill, against the naive
 //! implementation, identical whatever `--workers`; `run` streams and stays up.
 
-use crate::common::{batch_rows, diff_views, treeai_bin};
+use crate::common::{batch_rows, diff_views, treeai_bin, Running};
 use crate::naive::{naive_views, NaiveInput};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 fn read_parquet(path: &Path) -> Vec<Map<String, Value>> {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -74,65 +73,12 @@ fn backfill_reports_bad_arguments_with_one_line() {
     assert!(err.contains("/nonexistent.ndjson"), "{err}");
 }
 
-/// Waits for a line of `child`'s stderr that satisfies `want`, for at most `secs`.
-fn wait_for(lines: &std::sync::mpsc::Receiver<String>, secs: u64, want: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if want(&line) => return line,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("no matching line within {secs}s");
-}
-
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    format!("127.0.0.1:{port}")
-}
-
-/// Spawns `treeai` with free SQL and HTTP ports (tests run in parallel).
-fn spawn(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let (pg, http) = (free_addr(), free_addr());
-    let mut child = Command::new(treeai_bin())
-        .args(args)
-        .args(["--sql-addr", &pg, "--http-addr", &http])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            for part in line.split('\r') {
-                let _ = tx.send(part.to_string());
-            }
-        }
-    });
-    (child, rx)
-}
-
-fn interrupt(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "treeai did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn run_streams_files_then_stays_up_until_interrupted() {
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/one-tree.ndjson");
     let lake = tempfile::tempdir().unwrap();
-    let (mut child, lines) =
-        spawn(&["run", "--input", data, "--workers", "2", "--lake", lake.path().to_str().unwrap()]);
-    let done = wait_for(&lines, 60, |l| l.contains("input complete"));
+    let mut run = Running::start(&["run", "--input", data, "--workers", "2", "--lake", lake.path().to_str().unwrap()]);
+    let done = run.wait_for(60, |l| l.contains("input complete"));
     // The lake is written when the input is complete: 5 valid readings in hours 07 and 09.
     let readings: Vec<_> = ["hour=07", "hour=09"]
         .iter()
@@ -144,14 +90,14 @@ fn run_streams_files_then_stays_up_until_interrupted() {
     assert!(done.contains("watermark 2026-11-25T09:50:00.000Z"), "{done}");
     assert!(done.contains("tree_scores=1"), "{done}");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "run exited instead of staying up");
-    assert!(interrupt(&mut child).success());
+    assert!(run.child.try_wait().unwrap().is_none(), "run exited instead of staying up");
+    assert!(run.interrupt().success());
 }
 
 #[test]
 fn run_without_arguments_shows_live_progress() {
-    let (mut child, lines) = spawn(&["run", "--workers", "2", "--trees", "2000", "--rate", "20000", "--no-lake"]);
-    let line = wait_for(&lines, 60, |l| l.contains("ev/s") && !l.contains("events 0 "));
+    let mut run = Running::start(&["run", "--workers", "2", "--trees", "2000", "--rate", "20000", "--no-lake"]);
+    let line = run.wait_for(60, |l| l.contains("ev/s") && !l.contains("events 0 "));
     assert!(line.contains("watermark 20"), "{line}");
-    assert!(interrupt(&mut child).success());
+    assert!(run.interrupt().success());
 }

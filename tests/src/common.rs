@@ -109,3 +109,79 @@ pub fn treeai_bin() -> PathBuf {
     assert!(bin.exists(), "{} not found: run `cargo build -p treeai` first (or set TREEAI_BIN)", bin.display());
     bin
 }
+
+/// A free loopback address (tests run in parallel, so never a fixed port).
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A running `treeai` process on free SQL and HTTP ports, with its stderr lines.
+pub struct Running {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its stderr, line by line (progress updates split at `\r`).
+    pub lines: std::sync::mpsc::Receiver<String>,
+    /// Its Postgres wire address.
+    pub pg: String,
+    /// Its HTTP address.
+    pub http: String,
+}
+
+impl Running {
+    /// Starts `treeai <args> --sql-addr <free> --http-addr <free>`.
+    pub fn start(args: &[&str]) -> Running {
+        use std::io::BufRead;
+        let (pg, http) = (free_addr(), free_addr());
+        let mut child = std::process::Command::new(treeai_bin())
+            .args(args)
+            .args(["--sql-addr", &pg, "--http-addr", &http])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn treeai");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                for part in line.split('\r') {
+                    let _ = tx.send(part.to_string());
+                }
+            }
+        });
+        Running { child, lines, pg, http }
+    }
+
+    /// Waits for a stderr line that satisfies `want`, for at most `secs`.
+    pub fn wait_for(&mut self, secs: u64, want: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if want(&line) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no matching line from treeai within {secs}s");
+    }
+
+    /// Sends SIGINT and waits (at most 20 s) for the exit status.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "treeai did not stop on SIGINT");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

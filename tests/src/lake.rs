@@ -3,7 +3,7 @@
 //! S3 path against a real S3-compatible server (moto, installed by
 //! `scripts/test-all.sh`).
 
-use crate::common::{batch_rows, treeai_bin};
+use crate::common::{batch_rows, treeai_bin, Running};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -213,30 +213,17 @@ fn lake_tables_in_sql_with_partition_filters_and_a_live_join() {
     let input = dir.path().join("e.ndjson");
     produce(&input, "6000");
     let lake = dir.path().join("lake");
-    let (pg, http) = (free_port(), free_port());
-    let mut child = Command::new(treeai_bin())
-        .args(["run", "--workers", "2", "--input", input.to_str().unwrap(), "--lake", lake.to_str().unwrap()])
-        .args(["--sql-addr", &format!("127.0.0.1:{pg}"), "--http-addr", &format!("127.0.0.1:{http}")])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("input complete");
-        if line.contains("input complete") {
-            break;
-        }
-    }
-    let port = pg.to_string();
+    let mut run = Running::start(&[
+        "run",
+        "--workers",
+        "2",
+        "--input",
+        input.to_str().unwrap(),
+        "--lake",
+        lake.to_str().unwrap(),
+    ]);
+    run.wait_for(60, |l| l.contains("input complete"));
+    let port = run.pg.rsplit_once(':').unwrap().1.to_string();
 
     let text = std::fs::read(&input).unwrap();
     let readings: Vec<i64> = text
@@ -262,6 +249,5 @@ fn lake_tables_in_sql_with_partition_filters_and_a_live_join() {
     );
     let live = psql(&port, "select count(*) from tree_scores");
     assert_eq!(joined, live, "every scored tree has its registry events in the lake");
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let _ = child.wait();
+    assert!(run.interrupt().success());
 }
