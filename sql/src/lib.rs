@@ -7,7 +7,7 @@
 //! reads all six live views at one dataflow time.
 //!
 //! The endpoint is read-only: queries (`SELECT`, `WITH`, `VALUES`, `EXPLAIN`
-//! of a query, `SHOW`) run; `BEGIN`/`COMMIT`/`ROLLBACK` and `SET` of the
+//! of a query, `SHOW`) run; `BEGIN`/`COMMIT`/`ROLLBACK`, `DISCARD` and `SET` of the
 //! harmless client settings that drivers send ([`HARMLESS_SETTINGS`]) are
 //! accepted and do nothing; everything else is refused with SQLSTATE 25006.
 //! Each statement has a time limit ([`SqlConfig::query_timeout`], SQLSTATE
@@ -398,6 +398,8 @@ fn classify(statement: DfStatement) -> Result<Action, SqlError> {
             }
         }
         AstStatement::StartTransaction { .. } => Ok(Action::Begin),
+        // Connection poolers and Grafana reset sessions with it; there is no session state.
+        AstStatement::Discard { .. } => Ok(Action::Ignored("DISCARD ALL")),
         AstStatement::Commit { .. } => Ok(Action::Commit),
         AstStatement::Rollback { .. } => Ok(Action::Rollback),
         AstStatement::Set(set) => {
