@@ -29,7 +29,9 @@ use treeai_sql::{metrics::Metrics, Engine, SqlConfig};
 
 fn arg(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
     match args.iter().position(|a| a == name) {
-        Some(i) => args.get(i + 1).with_context(|| format!("{name} needs a value"))?.parse().with_context(|| name.to_string()),
+        Some(i) => {
+            args.get(i + 1).with_context(|| format!("{name} needs a value"))?.parse().with_context(|| name.to_string())
+        }
         None => Ok(default),
     }
 }
@@ -49,7 +51,12 @@ fn main() -> anyhow::Result<()> {
     let stats = Arc::new(Stats::new());
     let shutdown = Arc::new(AtomicBool::new(false));
     // The registry arrives first at the generator's pace: let it come fast, then hold `rate`.
-    let gen = GeneratorConfig { trees, rate: rate.max(trees as f64 / 5.0), start_ms: 1_795_564_800_000, ..Default::default() };
+    let gen = GeneratorConfig {
+        trees,
+        rate: rate.max(trees as f64 / 5.0),
+        start_ms: 1_795_564_800_000,
+        ..Default::default()
+    };
     let ingest = {
         let (catalog, stats, shutdown) = (catalog.clone(), stats.clone(), shutdown.clone());
         std::thread::spawn(move || {
@@ -85,7 +92,8 @@ fn main() -> anyhow::Result<()> {
         x ^= x << 17;
         let id = format!("T-{:06}", x % trees);
         let q = Instant::now();
-        let out = rt.block_on(engine.query(&format!("SELECT * FROM tree_scores WHERE tree_id = '{id}'"), None, "bench"))?;
+        let out =
+            rt.block_on(engine.query(&format!("SELECT * FROM tree_scores WHERE tree_id = '{id}'"), None, "bench"))?;
         point.record(q.elapsed().as_micros() as u64)?;
         anyhow::ensure!(out.batches.iter().map(|b| b.num_rows()).sum::<usize>() == 1, "lookup of {id} found no row");
         let q = Instant::now();
@@ -106,7 +114,12 @@ fn main() -> anyhow::Result<()> {
         direct.value_at_quantile(0.5) as f64 / 1e6,
         point.value_at_quantile(0.5) as f64 * 1000.0 / direct.value_at_quantile(0.5) as f64
     );
-    println!("region_summary (SQL): p50 {:.3} ms  p99 {:.3} ms  ({} queries)", ms(&region, 0.5), ms(&region, 0.99), region.len());
+    println!(
+        "region_summary (SQL): p50 {:.3} ms  p99 {:.3} ms  ({} queries)",
+        ms(&region, 0.5),
+        ms(&region, 0.99),
+        region.len()
+    );
     shutdown.store(true, Ordering::SeqCst);
     let _ = ingest.join();
     Ok(())

@@ -36,9 +36,12 @@ fn rows(path: &Path) -> Vec<Map<String, Value>> {
     reader.flat_map(|b| batch_rows(&b.unwrap())).collect()
 }
 
-/// Rows per table, each with its partition path (relative to the table folder).
-fn read_lake(root: &Path) -> BTreeMap<String, Vec<(String, Map<String, Value>)>> {
-    let mut tables: BTreeMap<String, Vec<(String, Map<String, Value>)>> = BTreeMap::new();
+/// Rows of one lake table, each with its partition path (relative to the table folder).
+type TableRows = Vec<(String, Map<String, Value>)>;
+
+/// Rows per table.
+fn read_lake(root: &Path) -> BTreeMap<String, TableRows> {
+    let mut tables: BTreeMap<String, TableRows> = BTreeMap::new();
     for file in files_under(root) {
         let rel = file.strip_prefix(root).unwrap().to_str().unwrap().to_string();
         assert!(rel.ends_with(".parquet"), "unexpected file in the lake: {rel}");
