@@ -31,6 +31,16 @@ python3 -c 'import moto.server, boto3' 2>/dev/null \
   || python3 -m pip install --quiet 'moto[server]' \
   || python3 -m pip install --quiet --break-system-packages 'moto[server]'
 
+step "Kafka: Tansu broker (installed once) and kcat"
+# cargo install keeps its build outside the clone too, so a reinstall is incremental.
+CARGO_TARGET_DIR=/var/tmp/tansu-target scripts/kafka.sh install
+export KAFKA_ADDR="${KAFKA_ADDR:-127.0.0.1:9092}" KAFKA_STATE=/tmp/treeai-kafka-ci
+if ! scripts/kafka.sh status >/dev/null 2>&1; then
+  scripts/kafka.sh start
+  trap 'scripts/kafka.sh stop' EXIT
+fi
+export TREEAI_TEST_BROKERS="$KAFKA_ADDR"
+
 step "cargo test"
 cargo test --workspace --locked
 

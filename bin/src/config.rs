@@ -21,6 +21,20 @@
 //! season = "moderate"         # peak | moderate | low | emergency
 //! bad_fraction = 0.001
 //! seed = 1
+//!
+//! [kafka]                     # present with `brokers`: read Kafka instead of the generator
+//! brokers = "127.0.0.1:9092"  # flag --brokers, env TREEAI_BROKERS
+//! start = "earliest"          # earliest | latest: partitions without a stored offset
+//! metadata_refresh_ms = 5000  # how often new partitions are looked for
+//! [kafka.topics]              # the spec's names by default
+//! trees = "treeai.trees"
+//! assessments = "treeai.assessments"
+//! readings = "treeai.readings"
+//! alerts = "treeai.alerts"
+//! deadletter = "treeai.deadletter"
+//! [kafka.properties]          # any librdkafka property
+//! "security.protocol" = "SASL_SSL"
+//! "sasl.mechanisms" = "PLAIN"
 //! ```
 
 use anyhow::Context;
@@ -57,6 +71,43 @@ pub struct FileConfig {
     /// The Parquet lake.
     #[serde(default)]
     pub lake: LakeFile,
+    /// Kafka: the input topics (instead of the generator) and the alert and dead-letter topics.
+    #[serde(default)]
+    pub kafka: KafkaFile,
+}
+
+/// `[kafka]`: a Kafka cluster as the source, and the alert and dead-letter topics.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaFile {
+    /// Bootstrap servers `HOST:PORT[,HOST:PORT...]` (flag `--brokers`, env `TREEAI_BROKERS`).
+    pub brokers: Option<String>,
+    /// `earliest` (default) or `latest`: where partitions without a stored offset start (flag `--kafka-start`).
+    pub start: Option<String>,
+    /// How often to look for new partitions, ms (default 5000).
+    pub metadata_refresh_ms: Option<u64>,
+    /// Topic names (flags `--trees-topic`, ...).
+    #[serde(default)]
+    pub topics: TopicsFile,
+    /// librdkafka properties (flag `--kafka-property KEY=VALUE` adds to them).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// `[kafka.topics]`: topic names; the defaults are INTERFACES.md's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsFile {
+    /// Tree events (default `treeai.trees`).
+    pub trees: Option<String>,
+    /// Assessment events (default `treeai.assessments`).
+    pub assessments: Option<String>,
+    /// Readings (default `treeai.readings`).
+    pub readings: Option<String>,
+    /// Alerts, output (default `treeai.alerts`).
+    pub alerts: Option<String>,
+    /// Rejected input, output (default `treeai.deadletter`).
+    pub deadletter: Option<String>,
 }
 
 /// `[lake]`: where and how events, score changes, alerts and dead letters land.

@@ -1,6 +1,7 @@
 //! `treeai`: the TreeAI pipeline's one binary.
 
 mod config;
+mod kafka_args;
 mod lake_args;
 mod sql;
 
@@ -35,8 +36,8 @@ enum Command {
     /// Run the pipeline. With no options: the embedded default (a built-in
     /// generator of trees, agents and sensors), until Ctrl-C. With --input: stream
     /// the files, then stay up with the final views until Ctrl-C.
-    Run(RunArgs),
-    /// Write the generator's events as NDJSON to stdout or --output.
+    Run(Box<RunArgs>),
+    /// Write the generator's events to Kafka (--brokers), or as NDJSON to stdout or --output.
     Produce(ProduceArgs),
     /// Run the dataflow over NDJSON files to their end and write the final views as Parquet.
     Backfill(BackfillArgs),
@@ -89,6 +90,8 @@ struct RunArgs {
     sql: sql::SqlArgs,
     #[command(flatten)]
     lake: lake_args::LakeArgs,
+    #[command(flatten)]
+    kafka: kafka_args::KafkaArgs,
 }
 
 #[derive(Args)]
@@ -121,8 +124,16 @@ struct ProduceArgs {
     #[arg(long, default_value = "2026-11-25T00:00:00Z")]
     start: String,
     /// Output file [default: stdout].
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "brokers")]
     output: Option<PathBuf>,
+    /// With --brokers: send as fast as the brokers take the events instead of holding --rate
+    /// in wall-clock time (timestamps still advance at --rate).
+    #[arg(long)]
+    no_pacing: bool,
+    /// Kafka: with --brokers, events go to the input topics (keyed by tree_id) at --rate events/s
+    /// of wall-clock time; without --count or --duration, until Ctrl-C.
+    #[command(flatten)]
+    kafka: kafka_args::KafkaArgs,
 }
 
 #[derive(Args)]
@@ -176,7 +187,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Produce(args) => produce(args),
         Command::Backfill(args) => backfill(args),
     };
@@ -190,8 +201,30 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
     let config = runtime_config(&args.common, &file)?;
     let input = if args.input.is_empty() { file.input.clone().unwrap_or_default() } else { args.input.clone() };
-    let source_label = if input.is_empty() { "generator" } else { "file" };
-    let source = if input.is_empty() {
+    let kafka = args.kafka.config(&file.kafka)?;
+    if kafka.is_some() && !input.is_empty() {
+        bail!("give either --input files or --brokers, not both");
+    }
+    let kafka_stats = Arc::new(treeai_connectors::kafka::KafkaStats::default());
+    let source_label = if kafka.is_some() {
+        "kafka"
+    } else if input.is_empty() {
+        "generator"
+    } else {
+        "file"
+    };
+    let source = if let Some(kafka) = &kafka {
+        eprintln!(
+            "treeai run: Kafka at {} — topics {}, {}, {} from the {:?} offsets, {} workers; Ctrl-C stops",
+            kafka.brokers,
+            kafka.topics.trees,
+            kafka.topics.assessments,
+            kafka.topics.readings,
+            kafka.start,
+            config.workers
+        );
+        SourceSpec::Kafka { config: kafka.clone(), stats: kafka_stats.clone() }
+    } else if input.is_empty() {
         let g = &file.generator;
         let season = match (&args.season, &g.season) {
             (Some(s), _) => *s,
@@ -247,7 +280,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let finished = Arc::new(AtomicBool::new(false));
     let progress = {
         let (catalog, stats, shutdown, finished) = (catalog.clone(), stats.clone(), shutdown.clone(), finished.clone());
-        std::thread::spawn(move || progress_loop(&catalog, &stats, &shutdown, &finished))
+        let kafka_stats = kafka.is_some().then(|| kafka_stats.clone());
+        std::thread::spawn(move || progress_loop(&catalog, &stats, kafka_stats.as_deref(), &shutdown, &finished))
     };
     let lake = match lake_config {
         Some(lake_config) => {
@@ -256,9 +290,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let sinks = match &lake {
-        Some(lake) => lake.sink_factory(),
-        None => Arc::new(|_| Box::new(NullSink) as Box<dyn treeai_dataflows::source::Sink>),
+    let mut sinks = Vec::new();
+    if let Some(lake) = &lake {
+        sinks.push(lake.sink_factory());
+    }
+    let kafka_output = match &kafka {
+        Some(kafka) => {
+            let output = treeai_connectors::kafka::sink::KafkaOutput::new(kafka, kafka_stats.clone())
+                .map_err(anyhow::Error::msg)?;
+            sinks.push(output.sink_factory());
+            eprintln!("treeai run: alerts to {}, dead letters to {}", kafka.topics.alerts, kafka.topics.deadletter);
+            Some(output)
+        }
+        None => None,
+    };
+    let sinks = match sinks.len() {
+        0 => Arc::new(|_| Box::new(NullSink) as Box<dyn treeai_dataflows::source::Sink>),
+        1 => sinks.remove(0),
+        _ => treeai_connectors::sinks::Tee::factory(sinks),
     };
     let result = runtime::run(config, source.factory(), sinks, catalog.clone(), stats.clone(), shutdown.clone());
     finished.store(true, Ordering::SeqCst);
@@ -270,6 +319,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = progress.join();
+    if let Some(output) = kafka_output {
+        output.flush(Duration::from_secs(10));
+    }
     eprintln!("\ntreeai run: stopped — {}", summary(&catalog, &stats));
     Ok(())
 }
@@ -288,7 +340,13 @@ fn summary(catalog: &Catalog, stats: &Stats) -> String {
     )
 }
 
-fn progress_loop(catalog: &Catalog, stats: &Stats, shutdown: &AtomicBool, finished: &AtomicBool) {
+fn progress_loop(
+    catalog: &Catalog,
+    stats: &Stats,
+    kafka: Option<&treeai_connectors::kafka::KafkaStats>,
+    shutdown: &AtomicBool,
+    finished: &AtomicBool,
+) {
     let tty = std::io::stderr().is_terminal();
     let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(2) };
     let mut last = (Instant::now(), 0u64);
@@ -300,7 +358,14 @@ fn progress_loop(catalog: &Catalog, stats: &Stats, shutdown: &AtomicBool, finish
         let read = stats.events_read.load(Ordering::Relaxed);
         let rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64();
         last = (Instant::now(), read);
-        let line = format!("{:>9.0} ev/s | {}", rate, summary(catalog, stats));
+        let mut line = format!("{:>9.0} ev/s | {}", rate, summary(catalog, stats));
+        if let Some(k) = kafka {
+            let errors = k.errors.load(Ordering::Relaxed);
+            if errors > 0 {
+                let last = k.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+                line.push_str(&format!(" | kafka errors {errors} (last: {last})"));
+            }
+        }
         let mut err = std::io::stderr();
         if tty {
             let _ = write!(err, "\r\x1b[2K{line}");
@@ -327,11 +392,12 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--start {s:?} is not RFC 3339, epoch ms or now"))?,
     };
     let count = match (args.count, args.duration) {
-        (Some(c), _) => c,
-        (None, Some(d)) if d >= 0.0 => (d * args.rate) as u64,
+        (Some(c), _) => Some(c),
+        (None, Some(d)) if d >= 0.0 => Some((d * args.rate) as u64),
         (None, Some(_)) => bail!("--duration must not be negative"),
-        (None, None) => bail!("give --count or --duration"),
+        (None, None) => None,
     };
+    let kafka = args.kafka.config(&config::KafkaFile::default())?;
     let config = GeneratorConfig {
         trees: args.trees,
         agents: args.agents,
@@ -341,6 +407,10 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         seed: args.seed,
         start_ms,
     };
+    if let Some(kafka) = kafka {
+        return produce_kafka(&kafka, config, count, (!args.no_pacing).then_some(args.rate));
+    }
+    let Some(count) = count else { bail!("give --count or --duration (or --brokers to produce until Ctrl-C)") };
     let out: Box<dyn Write> = match &args.output {
         Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),
@@ -355,6 +425,56 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     if args.output.is_some() {
         let secs = started.elapsed().as_secs_f64();
         eprintln!("treeai produce: {count} events in {secs:.2}s ({:.0} events/s)", count as f64 / secs.max(1e-9));
+    }
+    Ok(())
+}
+
+fn produce_kafka(
+    kafka: &treeai_connectors::kafka::KafkaConfig,
+    config: GeneratorConfig,
+    count: Option<u64>,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let target = rate.map_or("as fast as possible".to_string(), |r| format!("{r:.0} events/s"));
+    eprintln!(
+        "treeai produce: {} events to {} ({}, {}, {}), {target}",
+        count.map_or("unbounded".to_string(), |c| c.to_string()),
+        kafka.brokers,
+        kafka.topics.trees,
+        kafka.topics.assessments,
+        kafka.topics.readings
+    );
+    let events = Generator::new(config, 0, 1).take(count.map_or(usize::MAX, |c| c as usize));
+    let report = treeai_connectors::kafka::produce::produce(kafka, events, rate, &stop, |r| {
+        eprintln!(
+            "treeai produce: sent {}, delivered {} ({:.0} events/s), delivery errors {}",
+            r.sent,
+            r.delivered,
+            r.rate(),
+            r.failed
+        );
+    })
+    .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "treeai produce: {} sent, {} delivered in {:.2}s ({:.0} events/s; target {target}), {} delivery errors",
+        report.sent,
+        report.delivered,
+        report.seconds,
+        report.rate(),
+        report.failed
+    );
+    if report.failed > 0 || report.delivered < report.sent {
+        bail!("{} of {} events were not delivered", report.sent - report.delivered, report.sent);
     }
     Ok(())
 }

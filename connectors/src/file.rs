@@ -144,7 +144,7 @@ impl Source for FileSource {
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            emit(RawMessage { bytes, kind: None, pos, partition: 0 });
+            emit(RawMessage { bytes, kind: None, pos, partition: 0, key: None });
             emitted += 1;
         }
         Poll::Ready

@@ -60,7 +60,7 @@ impl Source for GeneratorSource {
             };
             self.emitted += 1;
             let pos = Position { source: self.shard, offset: self.emitted };
-            emit(RawMessage { bytes: &event.json, kind: None, pos, partition: 0 });
+            emit(RawMessage { bytes: &event.json, kind: None, pos, partition: 0, key: None });
         }
         Poll::Ready
     }

@@ -1,5 +1,5 @@
-//! TreeAI connectors: sources (NDJSON files, the generator) and sinks
-//! (Parquet output of views and dead letters). Every source is registered in
+//! TreeAI connectors: sources (NDJSON files, the generator, Kafka) and sinks
+//! (the Parquet lake, Kafka alerts and dead letters, Parquet output of views). Every source is registered in
 //! [`SourceSpec`], the one place that turns a configuration into per-worker
 //! sources.
 
@@ -7,6 +7,7 @@ pub mod arrow_views;
 pub mod file;
 pub mod generated;
 pub mod generator;
+pub mod kafka;
 pub mod lake;
 pub mod pipeline;
 pub mod sinks;
@@ -40,6 +41,13 @@ pub enum SourceSpec {
         /// Stop after this many events (a bounded input); `None` = forever.
         count: Option<u64>,
     },
+    /// The three input topics of a Kafka cluster, an unbounded input.
+    Kafka {
+        /// Brokers, topics, librdkafka properties.
+        config: kafka::KafkaConfig,
+        /// Error counters of the consumers.
+        stats: Arc<kafka::KafkaStats>,
+    },
 }
 
 impl SourceSpec {
@@ -52,6 +60,10 @@ impl SourceSpec {
                     .map_err(|e| e.to_string()),
                 SourceSpec::Generator { config, paced, count } => {
                     Ok(Box::new(generated::GeneratorSource::new(config.clone(), worker, peers, *paced, *count)))
+                }
+                SourceSpec::Kafka { config, stats } => {
+                    kafka::source::KafkaSource::new(config, stats.clone(), worker, peers)
+                        .map(|s| Box::new(s) as Box<dyn Source>)
                 }
             }
         })

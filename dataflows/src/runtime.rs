@@ -505,18 +505,20 @@ fn worker_main(
                         rejected += 1;
                         rejections.push((
                             msg.bytes[..msg.bytes.len().min(MAX_MESSAGE_BYTES)].to_vec(),
+                            msg.key.map(<[u8]>::to_vec),
                             msg.pos,
                             rejection,
                         ));
                     }
                 }
             });
-            for (raw, pos, rejection) in rejections.drain(..) {
+            for (raw, key, pos, rejection) in rejections.drain(..) {
                 let label = rejection.label();
                 *stats.rejected_by_label.lock().unwrap_or_else(|p| p.into_inner()).entry(label.clone()).or_default() +=
                     1;
                 sink.dead_letter(DeadLetter {
                     raw,
+                    key,
                     source: source.describe(pos),
                     pos,
                     arrival_ms,

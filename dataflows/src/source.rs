@@ -19,6 +19,8 @@ pub struct RawMessage<'a> {
     pub pos: Position,
     /// The watermark partition this message belongs to (DOMAIN §3); unique per worker.
     pub partition: u32,
+    /// The message key (a Kafka key), kept for dead letters; `None` for files and the generator.
+    pub key: Option<&'a [u8]>,
 }
 
 /// What a poll found.
@@ -48,6 +50,8 @@ pub type SourceFactory = Arc<dyn Fn(usize, usize) -> Result<Box<dyn Source>, Str
 pub struct DeadLetter {
     /// The raw bytes, cut to 64 KiB.
     pub raw: Vec<u8>,
+    /// The original message key, if the source has keys (Kafka).
+    pub key: Option<Vec<u8>>,
     /// The source (file path, `topic/partition`).
     pub source: String,
     /// Its position.

@@ -138,7 +138,7 @@ impl Source for VecSource {
         }
         let n = self.rng.random_range(1..=self.max_batch.min(max));
         for (line, pos, partition) in self.messages.iter().skip(self.next).take(n) {
-            emit(RawMessage { bytes: line.as_bytes(), kind: None, pos: *pos, partition: *partition });
+            emit(RawMessage { bytes: line.as_bytes(), kind: None, pos: *pos, partition: *partition, key: None });
         }
         self.next += n;
         Poll::Ready

@@ -5,6 +5,7 @@
 //!   orders, batch boundaries and worker counts.
 //! - `validation`: every rule of DOMAIN §2, accepted and rejected.
 //! - `backfill`: the `treeai` binary end to end.
+//! - `kafka`: Kafka in and out against a real broker (Tansu), with kcat.
 //! - `lake`: the Parquet lake on local disk and on S3 (moto).
 //! - `sql`: the SQL endpoint of `treeai run` with psql, psycopg and HTTP.
 //! - `sqllogic`: SQL behaviour from `data/sql/*.slt` files through the engine.
@@ -16,6 +17,8 @@ pub mod naive;
 mod backfill;
 #[cfg(test)]
 mod equivalence;
+#[cfg(test)]
+mod kafka;
 #[cfg(test)]
 mod lake;
 #[cfg(test)]

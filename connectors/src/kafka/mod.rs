@@ -1,0 +1,256 @@
+//! Kafka: the source of the three input topics, the sinks of alerts and dead
+//! letters, and the producer behind `treeai produce --brokers` (rdkafka with
+//! its bundled librdkafka).
+//!
+//! # Partitions and offsets
+//!
+//! The pipeline does not use a consumer group for correctness: every worker
+//! computes the same assignment from the topics' metadata and reads its share
+//! with `assign` (never `subscribe`). Partition `p` of topic number `t` (trees
+//! 0, assessments 1, readings 2) belongs to worker `(t + p) mod workers`, so
+//! every partition is read by exactly one worker, each topic is spread evenly,
+//! and a partition added later lands on a worker without moving any other.
+//! Each worker keeps the next offset of each of its partitions
+//! ([`source::KafkaSource::offsets`]); checkpoints will store them. Partitions
+//! present at start begin at [`StartOffset`] (earliest by default); partitions
+//! that appear while running are read from their beginning, so nothing
+//! produced to them is missed. Metadata is refreshed every
+//! [`KafkaConfig::metadata_refresh`] on a background thread.
+//!
+//! # Positions and watermark partitions
+//!
+//! A message's [`Position`](treeai_dataflows::event::Position) is
+//! `source = topic << 24 | partition` and `offset` = its Kafka offset. The same
+//! number is its watermark partition (DOMAIN §3): each partition of
+//! `treeai.readings` holds the watermark back until it is idle.
+//!
+//! # Failures
+//!
+//! librdkafka reconnects to brokers by itself, with backoff
+//! (`reconnect.backoff.ms`, `reconnect.backoff.max.ms`); a broker that is down
+//! or restarts is reported (a warning at most every 10 s, and
+//! [`KafkaStats::errors`]) and never stops the pipeline. Sinks wait when the
+//! producer queue is full rather than drop anything.
+
+pub mod produce;
+pub mod sink;
+pub mod source;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::ProducerContext;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use treeai_dataflows::event::EventKind;
+
+/// Topic names (INTERFACES.md, Kafka); the defaults are the spec's names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    /// Tree registry events (input), default `treeai.trees`.
+    pub trees: String,
+    /// Assessment events (input), default `treeai.assessments`.
+    pub assessments: String,
+    /// Sensor readings (input), default `treeai.readings`.
+    pub readings: String,
+    /// Alerts (output), default `treeai.alerts`.
+    pub alerts: String,
+    /// Rejected input (output), default `treeai.deadletter`.
+    pub deadletter: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            trees: "treeai.trees".into(),
+            assessments: "treeai.assessments".into(),
+            readings: "treeai.readings".into(),
+            alerts: "treeai.alerts".into(),
+            deadletter: "treeai.deadletter".into(),
+        }
+    }
+}
+
+impl Topics {
+    /// The input topics in topic-number order, with the event kind each carries.
+    pub fn inputs(&self) -> [(&str, EventKind); 3] {
+        [
+            (&self.trees, EventKind::Tree),
+            (&self.assessments, EventKind::Assessment),
+            (&self.readings, EventKind::Reading),
+        ]
+    }
+    /// The input topic that carries `kind`.
+    pub fn of_kind(&self, kind: EventKind) -> &str {
+        match kind {
+            EventKind::Tree => &self.trees,
+            EventKind::Assessment => &self.assessments,
+            EventKind::Reading => &self.readings,
+        }
+    }
+}
+
+/// Where a partition without a stored offset starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartOffset {
+    /// The oldest message the broker still has (default).
+    #[default]
+    Earliest,
+    /// Only messages produced after the pipeline started.
+    Latest,
+}
+
+impl std::str::FromStr for StartOffset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "earliest" => Ok(StartOffset::Earliest),
+            "latest" => Ok(StartOffset::Latest),
+            _ => Err(format!("{s:?} is neither earliest nor latest")),
+        }
+    }
+}
+
+/// Kafka settings shared by the source, the sinks and the producer.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `HOST:PORT[,HOST:PORT...]`.
+    pub brokers: String,
+    /// Topic names.
+    pub topics: Topics,
+    /// Where partitions start when there is no stored offset.
+    pub start: StartOffset,
+    /// Any librdkafka property (`security.protocol`, `sasl.*`, `ssl.*`,
+    /// `fetch.max.bytes`, ...); applied after ours, so they win.
+    pub properties: Vec<(String, String)>,
+    /// How often the source looks for new partitions (default 5 s).
+    pub metadata_refresh: Duration,
+}
+
+impl KafkaConfig {
+    /// Settings with the default topics for `brokers`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topics: Topics::default(),
+            start: StartOffset::Earliest,
+            properties: Vec::new(),
+            metadata_refresh: Duration::from_secs(5),
+        }
+    }
+
+    /// A librdkafka configuration: the brokers, `defaults`, then the user's properties.
+    fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+}
+
+/// Counters of one Kafka client (shared by all workers' clients of a process).
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    /// Client errors: broker connections lost or refused, fetch errors.
+    pub errors: AtomicU64,
+    /// Messages the producer could not deliver (after librdkafka's retries).
+    pub delivery_errors: AtomicU64,
+    /// Messages delivered by the producer.
+    pub delivered: AtomicU64,
+    /// The last error, for the progress line.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Our librdkafka context: logs through `tracing`, counts errors, and reports
+/// them at most every 10 seconds so that a broker down for an hour does not flood the log.
+pub struct Context {
+    stats: Arc<KafkaStats>,
+    last_report: Mutex<Option<Instant>>,
+}
+
+impl Context {
+    /// A context counting into `stats`.
+    pub fn new(stats: Arc<KafkaStats>) -> Self {
+        Context { stats, last_report: Mutex::new(None) }
+    }
+
+    fn record_error(&self, what: &str) {
+        let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(what.to_string());
+        let mut last = self.last_report.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!("kafka: {what} ({n} errors so far; librdkafka keeps retrying)");
+        }
+    }
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!(target: "librdkafka", "{fac} {message}")
+            }
+            // Connection failures also arrive through `error` below, counted and rate-limited.
+            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+                tracing::debug!(target: "librdkafka", "{fac} {message}")
+            }
+            _ => tracing::trace!(target: "librdkafka", "{fac} {message}"),
+        }
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.record_error(&format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Context {}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                self.record_error(&format!("delivery failed: {e}"));
+            }
+        }
+    }
+}
+
+/// Creates `names` with `partitions` partitions each (replication factor 1,
+/// for local brokers and tests); a topic that already exists is fine.
+pub fn create_topics(config: &KafkaConfig, names: &[&str], partitions: i32) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<Context> = config
+        .client_config(&[])
+        .create_with_context(Context::new(Arc::default()))
+        .map_err(|e| format!("kafka admin client: {e}"))?;
+    let topics: Vec<NewTopic<'_>> =
+        names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("kafka admin runtime: {e}"))?;
+    let results =
+        runtime.block_on(admin.create_topics(&topics, &options)).map_err(|e| format!("create topics: {e}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(format!("create topic {name}: {code}")),
+        }
+    }
+    Ok(())
+}

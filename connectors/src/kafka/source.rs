@@ -1,0 +1,241 @@
+//! The Kafka source: one consumer per worker, reading the worker's share of
+//! the partitions of the three input topics (see the module documentation of
+//! [`crate::kafka`] for the assignment rule).
+
+use super::{Context, KafkaConfig, KafkaStats, StartOffset};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+use treeai_dataflows::event::{EventKind, Position};
+use treeai_dataflows::source::{Poll, RawMessage, Source};
+
+/// Topic numbers fit in the top 8 bits of a position's source.
+const PARTITION_BITS: u32 = 24;
+
+/// The position source of partition `partition` of topic number `topic`.
+pub fn source_id(topic: usize, partition: i32) -> u32 {
+    ((topic as u32) << PARTITION_BITS) | (partition as u32 & ((1 << PARTITION_BITS) - 1))
+}
+
+/// The worker that reads partition `partition` of topic number `topic`.
+pub fn owner(topic: usize, partition: i32, workers: usize) -> usize {
+    (topic + partition as usize) % workers.max(1)
+}
+
+/// One worker's consumer.
+pub struct KafkaSource {
+    consumer: Arc<BaseConsumer<Context>>,
+    topics: [String; 3],
+    kinds: [EventKind; 3],
+    worker: usize,
+    peers: usize,
+    start: StartOffset,
+    /// Partition counts seen so far, per topic.
+    known: [i32; 3],
+    /// Metadata from the watcher thread: partition counts per topic.
+    metadata: mpsc::Receiver<[i32; 3]>,
+    /// Next offset to read, per (topic number, partition) this worker owns.
+    next: BTreeMap<(usize, i32), i64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl KafkaSource {
+    /// The consumer of worker `worker` of `peers`. Does not wait for the
+    /// brokers: partitions are assigned when their metadata arrives.
+    pub fn new(config: &KafkaConfig, stats: Arc<KafkaStats>, worker: usize, peers: usize) -> Result<Self, String> {
+        let client = config.client_config(&[
+            // Required by librdkafka for a consumer; no group is joined (we `assign`) and nothing is committed.
+            ("group.id", "treeai"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", if config.start == StartOffset::Latest { "latest" } else { "earliest" }),
+            ("client.id", &format!("treeai-worker-{worker}")),
+            ("reconnect.backoff.ms", "100"),
+            ("reconnect.backoff.max.ms", "5000"),
+            ("queued.min.messages", "200000"),
+            ("fetch.wait.max.ms", "50"),
+        ]);
+        let consumer: BaseConsumer<Context> =
+            client.create_with_context(Context::new(stats)).map_err(|e| format!("kafka consumer: {e}"))?;
+        let consumer = Arc::new(consumer);
+        let topics = config.topics.inputs().map(|(t, _)| t.to_string());
+        let kinds = config.topics.inputs().map(|(_, k)| k);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        {
+            let (consumer, topics, stop, refresh) =
+                (consumer.clone(), topics.clone(), stop.clone(), config.metadata_refresh);
+            std::thread::Builder::new()
+                .name(format!("kafka-meta-{worker}"))
+                .spawn(move || watch_metadata(&consumer, &topics, &stop, refresh, &tx))
+                .map_err(|e| format!("kafka metadata thread: {e}"))?;
+        }
+        Ok(KafkaSource {
+            consumer,
+            topics,
+            kinds,
+            worker,
+            peers,
+            start: config.start,
+            known: [0; 3],
+            metadata: rx,
+            next: BTreeMap::new(),
+            stop,
+        })
+    }
+
+    /// The next offset of every partition this worker reads (for checkpoints):
+    /// `(topic, partition, offset)`; an offset of -1 means "not read yet".
+    pub fn offsets(&self) -> Vec<(String, i32, i64)> {
+        self.next.iter().map(|(&(t, p), &o)| (self.topics[t].clone(), p, o)).collect()
+    }
+
+    /// Assigns the partitions this worker owns among those that just appeared.
+    fn take_metadata(&mut self) {
+        let mut latest = None;
+        while let Ok(counts) = self.metadata.try_recv() {
+            latest = Some(counts);
+        }
+        let Some(counts) = latest else { return };
+        let mut added = TopicPartitionList::new();
+        for (t, &count) in counts.iter().enumerate() {
+            let first_seen = self.known[t] == 0;
+            for p in self.known[t]..count {
+                if owner(t, p, self.peers) != self.worker {
+                    continue;
+                }
+                // Partitions present at start follow the configured start; later ones are new: read them whole.
+                let offset = match self.start {
+                    StartOffset::Latest if first_seen => Offset::End,
+                    _ => Offset::Beginning,
+                };
+                if added.add_partition_offset(&self.topics[t], p, offset).is_ok() {
+                    self.next.insert((t, p), -1);
+                }
+            }
+            self.known[t] = self.known[t].max(count);
+        }
+        if added.count() > 0 {
+            if let Err(e) = self.consumer.incremental_assign(&added) {
+                tracing::warn!("kafka: assigning {} partitions failed: {e}", added.count());
+            } else {
+                tracing::info!("kafka worker {}: reading {} more partitions", self.worker, added.count());
+            }
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Source for KafkaSource {
+    fn poll(&mut self, max: usize, emit: &mut dyn FnMut(RawMessage<'_>)) -> Poll {
+        self.take_metadata();
+        let mut emitted = 0;
+        while emitted < max {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => {
+                    let Some(t) = self.topics.iter().position(|t| t == m.topic()) else { continue };
+                    let pos = Position { source: source_id(t, m.partition()), offset: m.offset() as u64 };
+                    emit(RawMessage {
+                        bytes: m.payload().unwrap_or_default(),
+                        kind: Some(self.kinds[t]),
+                        pos,
+                        partition: pos.source,
+                        key: m.key(),
+                    });
+                    self.next.insert((t, m.partition()), m.offset() + 1);
+                    emitted += 1;
+                }
+                // Fetch and connection errors: librdkafka retries; the context counts and reports them.
+                Some(Err(e)) => {
+                    tracing::debug!("kafka poll: {e}");
+                    break;
+                }
+            }
+        }
+        if emitted > 0 {
+            Poll::Ready
+        } else {
+            Poll::Idle
+        }
+    }
+
+    fn describe(&self, pos: Position) -> String {
+        let topic = (pos.source >> PARTITION_BITS) as usize;
+        let partition = pos.source & ((1 << PARTITION_BITS) - 1);
+        format!("{}/{partition}", self.topics.get(topic).map_or("?", String::as_str))
+    }
+}
+
+/// Sends the partition counts of the input topics whenever they grow: at
+/// once (retrying every second until the brokers answer), then every `refresh`.
+fn watch_metadata(
+    consumer: &BaseConsumer<Context>,
+    topics: &[String; 3],
+    stop: &AtomicBool,
+    refresh: Duration,
+    tx: &mpsc::Sender<[i32; 3]>,
+) {
+    let mut sent = [0i32; 3];
+    while !stop.load(Ordering::Relaxed) {
+        let mut counts = sent;
+        let mut complete = true;
+        for (t, topic) in topics.iter().enumerate() {
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                Ok(md) => match md.topics().iter().find(|m| m.name() == topic) {
+                    Some(m) if m.error().is_none() => counts[t] = counts[t].max(m.partitions().len() as i32),
+                    _ => complete = false,
+                },
+                Err(_) => complete = false,
+            }
+        }
+        if counts != sent {
+            if tx.send(counts).is_err() {
+                return;
+            }
+            sent = counts;
+        }
+        let wait = if complete { refresh } else { Duration::from_secs(1) };
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_partition_has_one_owner_and_topics_spread_evenly() {
+        for workers in 1..6 {
+            for partitions in 1..9 {
+                for topic in 0..3 {
+                    let mut load = vec![0; workers];
+                    for p in 0..partitions {
+                        let w = owner(topic, p, workers);
+                        assert!(w < workers);
+                        load[w] += 1;
+                    }
+                    let (lo, hi) = (load.iter().min().unwrap(), load.iter().max().unwrap());
+                    assert!(hi - lo <= 1, "{workers} workers, {partitions} partitions: {load:?}");
+                }
+            }
+        }
+        // Source ids are distinct across topics and partitions.
+        let ids: std::collections::BTreeSet<u32> =
+            (0..3).flat_map(|t| (0..100).map(move |p| source_id(t, p))).collect();
+        assert_eq!(ids.len(), 300);
+    }
+}

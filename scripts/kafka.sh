@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# A local Kafka-protocol broker for tests and for trying treeai: Tansu with in-memory storage.
+#
+#   scripts/kafka.sh install          # cargo install tansu (skipped when installed), kcat (apt) and
+#                                     # the librdkafka scripts/kcat runs it with
+#   scripts/kafka.sh start            # start Tansu on $KAFKA_ADDR, create the topics
+#   scripts/kafka.sh topics           # (re)create the topics
+#   scripts/kafka.sh stop             # stop the broker started by `start`
+#   scripts/kafka.sh status
+#
+# Environment: KAFKA_ADDR (default 127.0.0.1:9092), KAFKA_PARTITIONS (default 4),
+# KAFKA_STATE (pid and log files, default /tmp/treeai-kafka).
+set -euo pipefail
+
+ADDR="${KAFKA_ADDR:-127.0.0.1:9092}"
+PARTITIONS="${KAFKA_PARTITIONS:-4}"
+STATE="${KAFKA_STATE:-/tmp/treeai-kafka}"
+TOPICS=(treeai.trees treeai.assessments treeai.readings treeai.alerts treeai.deadletter)
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say() { echo "kafka.sh: $*" >&2; }
+
+install() {
+    if ! command -v tansu >/dev/null; then
+        say "installing Tansu (cargo install tansu --locked --features dynostore; several minutes on 2 cores)"
+        cargo install tansu --locked --features dynostore
+    fi
+    if ! command -v kcat >/dev/null; then
+        say "installing kcat (Debian package)"
+        if [ "$(id -u)" = 0 ]; then apt-get install -y -q kcat >/dev/null; else sudo apt-get install -y -q kcat >/dev/null; fi
+    fi
+    librdkafka
+}
+
+# Debian 12's kcat links librdkafka 2.0.2, which cannot parse Tansu's ApiVersions
+# response (and older protocol versions do not work either). scripts/kcat runs
+# the same Debian kcat binary with the librdkafka that rdkafka-sys bundles (same
+# ABI, librdkafka.so.1), built here once as a shared library.
+LIBRDKAFKA_DIR="${TREEAI_LIBRDKAFKA:-/var/tmp/treeai-librdkafka}"
+librdkafka() {
+    [ -f "$LIBRDKAFKA_DIR/lib/librdkafka.so.1" ] && return 0
+    local root src
+    root="$(cd "$(dirname "$0")/.." && pwd)"
+    src="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/rdkafka-sys-*/librdkafka 2>/dev/null | sort -V | tail -1)"
+    if [ -z "$src" ]; then
+        (cd "$root" && cargo fetch --locked >/dev/null)
+        src="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/rdkafka-sys-*/librdkafka | sort -V | tail -1)"
+    fi
+    say "building librdkafka.so.1 for kcat from $src (about a minute)"
+    rm -rf "$LIBRDKAFKA_DIR/build" && mkdir -p "$LIBRDKAFKA_DIR/lib" && cp -r "$src" "$LIBRDKAFKA_DIR/build"
+    (cd "$LIBRDKAFKA_DIR/build" \
+        && ./configure --disable-ssl --disable-gssapi --disable-curl --disable-zstd --disable-lz4-ext --disable-sasl >/dev/null \
+        && make -j"$(nproc)" -C src librdkafka.so.1 >/dev/null)
+    cp "$LIBRDKAFKA_DIR/build/src/librdkafka.so.1" "$LIBRDKAFKA_DIR/lib/"
+}
+
+running() {
+    [ -f "$STATE/pid" ] && kill -0 "$(cat "$STATE/pid")" 2>/dev/null
+}
+
+wait_ready() {
+    local host="${ADDR%:*}" port="${ADDR##*:}"
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    say "broker did not listen on $ADDR; log: $STATE/broker.log"
+    tail -20 "$STATE/broker.log" >&2 || true
+    return 1
+}
+
+topics() {
+    for t in "${TOPICS[@]}"; do
+        tansu topic delete "$t" --broker "tcp://$ADDR" >/dev/null 2>&1 || true
+        tansu topic create "$t" --broker "tcp://$ADDR" --partitions "$PARTITIONS" >/dev/null
+    done
+    say "topics ${TOPICS[*]} with $PARTITIONS partitions each"
+}
+
+start() {
+    install
+    mkdir -p "$STATE"
+    if running; then
+        say "already running (pid $(cat "$STATE/pid")) on $ADDR"
+        return 0
+    fi
+    nohup tansu broker --storage-engine memory://tansu/ \
+        --listener-url "tcp://$ADDR" --advertised-listener-url "tcp://$ADDR" \
+        >"$STATE/broker.log" 2>&1 &
+    echo $! >"$STATE/pid"
+    wait_ready
+    topics
+    say "Tansu on $ADDR (pid $(cat "$STATE/pid")), memory storage"
+}
+
+stop() {
+    if running; then
+        kill "$(cat "$STATE/pid")" && say "stopped"
+    fi
+    rm -f "$STATE/pid"
+}
+
+case "${1:-}" in
+    install) install ;;
+    start) start ;;
+    topics) topics ;;
+    stop) stop ;;
+    status) if running; then echo "running on $ADDR (pid $(cat "$STATE/pid"))"; else echo "not running"; exit 1; fi ;;
+    *) echo "usage: $0 install|start|topics|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,423 @@
+//! Kafka end to end against a real broker (Tansu): `kcat` and `treeai
+//! produce` as producers, `treeai run --brokers` as the consumer, `kcat` as
+//! the consumer of the alert and dead-letter topics.
+//!
+//! The broker is `$TREEAI_TEST_BROKERS` when set (scripts/test-all.sh starts
+//! one with scripts/kafka.sh); otherwise each test starts a private Tansu (it
+//! must be installed: `scripts/kafka.sh install`). Every test uses topics of
+//! its own, so tests share a broker safely.
+
+use crate::common::{batch_rows, diff_views, free_addr, treeai_bin, Running};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+type Views = BTreeMap<&'static str, Vec<Map<String, Value>>>;
+
+/// Debian's kcat with a librdkafka that talks to Tansu (see scripts/kcat).
+fn kcat() -> Command {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kcat"))
+}
+
+fn tansu() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let installed = Path::new(&home).join(".cargo/bin/tansu");
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("tansu")
+    }
+}
+
+/// A Tansu broker: shared (from the environment) or private to one test.
+pub struct Broker {
+    /// `HOST:PORT`.
+    pub addr: String,
+    child: Option<Child>,
+    storage: String,
+    log: PathBuf,
+}
+
+impl Broker {
+    /// The shared broker if there is one, else a private one with memory storage.
+    pub fn for_test() -> Broker {
+        match std::env::var("TREEAI_TEST_BROKERS") {
+            Ok(addr) if !addr.is_empty() => Broker { addr, child: None, storage: String::new(), log: PathBuf::new() },
+            _ => Broker::private("memory://tansu/", &[]),
+        }
+    }
+
+    /// A broker of this test's own on a free port.
+    pub fn private(storage: &str, envs: &[(&str, String)]) -> Broker {
+        let addr = free_addr();
+        let log = std::env::temp_dir().join(format!("tansu-{}.log", addr.replace([':', '.'], "-")));
+        let mut b = Broker { addr, child: None, storage: storage.to_string(), log };
+        b.start(envs);
+        b
+    }
+
+    /// Starts (or restarts) a private broker and waits until it listens.
+    pub fn start(&mut self, envs: &[(&str, String)]) {
+        let url = format!("tcp://{}", self.addr);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("broker log");
+        let child = Command::new(tansu())
+            .args(["broker", "--storage-engine", &self.storage, "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu (install it with scripts/kafka.sh install)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&self.addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops a private broker.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = Command::new(tansu())
+            .args(["topic", "create", topic, "--broker", &format!("tcp://{}", self.addr)])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("tansu topic create");
+        assert!(out.status.success(), "creating {topic}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Creates the five topics under `prefix` and returns the `treeai` flags naming them.
+    pub fn topics(&self, prefix: &str, partitions: u32) -> Vec<String> {
+        let mut flags = vec!["--brokers".to_string(), self.addr.clone()];
+        for kind in ["trees", "assessments", "readings", "alerts", "deadletter"] {
+            let name = format!("{prefix}.{kind}");
+            self.create_topic(&name, partitions);
+            flags.push(format!("--{kind}-topic"));
+            flags.push(name);
+        }
+        flags
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn treeai(args: &[&str]) -> String {
+    let out = Command::new(treeai_bin()).args(args).output().expect("run treeai");
+    assert!(out.status.success(), "treeai {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An NDJSON file from the generator.
+fn produce_file(path: &Path, args: &[&str]) {
+    let mut all = vec!["produce", "--output", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    treeai(&all);
+}
+
+/// Sends `lines` to the topics by their `type` (unreadable lines to readings) with kcat,
+/// keyed by `tree_id` as the generator does.
+fn kcat_produce(broker: &str, prefix: &str, lines: &[&str], dir: &Path) {
+    let mut by_topic: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for line in lines {
+        assert!(!line.contains('\t'), "a line with a tab cannot go through kcat -K: {line}");
+        let v: Option<Value> = serde_json::from_str(line).ok();
+        let kind = match v.as_ref().and_then(|v| v.get("type")).and_then(Value::as_str) {
+            Some("tree") => "trees",
+            Some("assessment") => "assessments",
+            _ => "readings",
+        };
+        let key = key_of(v.as_ref());
+        let buf = by_topic.entry(format!("{prefix}.{kind}")).or_default();
+        buf.extend_from_slice(format!("{key}\t{line}\n").as_bytes());
+    }
+    for (topic, data) in by_topic {
+        let file = dir.join(format!("{topic}.kcat"));
+        std::fs::write(&file, data).unwrap();
+        let out = kcat()
+            .args(["-P", "-b", broker, "-t", &topic, "-K", "\t", "-l", file.to_str().unwrap()])
+            .output()
+            .expect("kcat (scripts/kafka.sh install)");
+        assert!(out.status.success(), "kcat -P {topic}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The key kcat sends a line with: its `tree_id` without control characters (a
+/// malformed id may hold a tab, kcat's key delimiter), `unknown` without one.
+fn key_of(v: Option<&Value>) -> String {
+    let key = v.and_then(|v| v.get("tree_id")).and_then(Value::as_str).unwrap_or("unknown");
+    key.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// Every message of `topic` as (key, headers, payload), read by kcat from the beginning.
+fn kcat_consume(broker: &str, topic: &str) -> Vec<(String, String, String)> {
+    let out = kcat()
+        .args(["-C", "-b", broker, "-t", topic, "-o", "beginning", "-e", "-q"])
+        .args(["-f", "%k\u{1}%h\u{1}%s\u{2}"])
+        .output()
+        .expect("kcat -C");
+    assert!(out.status.success(), "kcat -C {topic}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .split('\u{2}')
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| {
+            let mut parts = m.splitn(3, '\u{1}');
+            let mut next = || parts.next().unwrap_or_default().trim_start_matches('\n').to_string();
+            (next(), next(), next())
+        })
+        .collect()
+}
+
+/// One HTTP POST /v1/sql answered as Arrow IPC.
+fn sql_arrow(http: &str, sql: &str) -> Vec<arrow::record_batch::RecordBatch> {
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let mut s = TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /v1/sql HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Accept: application/vnd.apache.arrow.stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
+    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{sql}: {head} {}", String::from_utf8_lossy(&resp[split..]));
+    let mut body = resp[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).unwrap().map(|b| b.unwrap()).collect()
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+    out
+}
+
+/// A Prometheus sample of `/metrics` (summed over labels).
+fn metric(http: &str, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(http).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let values: Vec<f64> = resp
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Sorts rows by their non-float columns (the views' keys are among them).
+fn sorted(mut rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
+    let key = |r: &Map<String, Value>| -> String {
+        r.iter().filter(|(_, v)| !v.is_f64()).map(|(k, v)| format!("{k}={v};")).collect()
+    };
+    rows.sort_by_cached_key(key);
+    rows
+}
+
+fn live_views(http: &str) -> Views {
+    treeai_dataflows::VIEW_NAMES
+        .iter()
+        .map(|v| (*v, sorted(sql_arrow(http, &format!("select * from {v}")).iter().flat_map(batch_rows).collect())))
+        .collect()
+}
+
+/// The final views of `treeai backfill` and its final watermark.
+fn backfill_views(input: &Path, out: &Path) -> (Views, i64) {
+    let summary =
+        treeai(&["backfill", "--workers", "2", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let w = summary.split("watermark ").nth(1).and_then(|s| s.split([',', ' ']).next()).unwrap_or_default();
+    let w = treeai_dataflows::time::parse_rfc3339(w).unwrap_or_else(|| panic!("no watermark in {summary}"));
+    let views = treeai_dataflows::VIEW_NAMES
+        .iter()
+        .map(|v| {
+            let file = std::fs::File::open(out.join(v).join("part-00000.parquet")).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+            (*v, sorted(reader.flat_map(|b| batch_rows(&b.unwrap())).collect()))
+        })
+        .collect();
+    (views, w)
+}
+
+/// Waits until `treeai run` has read `count` messages and its views settled at watermark `w`.
+fn wait_settled(run: &Running, count: usize, w: i64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let read = metric(&run.http, "treeai_events_read_total");
+        let wm = metric(&run.http, "treeai_watermark_ms");
+        if read == Some(count as f64) && wm == Some(w as f64) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled after {secs}s: read {read:?} of {count}, watermark {wm:?} of {w}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Streams `lines` through Kafka (`partitions` per topic, `workers` workers) and
+/// checks the settled views against `treeai backfill` of the same lines.
+fn stream_equals_backfill(broker: &Broker, prefix: &str, partitions: u32, workers: u32, lines: &[&str]) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let flags = broker.topics(prefix, partitions);
+    kcat_produce(&broker.addr, prefix, lines, dir.path());
+    let workers = workers.to_string();
+    let mut args = vec!["run", "--workers", &workers, "--no-lake", "--idle-timeout-ms", "1000"];
+    args.extend(flags.iter().map(String::as_str));
+    let (want, w) = backfill_views(&input, &dir.path().join("backfill"));
+    let run = Running::start(&args);
+    wait_settled(&run, lines.len(), w, 120);
+    let got = live_views(&run.http);
+    assert!(want["tree_scores"].len() > 10, "a meaningful input");
+    if let Some(diff) = diff_views(&got, &want) {
+        panic!("{partitions} partitions, {workers} workers: live views differ from backfill:\n{diff}");
+    }
+    run
+}
+
+fn generated(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.ndjson");
+    produce_file(&path, args);
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn kcat_to_treeai_equals_backfill_with_deadletters_and_alerts() {
+    let broker = Broker::for_test();
+    let text = generated(&["--count", "12000", "--trees", "300", "--bad-fraction", "0.02", "--season", "emergency"]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.contains('\t')).collect();
+    let prefix = format!("t1-{}", std::process::id());
+    let mut run = stream_equals_backfill(&broker, &prefix, 4, 2, &lines);
+
+    // Rejected input: every rejected message is in the dead-letter topic with its raw bytes, key and headers.
+    let rejected = metric(&run.http, "treeai_events_rejected_total").unwrap() as usize;
+    assert!(rejected > 50, "the input has malformed events: {rejected}");
+    let dead = kcat_consume(&broker.addr, &format!("{prefix}.deadletter"));
+    assert_eq!(dead.len(), rejected, "one dead letter per rejected message");
+    let sent: std::collections::HashSet<&str> = lines.iter().copied().collect();
+    for (key, headers, payload) in &dead {
+        assert!(headers.contains("treeai.reason="), "{headers}");
+        assert!(headers.contains("treeai.rule="), "{headers}");
+        assert!(headers.contains(&format!("treeai.source.topic={prefix}.")), "{headers}");
+        assert!(headers.contains("treeai.source.partition="), "{headers}");
+        assert!(headers.contains("treeai.source.offset="), "{headers}");
+        // The raw payload, cut to 64 KiB (kcat's output is read as UTF-8: skip what that mangled).
+        if !payload.contains('\u{fffd}') {
+            if sent.contains(payload.as_str()) {
+                let want = key_of(serde_json::from_str::<Value>(payload).ok().as_ref());
+                assert_eq!(key, &want, "the original key is kept");
+            } else {
+                let cut = payload.len() == 64 << 10 && lines.iter().any(|l| l.starts_with(payload.as_str()));
+                assert!(cut, "raw payload not kept: {}", &payload[..payload.len().min(200)]);
+            }
+        }
+    }
+
+    // Alerts: as many as the pipeline raised, and for each tree they alternate critical/resolved.
+    let alerts = kcat_consume(&broker.addr, &format!("{prefix}.alerts"));
+    let raised = metric(&run.http, "treeai_alerts_total").unwrap() as usize;
+    assert!(raised > 0, "an emergency season raises alerts");
+    assert_eq!(alerts.len(), raised);
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for (key, _, payload) in &alerts {
+        let a: Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(a["tree_id"].as_str(), Some(key.as_str()), "keyed by tree_id");
+        for field in ["region", "score", "band", "previous_band", "watermark", "top_penalty"] {
+            assert!(a.get(field).is_some(), "{field} in {payload}");
+        }
+        let kind = a["kind"].as_str().unwrap().to_string();
+        let prev = last.insert(key.clone(), kind.clone());
+        match kind.as_str() {
+            "critical" => assert_ne!(prev.as_deref(), Some("critical"), "two criticals in a row for {key}"),
+            "resolved" => assert_eq!(prev.as_deref(), Some("critical"), "resolved without critical for {key}"),
+            other => panic!("alert kind {other}"),
+        }
+    }
+    assert!(run.interrupt().success());
+}
+
+#[test]
+fn more_partitions_than_workers_and_more_workers_than_partitions() {
+    let broker = Broker::for_test();
+    let text = generated(&["--count", "6000", "--trees", "200", "--seed", "7"]);
+    let lines: Vec<&str> = text.lines().collect();
+    let pid = std::process::id();
+    let mut a = stream_equals_backfill(&broker, &format!("t2a-{pid}"), 5, 2, &lines);
+    assert!(a.interrupt().success());
+    let mut b = stream_equals_backfill(&broker, &format!("t2b-{pid}"), 1, 3, &lines);
+    assert!(b.interrupt().success());
+}
+
+#[test]
+fn produce_to_kafka_holds_the_rate_and_reports_it() {
+    let broker = Broker::for_test();
+    let prefix = format!("t3-{}", std::process::id());
+    let flags = broker.topics(&prefix, 2);
+    let mut args = vec!["produce", "--count", "3000", "--rate", "2000", "--trees", "100"];
+    args.extend(flags.iter().map(String::as_str));
+    let started = Instant::now();
+    let out = Command::new(treeai_bin()).args(&args).output().unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3000 sent, 3000 delivered"), "{stderr}");
+    assert!(stderr.contains("0 delivery errors"), "{stderr}");
+    // 3000 events at 2000/s take at least 1.5 s: the rate is held, not exceeded.
+    assert!(secs >= 1.4, "3000 events at 2000/s took only {secs:.2}s");
+    let mut total = 0;
+    for kind in ["trees", "assessments", "readings"] {
+        let msgs = kcat_consume(&broker.addr, &format!("{prefix}.{kind}"));
+        for (key, _, payload) in &msgs {
+            let v: Value = serde_json::from_str(payload).unwrap();
+            assert_eq!(v["tree_id"].as_str(), Some(key.as_str()), "keyed by tree_id");
+            assert_eq!(v["type"].as_str(), Some(&kind[..kind.len() - 1]), "{kind} topic holds {payload}");
+        }
+        total += msgs.len();
+    }
+    assert_eq!(total, 3000);
+}
+
+#[test]
+fn unreachable_broker_is_reported_and_retried_not_fatal() {
+    // Nothing listens on this address: treeai keeps running, answers SQL, and reports the errors.
+    let addr = free_addr();
+    let mut run = Running::start(&["run", "--workers", "2", "--no-lake", "--brokers", &addr]);
+    run.wait_for(60, |l| l.contains("kafka errors"));
+    assert_eq!(metric(&run.http, "treeai_events_read_total"), Some(0.0));
+    assert!(run.child.try_wait().unwrap().is_none(), "still running");
+    assert!(run.interrupt().success());
+}
