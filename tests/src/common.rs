@@ -185,3 +185,59 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// An S3-compatible server (moto, from PyPI) on a free port, killed when dropped.
+pub struct Moto {
+    child: std::process::Child,
+    /// `AWS_*` variables that point S3 clients at it.
+    pub envs: Vec<(&'static str, String)>,
+}
+
+impl Moto {
+    /// Starts moto and waits until it listens.
+    pub fn start() -> Moto {
+        let addr = free_addr();
+        let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto server (pip install 'moto[server]'; scripts/test-all.sh does)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let envs = vec![
+            ("AWS_ENDPOINT", format!("http://{addr}")),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            ("AWS_ACCESS_KEY_ID", "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
+        ];
+        Moto { child, envs }
+    }
+
+    /// Creates a bucket (with boto3, an independent client).
+    pub fn create_bucket(&self, bucket: &str) {
+        let script = format!(
+            "import boto3, os\nboto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT'], region_name='us-east-1', \
+             aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='{bucket}')"
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .envs(self.envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "create bucket: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

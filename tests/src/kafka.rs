@@ -7,7 +7,7 @@
 //! must be installed: `scripts/kafka.sh install`). Every test uses topics of
 //! its own, so tests share a broker safely.
 
-use crate::common::{batch_rows, diff_views, free_addr, treeai_bin, Running};
+use crate::common::{batch_rows, diff_views, free_addr, treeai_bin, Moto, Running};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -286,12 +286,18 @@ fn wait_settled(run: &Running, count: usize, w: i64, secs: u64) {
     }
 }
 
+/// `lines` as an input file in `dir`.
+fn input_file(dir: &Path, lines: &[&str]) -> PathBuf {
+    let input = dir.join("input.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    input
+}
+
 /// Streams `lines` through Kafka (`partitions` per topic, `workers` workers) and
 /// checks the settled views against `treeai backfill` of the same lines.
 fn stream_equals_backfill(broker: &Broker, prefix: &str, partitions: u32, workers: u32, lines: &[&str]) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("input.ndjson");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let input = input_file(dir.path(), lines);
     let flags = broker.topics(prefix, partitions);
     kcat_produce(&broker.addr, prefix, lines, dir.path());
     let workers = workers.to_string();
@@ -419,5 +425,44 @@ fn unreachable_broker_is_reported_and_retried_not_fatal() {
     run.wait_for(60, |l| l.contains("kafka errors"));
     assert_eq!(metric(&run.http, "treeai_events_read_total"), Some(0.0));
     assert!(run.child.try_wait().unwrap().is_none(), "still running");
+    assert!(run.interrupt().success());
+}
+
+#[test]
+fn broker_stop_and_start_while_running_ends_with_the_same_views() {
+    // A broker that keeps its log across restarts: Tansu on S3 storage (moto).
+    let moto = Moto::start();
+    moto.create_bucket("tansu");
+    let mut broker = Broker::private("s3://tansu/", &moto.envs);
+    let text = generated(&["--count", "8000", "--trees", "200", "--seed", "11", "--season", "peak"]);
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let (want, w) = backfill_views(&input_file(dir.path(), &lines), &dir.path().join("backfill"));
+    let flags = broker.topics("restart", 3);
+    kcat_produce(&broker.addr, "restart", first, dir.path());
+
+    let mut args = vec!["run", "--workers", "2", "--no-lake", "--idle-timeout-ms", "1000"];
+    args.extend(flags.iter().map(String::as_str));
+    let mut run = Running::start(&args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&run.http, "treeai_events_read_total") != Some(first.len() as f64) {
+        assert!(Instant::now() < deadline, "first half not read");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The broker goes away: treeai reports it, keeps running and keeps answering SQL.
+    broker.stop();
+    run.wait_for(60, |l| l.contains("kafka errors"));
+    assert!(run.child.try_wait().unwrap().is_none(), "treeai stopped with the broker");
+    assert!(!sql_arrow(&run.http, "select count(*) from trees").is_empty());
+
+    // It comes back with its log; the second half arrives; the views end as the backfill of all of it.
+    broker.start(&moto.envs);
+    kcat_produce(&broker.addr, "restart", second, dir.path());
+    wait_settled(&run, lines.len(), w, 120);
+    if let Some(diff) = diff_views(&live_views(&run.http), &want) {
+        panic!("after a broker restart the live views differ from backfill:\n{diff}");
+    }
     assert!(run.interrupt().success());
 }
