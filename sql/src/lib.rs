@@ -284,6 +284,24 @@ impl Engine {
         Ok(QueryOutput { schema, batches, rows, truncated, watermark: None, reservation: Some(reservation) })
     }
 
+    /// Plans `statement` at a fresh snapshot and starts it, under the time
+    /// limit; the rows come as a stream (the Postgres wire protocol sends them
+    /// as they come, so a result may be larger than the memory limit).
+    pub async fn start_query(
+        &self,
+        statement: DfStatement,
+        params: Option<ParamValues>,
+    ) -> Result<(SchemaRef, datafusion::physical_plan::SendableRecordBatchStream), SqlError> {
+        let (_snapshot, state) = self.state_now();
+        self.with_timeout(async {
+            let plan = self.plan(&state, statement, params).await?;
+            let physical = state.create_physical_plan(&plan).await?;
+            let schema = physical.schema();
+            Ok((schema, execute_stream(physical, state.task_ctx())?))
+        })
+        .await
+    }
+
     /// Runs `fut` under the statement time limit.
     pub async fn with_timeout<T>(
         &self,

@@ -11,6 +11,14 @@
 //! parameters are cast to the inferred type. Describe plans the statement
 //! (no execution) to answer with its columns.
 //!
+//! Results are streamed: rows are encoded and sent batch by batch as DataFusion
+//! produces them (a bounded channel gives backpressure), so a result may be
+//! larger than the memory limit. The time limit covers the whole statement,
+//! streaming included; a client that goes away stops it. A Postgres
+//! CancelRequest (psql's Ctrl-C, psycopg's `conn.cancel()`) stops a statement
+//! until its first rows are ready (pgwire's connection manager, SQLSTATE
+//! 57014); once rows stream, closing the connection stops it.
+//!
 //! Errors become `ErrorResponse`s with the SQLSTATE of [`SqlError::sqlstate`];
 //! the connection stays usable. `psql`'s backslash commands read `pg_catalog`,
 //! which is not provided; plain SQL and `information_schema` work.
@@ -22,13 +30,16 @@ use arrow::array::{
     TimestampMillisecondArray, TimestampNanosecondArray, TimestampSecondArray, UInt16Array, UInt32Array, UInt8Array,
 };
 use arrow::datatypes::{DataType, TimeUnit};
+use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate};
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::{stream, Sink, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
@@ -37,6 +48,7 @@ use pgwire::api::results::{
 };
 use pgwire::api::stmt::{NoopQueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
+use pgwire::api::ConnectionManager;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
@@ -184,16 +196,96 @@ fn query_response(out: QueryOutput, format: &Format) -> Result<QueryResponse, Sq
     ))
 }
 
+/// Rows encoded ahead of the client, in chunks of one batch.
+const CHUNKS_AHEAD: usize = 4;
+
+/// The next batch of `stream`, unless the deadline passes first.
+async fn next_batch(
+    stream: &mut SendableRecordBatchStream,
+    deadline: tokio::time::Instant,
+    limit: std::time::Duration,
+) -> Result<Option<RecordBatch>, SqlError> {
+    match tokio::time::timeout_at(deadline, stream.next()).await {
+        Err(_) => Err(SqlError::Timeout(limit)),
+        Ok(None) => Ok(None),
+        Ok(Some(batch)) => Ok(Some(batch?)),
+    }
+}
+
+/// The rows of one batch.
+fn encode_batch(fields: &Arc<Vec<FieldInfo>>, batch: &RecordBatch) -> Vec<PgWireResult<DataRow>> {
+    let mut enc = DataRowEncoder::new(fields.clone());
+    (0..batch.num_rows())
+        .map(|r| {
+            batch.columns().iter().try_for_each(|c| encode_value(&mut enc, c.as_ref(), r))?;
+            Ok(enc.take_row())
+        })
+        .collect()
+}
+
+/// A query response that streams `stream`'s rows, starting with `first`; a
+/// task encodes batches ahead of the client and stops when the client goes
+/// away or the deadline passes.
+fn streamed_response(
+    fields: Arc<Vec<FieldInfo>>,
+    first: RecordBatch,
+    mut stream: SendableRecordBatchStream,
+    deadline: tokio::time::Instant,
+    limit: std::time::Duration,
+) -> QueryResponse {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<PgWireResult<DataRow>>>(CHUNKS_AHEAD);
+    let encoder_fields = fields.clone();
+    tokio::spawn(async move {
+        if tx.send(encode_batch(&encoder_fields, &first)).await.is_err() {
+            return;
+        }
+        loop {
+            let chunk = match next_batch(&mut stream, deadline, limit).await {
+                Ok(Some(batch)) => encode_batch(&encoder_fields, &batch),
+                Ok(None) => return,
+                Err(e) => vec![Err(pg_error(&e))],
+            };
+            let failed = chunk.iter().any(Result::is_err);
+            // The client is gone: dropping the stream stops the query.
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let rows =
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) }).flat_map(stream::iter);
+    QueryResponse::new(fields, rows)
+}
+
 /// The pgwire handlers over an [`Engine`].
 pub struct PgHandler {
     engine: Arc<Engine>,
     parser: Arc<NoopQueryParser>,
+    connections: Arc<ConnectionManager>,
 }
 
 impl PgHandler {
     /// Handlers over `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
-        PgHandler { engine, parser: Arc::new(NoopQueryParser::new()) }
+        PgHandler { engine, parser: Arc::new(NoopQueryParser::new()), connections: Arc::new(ConnectionManager::new()) }
+    }
+
+    /// Runs a query, answering with its first batch ready: errors before the
+    /// first row (most of them, time limit included) come as plain errors.
+    async fn query(
+        &self,
+        statement: datafusion::sql::parser::Statement,
+        params: Option<ParamValues>,
+        format: &Format,
+    ) -> Result<Response, SqlError> {
+        let limit = self.engine.config.query_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        let (schema, mut stream) = self.engine.start_query(statement, params).await?;
+        let fields = Arc::new(fields(&schema, format)?);
+        match next_batch(&mut stream, deadline, limit).await? {
+            None => Ok(Response::Query(QueryResponse::new(fields, stream::empty()))),
+            Some(first) => Ok(Response::Query(streamed_response(fields, first, stream, deadline, limit))),
+        }
     }
 
     /// Runs one action, giving the response to send (an error too).
@@ -204,6 +296,7 @@ impl PgHandler {
         format: &Format,
     ) -> Result<Response, SqlError> {
         Ok(match action {
+            Action::Query(statement) => self.query(statement, params, format).await?,
             Action::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             Action::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
             Action::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
@@ -337,7 +430,11 @@ fn param_value(
 }
 
 #[async_trait]
-impl NoopStartupHandler for PgHandler {}
+impl NoopStartupHandler for PgHandler {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
 
 #[async_trait]
 impl SimpleQueryHandler for PgHandler {
@@ -472,5 +569,9 @@ impl PgWireServerHandlers for PgHandlers {
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         self.0.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.0.connections.clone()))
     }
 }

@@ -278,6 +278,43 @@ print("psycopg ok")
 }
 
 #[test]
+fn psycopg_streams_results_beyond_the_memory_limit_and_cancels_queries() {
+    let server = Server::start(&["--input", one_tree(), "--sql-memory-limit-mb", "1"]);
+    server.wait_for(60, |l| l.contains("input complete"));
+    let script = r#"
+import sys, threading, time
+import psycopg
+port = int(sys.argv[1])
+with psycopg.connect(host="127.0.0.1", port=port, user="treeai", dbname="treeai", autocommit=True) as conn:
+    # 2 million rows (16 MB as int8) through a 1 MiB memory pool: only a streamed result fits.
+    cur = conn.cursor()
+    cur.execute("select value from generate_series(1, 2000000)")
+    n = sum(1 for _ in cur)
+    assert n == 2000000, n
+    # A CancelRequest stops an endless statement; the connection stays usable.
+    cancel = getattr(conn, "cancel_safe", conn.cancel)
+    threading.Timer(1.0, cancel).start()
+    started = time.time()
+    try:
+        cur.execute("select count(*) from generate_series(1, 10000000000)")
+        raise SystemExit("the statement was not cancelled")
+    except psycopg.errors.QueryCanceled as e:
+        assert e.sqlstate == "57014", e.sqlstate
+        assert "user request" in str(e), str(e)
+    assert time.time() - started < 10, time.time() - started
+    cur.execute("select count(*) from trees")
+    assert cur.fetchone() == (1,)
+print("psycopg ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &server.pg.to_string()])
+        .output()
+        .expect("python3 (scripts/test-all.sh installs psycopg)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("psycopg ok"), "psycopg script failed:\n{stdout}\n{stderr}");
+}
+
+#[test]
 fn http_sql_json_arrow_health_and_metrics() {
     let server = Server::start(&["--input", one_tree(), "--http-max-rows", "1"]);
     server.wait_for(60, |l| l.contains("input complete"));
