@@ -58,10 +58,15 @@ running() {
     [ -f "$STATE/pid" ] && kill -0 "$(cat "$STATE/pid")" 2>/dev/null
 }
 
-wait_ready() {
+listening() {
     local host="${ADDR%:*}" port="${ADDR##*:}"
+    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
+}
+
+wait_ready() {
     for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then return 0; fi
+        if ! kill -0 "$(cat "$STATE/pid")" 2>/dev/null; then break; fi
+        if listening; then return 0; fi
         sleep 0.1
     done
     say "broker did not listen on $ADDR; log: $STATE/broker.log"
@@ -82,6 +87,11 @@ start() {
     mkdir -p "$STATE"
     if running; then
         say "already running (pid $(cat "$STATE/pid")) on $ADDR"
+        return 0
+    fi
+    if listening; then
+        say "something already listens on $ADDR: using it as the broker (not started here)"
+        topics
         return 0
     fi
     nohup tansu broker --storage-engine memory://tansu/ \

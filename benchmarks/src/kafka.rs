@@ -58,6 +58,14 @@ fn main() -> anyhow::Result<()> {
     let prefix = format!("bench-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
     let mut config = KafkaConfig::new(brokers.clone());
     config.topics = topics(&prefix);
+    // librdkafka properties for the consumers of both phases: --property KEY=VALUE (repeatable).
+    for (i, a) in args.iter().enumerate() {
+        if a == "--property" {
+            let kv = args.get(i + 1).context("--property needs KEY=VALUE")?;
+            let (k, v) = kv.split_once('=').context("--property needs KEY=VALUE")?;
+            config.properties.push((k.to_string(), v.to_string()));
+        }
+    }
     let t = &config.topics;
     create_topics(&config, &[&t.trees, &t.assessments, &t.readings], partitions).map_err(anyhow::Error::msg)?;
     println!("kafka-bench: {events} events, {trees} trees, {partitions} partitions per topic, {workers} workers, broker {brokers}");
@@ -110,13 +118,17 @@ fn raw_consume(config: &KafkaConfig, workers: usize, events: u64) -> anyhow::Res
         .map(|w| {
             let (config, read) = (config.clone(), read.clone());
             std::thread::spawn(move || -> anyhow::Result<u64> {
-                let consumer: BaseConsumer = ClientConfig::new()
+                let mut client = ClientConfig::new();
+                client
                     .set("bootstrap.servers", &config.brokers)
                     .set("group.id", "treeai-bench")
                     .set("enable.auto.commit", "false")
                     .set("queued.min.messages", "200000")
-                    .set("fetch.wait.max.ms", "50")
-                    .create()?;
+                    .set("fetch.wait.max.ms", "50");
+                for (k, v) in &config.properties {
+                    client.set(k, v);
+                }
+                let consumer: BaseConsumer = client.create()?;
                 let mut tpl = TopicPartitionList::new();
                 for (t, (topic, _)) in config.topics.inputs().iter().enumerate() {
                     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;

@@ -466,3 +466,45 @@ fn broker_stop_and_start_while_running_ends_with_the_same_views() {
     }
     assert!(run.interrupt().success());
 }
+
+#[test]
+fn kafka_settings_from_the_config_file() {
+    let broker = Broker::for_test();
+    let prefix = format!("t5-{}", std::process::id());
+    broker.topics(&prefix, 2);
+    let text = generated(&["--count", "2000", "--trees", "50", "--seed", "3"]);
+    let lines: Vec<&str> = text.lines().collect();
+    let dir = tempfile::tempdir().unwrap();
+    kcat_produce(&broker.addr, &prefix, &lines, dir.path());
+    let config = dir.path().join("treeai.toml");
+    let mut toml = format!("idle_timeout_ms = 1000\n[kafka]\nbrokers = \"{}\"\nstart = \"earliest\"\n", broker.addr);
+    toml += "[kafka.topics]\n";
+    for kind in ["trees", "assessments", "readings", "alerts", "deadletter"] {
+        toml += &format!("{kind} = \"{prefix}.{kind}\"\n");
+    }
+    toml += "[kafka.properties]\n\"fetch.wait.max.ms\" = \"20\"\n";
+    std::fs::write(&config, toml).unwrap();
+    let (want, w) = backfill_views(&input_file(dir.path(), &lines), &dir.path().join("backfill"));
+    let mut run = Running::start(&["run", "--workers", "2", "--no-lake", "--config", config.to_str().unwrap()]);
+    wait_settled(&run, lines.len(), w, 120);
+    if let Some(diff) = diff_views(&live_views(&run.http), &want) {
+        panic!("config-file Kafka source differs from backfill:\n{diff}");
+    }
+    assert!(run.interrupt().success());
+
+    // An unknown librdkafka property is a clear error at start, not a crash later.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!("[kafka]\nbrokers = \"{}\"\n[kafka.properties]\n\"no.such.property\" = \"1\"\n", broker.addr),
+    )
+    .unwrap();
+    let out = Command::new(treeai_bin())
+        .args(["run", "--no-lake", "--config", bad.to_str().unwrap(), "--sql-addr", &free_addr()])
+        .args(["--http-addr", &free_addr()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with an unknown property: {stderr}");
+    assert!(stderr.contains("no.such.property"), "{stderr}");
+}
