@@ -7,6 +7,7 @@
 //! scripts/kafka.sh start
 //! cargo run --release -p treeai-benchmarks --bin kafka-bench -- --brokers 127.0.0.1:9092 \
 //!     [--events 3000000] [--partitions 4] [--workers 2] [--trees 10000] [--paced-rate 100000] [--paced-secs 5]
+//!     [--batch 131072] [--property KEY=VALUE]...
 //! ```
 //!
 //! Phases:
@@ -94,9 +95,11 @@ fn main() -> anyhow::Result<()> {
     let r = produce(&paced, Generator::new(gen, 0, 1).take(n), Some(paced_rate), &stop, |_| {})
         .map_err(anyhow::Error::msg)?;
     println!(
-        "produce, paced:           {:>10.0} events/s (target {paced_rate:.0}; {:.3} of target), {} delivery errors",
+        "produce, paced:           {:>10.0} events/s sent (target {paced_rate:.0}; {:.3} of target), \
+         {:.0} acknowledged/s, {} delivery errors",
+        r.send_rate(),
+        r.send_rate() / paced_rate,
         r.rate(),
-        r.rate() / paced_rate,
         r.failed
     );
 
@@ -105,7 +108,8 @@ fn main() -> anyhow::Result<()> {
     println!("raw consume (baseline):   {raw:>10.0} events/s");
 
     // 4. End to end into the views.
-    let e2e = pipeline(&config, workers, events, max_ts)?;
+    let batch: usize = arg(&args, "--batch", "131072").parse().context("--batch")?;
+    let e2e = pipeline(&config, workers, events, max_ts, batch)?;
     println!("end to end, into views:   {e2e:>10.0} events/s");
     println!("ratio end-to-end / raw:   {:>10.3}", e2e / raw);
     Ok(())
@@ -166,9 +170,9 @@ fn raw_consume(config: &KafkaConfig, workers: usize, events: u64) -> anyhow::Res
     Ok(events as f64 / started.elapsed().as_secs_f64())
 }
 
-fn pipeline(config: &KafkaConfig, workers: usize, events: u64, max_ts: i64) -> anyhow::Result<f64> {
+fn pipeline(config: &KafkaConfig, workers: usize, events: u64, max_ts: i64, batch: usize) -> anyhow::Result<f64> {
     let idle = Duration::from_millis(100);
-    let runtime = RuntimeConfig { workers, idle_timeout: idle, ..RuntimeConfig::default() };
+    let runtime = RuntimeConfig { workers, idle_timeout: idle, batch, ..RuntimeConfig::default() };
     let catalog = Arc::new(Catalog::new(workers));
     let stats = Arc::new(Stats::new());
     let shutdown = Arc::new(AtomicBool::new(false));

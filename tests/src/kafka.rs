@@ -402,6 +402,13 @@ fn produce_to_kafka_holds_the_rate_and_reports_it() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("3000 sent, 3000 delivered"), "{stderr}");
     assert!(stderr.contains("0 delivery errors"), "{stderr}");
+    let sent_rate: f64 = stderr
+        .split("sent at ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no send rate in {stderr}"));
+    assert!((1800.0..=2100.0).contains(&sent_rate), "held {sent_rate} events/s for a target of 2000: {stderr}");
     // 3000 events at 2000/s take at least 1.5 s: the rate is held, not exceeded.
     assert!(secs >= 1.4, "3000 events at 2000/s took only {secs:.2}s");
     let mut total = 0;

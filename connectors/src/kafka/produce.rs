@@ -21,12 +21,18 @@ pub struct ProduceReport {
     pub failed: u64,
     /// Wall-clock seconds from the first send to the last acknowledgement.
     pub seconds: f64,
+    /// Wall-clock seconds from the first send to the last.
+    pub send_seconds: f64,
 }
 
 impl ProduceReport {
-    /// Achieved rate: acknowledged events per second.
+    /// Achieved rate: acknowledged events per second, up to the last acknowledgement.
     pub fn rate(&self) -> f64 {
         self.delivered as f64 / self.seconds.max(1e-9)
+    }
+    /// The rate events were sent at (what pacing holds).
+    pub fn send_rate(&self) -> f64 {
+        self.sent as f64 / self.send_seconds.max(1e-9)
     }
 }
 
@@ -57,11 +63,16 @@ pub fn produce(
     let started = Instant::now();
     let mut report = ProduceReport::default();
     let mut last_progress = Instant::now();
-    let snapshot = |sent: u64, started: Instant| ProduceReport {
-        sent,
-        delivered: stats.delivered.load(Ordering::Relaxed),
-        failed: stats.delivery_errors.load(Ordering::Relaxed),
-        seconds: started.elapsed().as_secs_f64(),
+    let mut send_seconds = None;
+    let snapshot = |sent: u64, send_seconds: Option<f64>| {
+        let seconds = started.elapsed().as_secs_f64();
+        ProduceReport {
+            sent,
+            delivered: stats.delivered.load(Ordering::Relaxed),
+            failed: stats.delivery_errors.load(Ordering::Relaxed),
+            seconds,
+            send_seconds: send_seconds.unwrap_or(seconds),
+        }
     };
     for event in events {
         if stop.load(Ordering::Relaxed) {
@@ -101,18 +112,19 @@ pub fn produce(
             producer.poll(Duration::ZERO);
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 last_progress = Instant::now();
-                progress(&snapshot(report.sent, started));
+                progress(&snapshot(report.sent, send_seconds));
             }
         }
     }
+    send_seconds = Some(started.elapsed().as_secs_f64());
     // Wait for every acknowledgement (librdkafka retries until message.timeout.ms).
     while producer.in_flight_count() > 0 && !stop.load(Ordering::Relaxed) {
         producer.poll(Duration::from_millis(100));
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
-            progress(&snapshot(report.sent, started));
+            progress(&snapshot(report.sent, send_seconds));
         }
     }
     let _ = producer.flush(Duration::from_secs(5));
-    Ok(snapshot(report.sent, started))
+    Ok(snapshot(report.sent, send_seconds))
 }
