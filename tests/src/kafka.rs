@@ -515,3 +515,32 @@ fn kafka_settings_from_the_config_file() {
     assert!(!out.status.success(), "started with an unknown property: {stderr}");
     assert!(stderr.contains("no.such.property"), "{stderr}");
 }
+
+#[test]
+fn topics_created_after_start_are_picked_up() {
+    let broker = Broker::for_test();
+    let prefix = format!("t6-{}", std::process::id());
+    let mut args: Vec<String> = ["run", "--workers", "2", "--no-lake", "--idle-timeout-ms", "1000", "--brokers"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(broker.addr.clone());
+    for kind in ["trees", "assessments", "readings", "alerts", "deadletter"] {
+        args.push(format!("--{kind}-topic"));
+        args.push(format!("{prefix}.{kind}"));
+    }
+    // treeai starts before its topics exist, then they appear and fill.
+    let mut run = Running::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_secs(2));
+    broker.topics(&prefix, 3);
+    let text = generated(&["--count", "3000", "--trees", "60", "--seed", "5"]);
+    let lines: Vec<&str> = text.lines().collect();
+    let dir = tempfile::tempdir().unwrap();
+    kcat_produce(&broker.addr, &prefix, &lines, dir.path());
+    let (want, w) = backfill_views(&input_file(dir.path(), &lines), &dir.path().join("backfill"));
+    wait_settled(&run, lines.len(), w, 120);
+    if let Some(diff) = diff_views(&live_views(&run.http), &want) {
+        panic!("topics created after start: live views differ from backfill:\n{diff}");
+    }
+    assert!(run.interrupt().success());
+}
