@@ -180,6 +180,19 @@ fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<Runt
 /// end to end on 2 cores, 131,072 gave 0.55 M).
 const KAFKA_BATCH: usize = 131_072;
 
+/// A flag that the first Ctrl-C sets (stop cleanly); a second one exits at once.
+fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -260,16 +273,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         SourceSpec::Files(input)
     };
 
-    let shutdown = Arc::new(AtomicBool::new(false));
-    {
-        let shutdown = shutdown.clone();
-        ctrlc::set_handler(move || {
-            if shutdown.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let shutdown = stop_on_ctrl_c()?;
     let catalog = Arc::new(Catalog::new(config.workers));
     let stats = Arc::new(Stats::new());
     let lake_config = args.lake.config(&file.lake, None)?;
@@ -441,16 +445,7 @@ fn produce_kafka(
     count: Option<u64>,
     rate: Option<f64>,
 ) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let stop = stop_on_ctrl_c()?;
     let target = rate.map_or("as fast as possible".to_string(), |r| format!("{r:.0} events/s"));
     eprintln!(
         "treeai produce: {} events to {} ({}, {}, {}), {target}",

@@ -213,6 +213,16 @@ fn psql_queries_every_live_view_and_gets_postgres_errors() {
     assert_eq!(server.psql_ok("select count(*) from tree_scores"), "1");
 }
 
+/// Runs a Python script (psycopg) with the Postgres port as its argument; it must print `psycopg ok`.
+fn run_psycopg(script: &str, port: u16) {
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .output()
+        .expect("python3 (scripts/test-all.sh installs psycopg)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("psycopg ok"), "psycopg script failed:\n{stdout}\n{stderr}");
+}
+
 #[test]
 fn psycopg_extended_protocol_parameters_types_and_errors() {
     let server = Server::start(&["--input", one_tree()]);
@@ -269,12 +279,7 @@ assert conn.execute("select 1 + 1").fetchone() == (2,)
 conn.close()
 print("psycopg ok")
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &server.pg.to_string()])
-        .output()
-        .expect("python3 (scripts/test-all.sh installs psycopg)");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("psycopg ok"), "psycopg script failed:\n{stdout}\n{stderr}");
+    run_psycopg(script, server.pg);
 }
 
 #[test]
@@ -306,12 +311,7 @@ with psycopg.connect(host="127.0.0.1", port=port, user="treeai", dbname="treeai"
     assert cur.fetchone() == (1,)
 print("psycopg ok")
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &server.pg.to_string()])
-        .output()
-        .expect("python3 (scripts/test-all.sh installs psycopg)");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.contains("psycopg ok"), "psycopg script failed:\n{stdout}\n{stderr}");
+    run_psycopg(script, server.pg);
 }
 
 #[test]
