@@ -39,11 +39,6 @@ pub(crate) fn times(v: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMillisecondArray::from_iter(v).with_timezone("UTC"))
 }
 
-pub(crate) fn batch(fields: Vec<(&str, DataType, bool)>, columns: Vec<ArrayRef>) -> RecordBatch {
-    let schema = Schema::new(fields.into_iter().map(|(n, t, null)| Field::new(n, t, null)).collect::<Vec<_>>());
-    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema by construction")
-}
-
 use DataType::{Float64 as F, Int64 as I, Utf8 as S};
 
 /// Builds one column from rows `(key, value)` and the watermark.
@@ -233,17 +228,23 @@ pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str,
     ]
 }
 
-/// Dead letters as a record batch: `source, position, arrival_time, reason, rule, raw`.
+/// The schema of dead-letter files: `source, position, arrival_time, reason, rule, raw`
+/// (`backfill`'s `deadletter/part-00000.parquet` and the lake table `deadletter`).
+pub fn deadletter_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("source", S, false),
+        Field::new("position", I, false),
+        Field::new("arrival_time", ts_type(), false),
+        Field::new("reason", S, false),
+        Field::new("rule", S, false),
+        Field::new("raw", DataType::Binary, false),
+    ]))
+}
+
+/// Dead letters as a record batch of [`deadletter_schema`].
 pub fn deadletter_batch(letters: &[DeadLetter]) -> RecordBatch {
-    batch(
-        vec![
-            ("source", S, false),
-            ("position", I, false),
-            ("arrival_time", ts_type(), false),
-            ("reason", S, false),
-            ("rule", S, false),
-            ("raw", DataType::Binary, false),
-        ],
+    RecordBatch::try_new(
+        deadletter_schema(),
         vec![
             strings(letters.iter().map(|d| Some(d.source.as_str()))),
             ints(letters.iter().map(|d| d.pos.offset as i64)),
@@ -253,6 +254,7 @@ pub fn deadletter_batch(letters: &[DeadLetter]) -> RecordBatch {
             Arc::new(BinaryArray::from_iter_values(letters.iter().map(|d| d.raw.as_slice()))),
         ],
     )
+    .expect("columns match the schema by construction")
 }
 
 /// Parquet compression codecs offered to users.
@@ -267,6 +269,17 @@ pub enum Codec {
     None,
 }
 
+impl Codec {
+    /// The Parquet compression of the codec (zstd at its default level).
+    pub fn compression(self) -> Compression {
+        match self {
+            Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
+            Codec::Lz4 => Compression::LZ4_RAW,
+            Codec::None => Compression::UNCOMPRESSED,
+        }
+    }
+}
+
 /// Writes `batch` to `path` as one Parquet file, via a temporary name and a
 /// rename, so that the file is never visible half-written.
 pub fn write_parquet(path: &Path, batch: &RecordBatch, codec: Codec) -> Result<(), ConnectorError> {
@@ -274,12 +287,7 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch, codec: Codec) -> Result<(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let compression = match codec {
-        Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
-        Codec::Lz4 => Compression::LZ4_RAW,
-        Codec::None => Compression::UNCOMPRESSED,
-    };
-    let props = WriterProperties::builder().set_compression(compression).build();
+    let props = WriterProperties::builder().set_compression(codec.compression()).build();
     let tmp = path.with_extension("parquet.tmp");
     let file = std::fs::File::create(&tmp).map_err(io)?;
     let pq = |e: parquet::errors::ParquetError| ConnectorError::Output(format!("{}: {e}", path.display()));

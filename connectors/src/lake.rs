@@ -20,37 +20,63 @@
 //! `AZURE_*` environment variables (e.g. `AWS_ENDPOINT`, `AWS_REGION`,
 //! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP=true`).
 //!
-//! Each worker buffers rows per (table, partition) and rolls a file when its
-//! buffer reaches [`LakeConfig::roll_bytes`] of input or
-//! [`LakeConfig::roll_interval`] of age, and at the end of input. A file is
-//! one `put` of a complete Parquet file (atomic on every store: a reader never
-//! sees it half-written). Names are a function of the file's first row —
-//! `part-<source>-<offset>.parquet` for events, `part-w<worker>-<time>.parquet`
-//! for derived tables — so writing the same input range again replaces files
-//! rather than duplicating them (exactly-once across crashes comes with
-//! checkpoints, which will record the roll points).
+//! Each worker keeps one open file per (table, partition) and rolls it when
+//! it holds [`LakeConfig::roll_bytes`] of input or is
+//! [`LakeConfig::roll_interval`] old (checked at the end of every round), and
+//! at the end of input. A file is one `put` of a complete Parquet file (atomic
+//! on every store: a reader never sees it half-written). Names are a function
+//! of the file's first row — `part-<source>-<offset>.parquet` for events,
+//! `part-w<worker>-<time>.parquet` for derived tables — so writing the same
+//! input range again replaces files rather than duplicating them
+//! (exactly-once across crashes comes with checkpoints, which will record the
+//! roll points).
 //!
 //! Partition columns live in the path only, as Hive does. Timestamps are
-//! `Timestamp(ms, UTC)`. Uploads run on a background thread, retried with
-//! backoff on failure; a lake that is down slows the pipeline down (bounded
-//! queue) but never crashes it.
+//! `Timestamp(ms, UTC)`.
+//!
+//! Where the work happens: a worker appends each row's fields straight into
+//! Arrow builders of its open file (no copy of the event), and every
+//! [`CHUNK_ROWS`] rows (or at the end of a round, from 8,192 rows) hands them
+//! as one [`RecordBatch`] to an encoder thread. The encoder threads (one per
+//! core, at most four) each keep the `ArrowWriter`s of the files given to them
+//! and encode (and compress) chunks as they come, so encoding runs beside the
+//! workers rather than on them and a file is mostly encoded by the time it
+//! rolls; a rolled file's bytes go to the upload thread, which puts them,
+//! retried with backoff on failure. Queues between the three are bounded: a
+//! lake that is slow or down slows the pipeline down but never crashes it.
 
-use crate::arrow_views::{batch, deadletter_batch, floats, ints, strings, times, ts_type, Codec};
+use crate::arrow_views::{deadletter_schema, scores_columns, trees_columns, ts_type, view_schema, Codec};
 use crate::ConnectorError;
-use arrow::datatypes::DataType;
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::basic::Encoding;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use treeai_dataflows::event::{AssessmentEvent, Event, Position, Reading, TreeEvent};
 use treeai_dataflows::source::{Alert, DeadLetter, ScoreChange, Sink, SinkFactory};
-use treeai_dataflows::time::{format_day, DataflowTime};
+use treeai_dataflows::time::{day_of, format_day, DataflowTime};
+
+/// Rows per record batch handed from a worker to an encoder thread.
+pub const CHUNK_ROWS: usize = 65_536;
+/// A chunk is also handed over once it holds this many bytes of input (dead letters can be large).
+const CHUNK_BYTES: usize = 8 << 20;
+/// At the end of a round, rows not handed over yet are handed over if there are at least this many.
+const ROUND_ROWS: usize = 8_192;
+/// Chunks waiting per encoder thread: the bound that makes a slow lake slow the workers down.
+const ENCODE_QUEUE: usize = 8;
+/// Encoded files waiting for the upload thread.
+const UPLOAD_QUEUE: usize = 16;
 
 /// Lake settings.
 #[derive(Clone, Debug)]
@@ -59,7 +85,7 @@ pub struct LakeConfig {
     pub url: String,
     /// Parquet compression (default zstd; lz4 available).
     pub compression: Codec,
-    /// Roll a file when its buffered input reaches this many bytes (default 64 MiB).
+    /// Roll a file when the input written to it reaches this many bytes (default 64 MiB).
     pub roll_bytes: usize,
     /// Roll a file when its first row is this old (default 60 s).
     pub roll_interval: Duration,
@@ -88,6 +114,8 @@ pub struct LakeStats {
     pub bytes: AtomicU64,
     /// Failed put attempts (each retried).
     pub errors: AtomicU64,
+    /// Files that could not be encoded (not written).
+    pub encode_errors: AtomicU64,
 }
 
 /// Opens the object store of a lake URL: the store and the path prefix inside it.
@@ -113,65 +141,235 @@ pub fn open_store(
     Ok((Arc::from(store), path))
 }
 
-enum Job {
+/// Work for an encoder thread. Jobs of one file always go to the same encoder, in order.
+enum EncodeJob {
+    /// More rows of file `file` of `table` (opened by its first chunk).
+    Append { file: u64, table: Table, batch: RecordBatch },
+    /// File `file` is complete: close it and hand its bytes to the upload thread as `path`.
+    Finish { file: u64, path: StorePath },
+    /// File `file` is abandoned (its sink went away without closing).
+    Discard { file: u64 },
+    /// Acknowledged once everything before it is encoded and written.
+    Barrier(mpsc::Sender<()>),
+}
+
+/// Work for the upload thread.
+enum UploadJob {
     Put(StorePath, Vec<u8>),
     Barrier(mpsc::Sender<()>),
 }
 
-/// The shared upload thread of one process's lake.
+/// The background threads of one process's lake: encoders and the upload thread.
 pub struct Lake {
     config: LakeConfig,
     prefix: StorePath,
-    jobs: Mutex<mpsc::SyncSender<Job>>,
+    encoders: Mutex<Vec<mpsc::SyncSender<EncodeJob>>>,
+    /// Rows handed to each encoder and not yet encoded (to give a new file to the least busy one).
+    pending: Vec<Arc<AtomicUsize>>,
+    next_file: AtomicU64,
     /// Counters.
     pub stats: Arc<LakeStats>,
 }
 
 impl Lake {
-    /// Opens the lake and starts its upload thread.
+    /// Opens the lake and starts its encoder and upload threads.
     pub fn open(config: LakeConfig) -> Result<Arc<Lake>, ConnectorError> {
         let (store, prefix) = open_store(&config.url, &config.options)?;
-        let (tx, rx) = mpsc::sync_channel::<Job>(64);
+        Lake::start(config, store, prefix)
+    }
+
+    /// Starts the threads of a lake on `store` under `prefix`.
+    fn start(config: LakeConfig, store: Arc<dyn ObjectStore>, prefix: StorePath) -> Result<Arc<Lake>, ConnectorError> {
+        let thread_error = |what: &str, e: std::io::Error| ConnectorError::Output(format!("lake {what} thread: {e}"));
         let stats = Arc::new(LakeStats::default());
-        let thread_stats = stats.clone();
+        let (upload_tx, upload_rx) = mpsc::sync_channel::<UploadJob>(UPLOAD_QUEUE);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ConnectorError::Output(format!("lake runtime: {e}")))?;
+        let upload_stats = stats.clone();
         std::thread::Builder::new()
             .name("treeai-lake".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
+                while let Ok(job) = upload_rx.recv() {
                     match job {
-                        Job::Barrier(done) => {
+                        UploadJob::Barrier(done) => {
                             let _ = done.send(());
                         }
-                        Job::Put(path, bytes) => runtime.block_on(put_with_retry(&*store, &path, bytes, &thread_stats)),
+                        UploadJob::Put(path, bytes) => {
+                            runtime.block_on(put_with_retry(&*store, &path, bytes, &upload_stats))
+                        }
                     }
                 }
             })
-            .map_err(|e| ConnectorError::Output(format!("lake thread: {e}")))?;
-        Ok(Arc::new(Lake { config, prefix, jobs: Mutex::new(tx), stats }))
+            .map_err(|e| thread_error("upload", e))?;
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let mut encoders = Vec::with_capacity(count);
+        let mut pending = Vec::with_capacity(count);
+        for i in 0..count {
+            let (tx, rx) = mpsc::sync_channel::<EncodeJob>(ENCODE_QUEUE);
+            let encoder = Encoder {
+                codec: config.compression,
+                uploads: upload_tx.clone(),
+                pending: Arc::new(AtomicUsize::new(0)),
+                stats: stats.clone(),
+                open: HashMap::new(),
+                failed: HashMap::new(),
+            };
+            pending.push(encoder.pending.clone());
+            std::thread::Builder::new()
+                .name(format!("treeai-lake-encode-{i}"))
+                .spawn(move || encoder.run(rx))
+                .map_err(|e| thread_error("encoder", e))?;
+            encoders.push(tx);
+        }
+        Ok(Arc::new(Lake {
+            config,
+            prefix,
+            encoders: Mutex::new(encoders),
+            pending,
+            next_file: AtomicU64::new(0),
+            stats,
+        }))
     }
 
-    fn send(&self, job: Job) {
-        let tx = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if tx.send(job).is_err() {
-            tracing::error!("lake upload thread is gone; a file was not written");
-        }
+    fn senders(&self) -> Vec<mpsc::SyncSender<EncodeJob>> {
+        self.encoders.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Waits until every file handed over so far is written (or given up).
     pub fn wait(&self) {
         let (tx, rx) = mpsc::channel();
-        self.send(Job::Barrier(tx));
-        let _ = rx.recv();
+        let mut sent = 0;
+        for encoder in self.senders() {
+            if encoder.send(EncodeJob::Barrier(tx.clone())).is_ok() {
+                sent += 1;
+            } else {
+                tracing::error!("lake encoder thread is gone");
+            }
+        }
+        drop(tx);
+        for _ in 0..sent {
+            if rx.recv().is_err() {
+                tracing::error!("lake upload thread is gone; files may not have been written");
+                break;
+            }
+        }
     }
 
     /// A sink factory writing into this lake.
     pub fn sink_factory(self: &Arc<Self>) -> SinkFactory {
         let lake = self.clone();
         Arc::new(move |worker| Box::new(LakeSink::new(lake.clone(), worker)) as Box<dyn Sink>)
+    }
+
+    /// The encoder for a new file of `worker`: the one with the fewest rows waiting, the worker's own on a tie.
+    fn pick_encoder(&self, worker: usize) -> usize {
+        let n = self.pending.len().max(1);
+        (0..n)
+            .map(|i| (worker + i) % n)
+            .min_by_key(|&e| self.pending.get(e).map_or(0, |p| p.load(Ordering::Relaxed)))
+            .unwrap_or(0)
+    }
+}
+
+/// Parquet writer settings of a file of `table` (the encoding is most of the lake's cost).
+///
+/// Readings: source positions and times are (nearly) increasing and mostly distinct, and sensor
+/// values have thousands of distinct values, so a dictionary costs more than it saves for
+/// them; positions and times are smaller delta-encoded. Every page of readings holds hundreds
+/// of trees and sensors and all four metrics, so min/max statistics of `tree_id`, `sensor_id`
+/// and `metric` would never prune a page or a file; computing them was a fifth of the encoding.
+/// Other tables are small and keep the defaults (but for the delta-encoded positions).
+fn writer_properties(codec: Codec, table: Table) -> WriterProperties {
+    let (plain, delta, no_stats): (&[&str], &[&str], &[&str]) = match table {
+        Table::Readings => (&["value"], &["ts", "source", "offset"], &["tree_id", "sensor_id", "metric"]),
+        Table::Assessments | Table::Trees => (&[], &["source", "offset"], &[]),
+        Table::ScoreChanges | Table::Alerts | Table::Deadletter => (&[], &[], &[]),
+    };
+    let mut props = WriterProperties::builder().set_compression(codec.compression());
+    for &column in plain.iter().chain(delta) {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    for &column in delta {
+        props = props.set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
+    }
+    for &column in no_stats {
+        props = props.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    }
+    props.build()
+}
+
+/// One encoder thread: the `ArrowWriter`s of the files given to it.
+struct Encoder {
+    codec: Codec,
+    uploads: mpsc::SyncSender<UploadJob>,
+    pending: Arc<AtomicUsize>,
+    stats: Arc<LakeStats>,
+    open: HashMap<u64, ArrowWriter<Vec<u8>>>,
+    /// Files whose encoding failed, with the error (reported when the file is finished).
+    failed: HashMap<u64, String>,
+}
+
+impl Encoder {
+    fn run(mut self, jobs: mpsc::Receiver<EncodeJob>) {
+        while let Ok(job) = jobs.recv() {
+            match job {
+                EncodeJob::Append { file, table, batch } => {
+                    let rows = batch.num_rows();
+                    self.append(file, table, &batch);
+                    self.pending.fetch_sub(rows, Ordering::Relaxed);
+                }
+                EncodeJob::Finish { file, path } => self.finish(file, path),
+                EncodeJob::Discard { file } => {
+                    self.open.remove(&file);
+                    self.failed.remove(&file);
+                }
+                EncodeJob::Barrier(done) => {
+                    if self.uploads.send(UploadJob::Barrier(done)).is_err() {
+                        tracing::error!("lake upload thread is gone");
+                    }
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, file: u64, table: Table, batch: &RecordBatch) {
+        if self.failed.contains_key(&file) {
+            return;
+        }
+        let result = match self.open.entry(file) {
+            std::collections::hash_map::Entry::Occupied(mut writer) => writer.get_mut().write(batch),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                ArrowWriter::try_new(Vec::new(), batch.schema(), Some(writer_properties(self.codec, table)))
+                    .and_then(|writer| slot.insert(writer).write(batch))
+            }
+        };
+        if let Err(e) = result {
+            self.open.remove(&file);
+            self.failed.insert(file, e.to_string());
+        }
+    }
+
+    fn finish(&mut self, file: u64, path: StorePath) {
+        let bytes = match self.failed.remove(&file) {
+            Some(e) => Err(e),
+            None => match self.open.remove(&file) {
+                Some(writer) => writer.into_inner().map_err(|e| e.to_string()),
+                None => return,
+            },
+        };
+        match bytes {
+            Ok(bytes) => {
+                if self.uploads.send(UploadJob::Put(path, bytes)).is_err() {
+                    tracing::error!("lake upload thread is gone; a file was not written");
+                }
+            }
+            Err(e) => {
+                self.stats.encode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("lake: encoding {path} failed, file not written: {e}");
+            }
+        }
     }
 }
 
@@ -232,21 +430,71 @@ impl Table {
             Table::Deadletter => "deadletter",
         }
     }
-}
 
-impl Table {
     /// The Arrow schema of the table's files (partition columns excluded: they are in the path).
-    pub fn schema(self) -> arrow::datatypes::SchemaRef {
-        let rows = match self {
-            Table::Readings => Rows::Readings(Vec::new()),
-            Table::Assessments => Rows::Assessments(Vec::new()),
-            Table::Trees => Rows::Trees(Vec::new()),
-            Table::ScoreChanges => Rows::ScoreChanges(Vec::new()),
-            Table::Alerts => Rows::Alerts(Vec::new()),
-            Table::Deadletter => Rows::Deadletter(Vec::new()),
+    /// `trees` and `score_changes` start with the columns of the views `trees` and `tree_scores`;
+    /// `deadletter` is the dead-letter file of `backfill`.
+    pub fn schema(self) -> SchemaRef {
+        use DataType::{Boolean as B, Float64 as F, Int64 as I, Utf8 as S};
+        let field = |(name, data_type, nullable): (&str, DataType, bool)| Field::new(name, data_type, nullable);
+        let columns = |list: Vec<(&str, DataType, bool)>| list.into_iter().map(field).collect::<Vec<_>>();
+        let view = |schema: SchemaRef| schema.fields().iter().map(|f| f.as_ref().clone()).collect::<Vec<_>>();
+        let position = || columns(vec![("source", I, false), ("offset", I, false)]);
+        let fields: Vec<Field> = match self {
+            Table::Readings => [
+                columns(vec![
+                    ("tree_id", S, false),
+                    ("sensor_id", S, false),
+                    ("metric", S, false),
+                    ("value", F, false),
+                    ("ts", ts_type(), false),
+                ]),
+                position(),
+            ]
+            .concat(),
+            Table::Assessments => [
+                columns(vec![
+                    ("assessment_id", S, false),
+                    ("revision", I, false),
+                    ("tree_id", S, false),
+                    ("agent_id", S, false),
+                    ("observed_at", ts_type(), false),
+                    ("likelihood_of_failure", S, false),
+                    ("likelihood_of_impact", S, false),
+                    ("consequences", S, false),
+                    ("defect_count", I, false),
+                    ("defect_severity_sum", I, false),
+                    ("max_defect_severity", I, false),
+                    ("crown_dieback_pct", F, false),
+                    ("notes", S, true),
+                    ("withdrawn", B, false),
+                ]),
+                position(),
+            ]
+            .concat(),
+            Table::Trees => {
+                [view(view_schema(&trees_columns())), columns(vec![("deleted", B, false)]), position()].concat()
+            }
+            Table::ScoreChanges => [
+                view(view_schema(&scores_columns())),
+                columns(vec![("diff", I, false), ("watermark", ts_type(), true), ("dataflow_time", I, false)]),
+            ]
+            .concat(),
+            Table::Alerts => columns(vec![
+                ("kind", S, false),
+                ("tree_id", S, false),
+                ("region", S, true),
+                ("score", F, true),
+                ("band", S, false),
+                ("previous_band", S, true),
+                ("watermark", ts_type(), true),
+                ("top_penalty", S, false),
+            ]),
+            Table::Deadletter => return deadletter_schema(),
         };
-        rows_batch(&rows).schema()
+        Arc::new(Schema::new(fields))
     }
+
     /// The Hive partition columns of the table, outermost first.
     pub fn partition_columns(self) -> &'static [&'static str] {
         match self {
@@ -260,76 +508,426 @@ const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
 fn date_part(ms: Option<i64>) -> String {
     match ms {
-        Some(ms) => format!("date={}", format_day(treeai_dataflows::time::day_of(ms))),
+        Some(ms) => format!("date={}", format_day(day_of(ms))),
         None => format!("date={NULL_PARTITION}"),
     }
 }
 
-enum Rows {
-    Readings(Vec<(Reading, Position)>),
-    Assessments(Vec<(AssessmentEvent, Option<String>, Position)>),
-    Trees(Vec<(TreeEvent, Position)>),
-    ScoreChanges(Vec<ScoreChange>),
-    Alerts(Vec<Alert>),
-    Deadletter(Vec<DeadLetter>),
+const HOUR_MS: i64 = 3_600_000;
+
+/// The partition (under `readings/`) of a reading at `ts`.
+fn hour_part(ts: i64) -> String {
+    format!("{}/hour={:02}", date_part(Some(ts)), ts.rem_euclid(86_400_000) / HOUR_MS)
 }
 
-struct Buffer {
-    rows: Rows,
+/// The columns of a file being built: one Arrow builder per column, in schema order.
+trait Columns: Default {
+    /// Rows appended since the last [`Columns::finish`].
+    fn len(&self) -> usize;
+    /// The arrays of the rows appended so far; the builders start again empty.
+    fn finish(&mut self) -> Vec<ArrayRef>;
+}
+
+/// A column builder that gives its array in the type of the lake's schema.
+trait Column {
+    fn finish_array(&mut self) -> ArrayRef;
+}
+
+macro_rules! column {
+    ($($builder:ty),+) => {
+        $(impl Column for $builder {
+            fn finish_array(&mut self) -> ArrayRef {
+                ArrayBuilder::finish(self)
+            }
+        })+
+    };
+}
+column!(StringBuilder, Float64Builder, Int64Builder, BooleanBuilder, BinaryBuilder);
+
+impl Column for TimestampMillisecondBuilder {
+    fn finish_array(&mut self) -> ArrayRef {
+        Arc::new(self.finish().with_timezone("UTC"))
+    }
+}
+
+/// A struct of column builders named as the columns, in schema order, and its [`Columns`].
+macro_rules! columns {
+    ($name:ident { $first:ident: $first_builder:ty $(, $field:ident: $builder:ty)* $(,)? }) => {
+        #[derive(Default)]
+        struct $name {
+            $first: $first_builder,
+            $($field: $builder,)*
+        }
+
+        impl Columns for $name {
+            fn len(&self) -> usize {
+                ArrayBuilder::len(&self.$first)
+            }
+            fn finish(&mut self) -> Vec<ArrayRef> {
+                vec![self.$first.finish_array() $(, self.$field.finish_array())*]
+            }
+        }
+    };
+}
+
+fn push_position(source: &mut Int64Builder, offset: &mut Int64Builder, pos: Position) {
+    source.append_value(i64::from(pos.source));
+    offset.append_value(pos.offset as i64);
+}
+
+columns!(ReadingColumns {
+    tree_id: StringBuilder,
+    sensor_id: StringBuilder,
+    metric: StringBuilder,
+    value: Float64Builder,
+    ts: TimestampMillisecondBuilder,
+    source: Int64Builder,
+    offset: Int64Builder,
+});
+
+impl ReadingColumns {
+    fn push(&mut self, r: &Reading, pos: Position) {
+        self.tree_id.append_value(&r.tree_id);
+        self.sensor_id.append_value(&r.sensor_id);
+        self.metric.append_value(r.metric.as_str());
+        self.value.append_value(r.value.0);
+        self.ts.append_value(r.ts);
+        push_position(&mut self.source, &mut self.offset, pos);
+    }
+}
+
+columns!(AssessmentColumns {
+    assessment_id: StringBuilder,
+    revision: Int64Builder,
+    tree_id: StringBuilder,
+    agent_id: StringBuilder,
+    observed_at: TimestampMillisecondBuilder,
+    likelihood_of_failure: StringBuilder,
+    likelihood_of_impact: StringBuilder,
+    consequences: StringBuilder,
+    defect_count: Int64Builder,
+    defect_severity_sum: Int64Builder,
+    max_defect_severity: Int64Builder,
+    crown_dieback_pct: Float64Builder,
+    notes: StringBuilder,
+    withdrawn: BooleanBuilder,
+    source: Int64Builder,
+    offset: Int64Builder,
+});
+
+impl AssessmentColumns {
+    fn push(&mut self, a: &AssessmentEvent, notes: Option<&str>, pos: Position) {
+        self.assessment_id.append_value(&a.assessment_id);
+        self.revision.append_value(i64::from(a.revision));
+        self.tree_id.append_value(&a.tree_id);
+        self.agent_id.append_value(&a.agent_id);
+        self.observed_at.append_value(a.observed_at);
+        self.likelihood_of_failure.append_value(a.likelihood_of_failure.as_str());
+        self.likelihood_of_impact.append_value(a.likelihood_of_impact.as_str());
+        self.consequences.append_value(a.consequences.as_str());
+        self.defect_count.append_value(i64::from(a.defect_count));
+        self.defect_severity_sum.append_value(i64::from(a.defect_severity_sum));
+        self.max_defect_severity.append_value(i64::from(a.max_defect_severity));
+        self.crown_dieback_pct.append_value(a.crown_dieback_pct.0);
+        self.notes.append_option(notes);
+        self.withdrawn.append_value(a.withdrawn);
+        push_position(&mut self.source, &mut self.offset, pos);
+    }
+}
+
+columns!(TreeColumns {
+    tree_id: StringBuilder,
+    region: StringBuilder,
+    species: StringBuilder,
+    lat: Float64Builder,
+    lon: Float64Builder,
+    dbh_cm: Float64Builder,
+    height_m: Float64Builder,
+    target_occupancy: StringBuilder,
+    baseline_tilt_deg: Float64Builder,
+    baseline_sway_hz: Float64Builder,
+    updated_at: TimestampMillisecondBuilder,
+    deleted: BooleanBuilder,
+    source: Int64Builder,
+    offset: Int64Builder,
+});
+
+impl TreeColumns {
+    fn push(&mut self, t: &TreeEvent, pos: Position) {
+        self.tree_id.append_value(&t.tree_id);
+        self.region.append_option(t.region.map(|r| r.as_str()));
+        self.species.append_option(t.species.as_deref());
+        self.lat.append_value(t.lat.0);
+        self.lon.append_value(t.lon.0);
+        self.dbh_cm.append_option(t.dbh_cm.map(|x| x.0));
+        self.height_m.append_option(t.height_m.map(|x| x.0));
+        self.target_occupancy.append_option(t.target_occupancy.map(|o| o.as_str()));
+        self.baseline_tilt_deg.append_value(t.baseline_tilt_deg.0);
+        self.baseline_sway_hz.append_option(t.baseline_sway_hz.map(|x| x.0));
+        self.updated_at.append_value(t.updated_at);
+        self.deleted.append_value(t.deleted);
+        push_position(&mut self.source, &mut self.offset, pos);
+    }
+}
+
+columns!(ScoreChangeColumns {
+    tree_id: StringBuilder,
+    region: StringBuilder,
+    score: Float64Builder,
+    band: StringBuilder,
+    risk_rating: StringBuilder,
+    base: Float64Builder,
+    defect_penalty: Float64Builder,
+    dieback_penalty: Float64Builder,
+    tilt_penalty: Float64Builder,
+    sway_penalty: Float64Builder,
+    storm_penalty: Float64Builder,
+    diff: Int64Builder,
+    watermark: TimestampMillisecondBuilder,
+    dataflow_time: Int64Builder,
+});
+
+impl ScoreChangeColumns {
+    fn push(&mut self, c: &ScoreChange) {
+        let s = &c.row.score;
+        self.tree_id.append_value(&c.tree_id);
+        self.region.append_value(c.row.region.as_str());
+        self.score.append_value(s.score.0);
+        self.band.append_value(s.band.as_str());
+        self.risk_rating.append_value(s.risk_rating_str());
+        self.base.append_value(s.base.0);
+        self.defect_penalty.append_value(s.defect_penalty.0);
+        self.dieback_penalty.append_value(s.dieback_penalty.0);
+        self.tilt_penalty.append_value(s.tilt_penalty.0);
+        self.sway_penalty.append_value(s.sway_penalty.0);
+        self.storm_penalty.append_value(s.storm_penalty.0);
+        self.diff.append_value(c.diff as i64);
+        self.watermark.append_option(c.watermark);
+        self.dataflow_time.append_value(c.time as i64);
+    }
+}
+
+columns!(AlertColumns {
+    kind: StringBuilder,
+    tree_id: StringBuilder,
+    region: StringBuilder,
+    score: Float64Builder,
+    band: StringBuilder,
+    previous_band: StringBuilder,
+    watermark: TimestampMillisecondBuilder,
+    top_penalty: StringBuilder,
+});
+
+impl AlertColumns {
+    fn push(&mut self, a: &Alert) {
+        self.kind.append_value(a.kind.as_str());
+        self.tree_id.append_value(&a.tree_id);
+        self.region.append_option(a.region.map(|r| r.as_str()));
+        self.score.append_option(a.score);
+        self.band.append_value(&a.band);
+        self.previous_band.append_option(a.previous_band.as_deref());
+        self.watermark.append_option(a.watermark);
+        self.top_penalty.append_value(&a.top_penalty);
+    }
+}
+
+columns!(DeadletterColumns {
+    source: StringBuilder,
+    position: Int64Builder,
+    arrival_time: TimestampMillisecondBuilder,
+    reason: StringBuilder,
+    rule: StringBuilder,
+    raw: BinaryBuilder,
+});
+
+impl DeadletterColumns {
+    fn push(&mut self, d: &DeadLetter) {
+        self.source.append_value(&d.source);
+        self.position.append_value(d.pos.offset as i64);
+        self.arrival_time.append_value(d.arrival_ms);
+        self.reason.append_value(&d.reason);
+        self.rule.append_value(&d.label);
+        self.raw.append_value(&d.raw);
+    }
+}
+
+/// One open file of a worker: the rows not yet handed to its encoder, and how big and old it is.
+struct OpenFile<C> {
+    /// Its partition: the hour (readings) or day of its rows, `None` for the null partition.
+    bucket: Option<i64>,
+    table: Table,
+    columns: C,
+    schema: SchemaRef,
+    /// Its id at the encoder.
+    file: u64,
+    encoder: usize,
+    /// Where it lands.
+    path: StorePath,
+    /// Input bytes in the whole file (the roll rule) and in the rows not handed over yet.
     bytes: usize,
+    chunk_bytes: usize,
     opened: Instant,
-    name: String,
+}
+
+impl<C: Columns> OpenFile<C> {
+    /// Counts `bytes` of input for the row just appended; hands the rows over once they make a chunk.
+    fn added(&mut self, bytes: usize, lake: &Lake, encoders: &[mpsc::SyncSender<EncodeJob>]) {
+        self.bytes += bytes;
+        self.chunk_bytes += bytes;
+        if self.columns.len() >= CHUNK_ROWS || self.chunk_bytes >= CHUNK_BYTES {
+            self.hand_over(lake, encoders);
+        }
+    }
+
+    /// Hands the rows not handed over yet to the encoder, as one record batch.
+    /// Blocks while the encoder's queue is full (backpressure).
+    fn hand_over(&mut self, lake: &Lake, encoders: &[mpsc::SyncSender<EncodeJob>]) {
+        let rows = self.columns.len();
+        self.chunk_bytes = 0;
+        if rows == 0 {
+            return;
+        }
+        let batch = match RecordBatch::try_new(self.schema.clone(), self.columns.finish()) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!("lake: rows for {} dropped: {e}", self.path);
+                return;
+            }
+        };
+        if let Some(pending) = lake.pending.get(self.encoder) {
+            pending.fetch_add(rows, Ordering::Relaxed);
+        }
+        self.send(EncodeJob::Append { file: self.file, table: self.table, batch }, encoders);
+    }
+
+    fn send(&self, job: EncodeJob, encoders: &[mpsc::SyncSender<EncodeJob>]) {
+        match encoders.get(self.encoder) {
+            Some(encoder) if encoder.send(job).is_ok() => {}
+            _ => tracing::error!("lake encoder thread is gone; {} is not written", self.path),
+        }
+    }
+}
+
+/// A worker's open files of one table.
+struct Files<C> {
+    table: Table,
+    schema: SchemaRef,
+    open: Vec<OpenFile<C>>,
+    /// Index in `open` by bucket.
+    index: HashMap<Option<i64>, usize>,
+    /// Index in `open` of the file appended to last (most rows go to the same file as the previous one).
+    last: usize,
+}
+
+impl<C: Columns> Files<C> {
+    fn new(table: Table) -> Self {
+        Files { table, schema: table.schema(), open: Vec::new(), index: HashMap::new(), last: 0 }
+    }
+
+    /// The open file of partition `bucket`, opened for a first row that gives its `partition` and `name`.
+    fn get(
+        &mut self,
+        bucket: Option<i64>,
+        lake: &Lake,
+        worker: usize,
+        partition: impl FnOnce() -> String,
+        name: impl FnOnce() -> String,
+    ) -> &mut OpenFile<C> {
+        let i = match self.open.get(self.last) {
+            Some(f) if f.bucket == bucket => self.last,
+            _ => match self.index.get(&bucket) {
+                Some(&i) => i,
+                None => {
+                    let path = format!("{}/{}/{}", self.table.name(), partition(), name());
+                    let path = lake.prefix.parts().chain(StorePath::from(path.as_str()).parts()).collect();
+                    self.open.push(OpenFile {
+                        bucket,
+                        table: self.table,
+                        columns: C::default(),
+                        schema: self.schema.clone(),
+                        file: lake.next_file.fetch_add(1, Ordering::Relaxed),
+                        encoder: lake.pick_encoder(worker),
+                        path,
+                        bytes: 0,
+                        chunk_bytes: 0,
+                        opened: Instant::now(),
+                    });
+                    self.index.insert(bucket, self.open.len() - 1);
+                    self.open.len() - 1
+                }
+            },
+        };
+        self.last = i;
+        &mut self.open[i]
+    }
+
+    /// At the end of a round: closes the files that are due (all with `force`), their last rows
+    /// and their end going to the encoder, and hands over the rows of the others once there are
+    /// [`ROUND_ROWS`] (so that the encoders work on them while the dataflow computes the round).
+    fn roll(&mut self, force: bool, lake: &Lake, encoders: &[mpsc::SyncSender<EncodeJob>]) {
+        let config = &lake.config;
+        let due = |f: &OpenFile<C>| force || f.bytes >= config.roll_bytes || f.opened.elapsed() >= config.roll_interval;
+        if self.open.iter().any(due) {
+            let (rolled, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.open).into_iter().partition(due);
+            self.open = kept;
+            self.index = self.open.iter().enumerate().map(|(i, f)| (f.bucket, i)).collect();
+            for mut f in rolled {
+                f.hand_over(lake, encoders);
+                f.send(EncodeJob::Finish { file: f.file, path: f.path.clone() }, encoders);
+            }
+        }
+        for f in self.open.iter_mut().filter(|f| f.columns.len() >= ROUND_ROWS) {
+            f.hand_over(lake, encoders);
+        }
+    }
+
+    /// Tells the encoders to forget the open files (the sink goes away without closing).
+    fn discard(&mut self, encoders: &[mpsc::SyncSender<EncodeJob>]) {
+        for f in self.open.drain(..) {
+            if let Some(encoder) = encoders.get(f.encoder) {
+                let _ = encoder.try_send(EncodeJob::Discard { file: f.file });
+            }
+        }
+        self.index.clear();
+    }
 }
 
 /// One worker's lake writer.
 pub struct LakeSink {
     lake: Arc<Lake>,
     worker: usize,
-    buffers: HashMap<(Table, String), Buffer>,
+    encoders: Vec<mpsc::SyncSender<EncodeJob>>,
+    readings: Files<ReadingColumns>,
+    assessments: Files<AssessmentColumns>,
+    trees: Files<TreeColumns>,
+    score_changes: Files<ScoreChangeColumns>,
+    alerts: Files<AlertColumns>,
+    deadletter: Files<DeadletterColumns>,
 }
 
 impl LakeSink {
     fn new(lake: Arc<Lake>, worker: usize) -> Self {
-        LakeSink { lake, worker, buffers: HashMap::new() }
-    }
-
-    fn buffer(&mut self, table: Table, partition: String, name: impl FnOnce() -> String) -> &mut Buffer {
-        self.buffers.entry((table, partition)).or_insert_with(|| Buffer {
-            rows: match table {
-                Table::Readings => Rows::Readings(Vec::new()),
-                Table::Assessments => Rows::Assessments(Vec::new()),
-                Table::Trees => Rows::Trees(Vec::new()),
-                Table::ScoreChanges => Rows::ScoreChanges(Vec::new()),
-                Table::Alerts => Rows::Alerts(Vec::new()),
-                Table::Deadletter => Rows::Deadletter(Vec::new()),
-            },
-            bytes: 0,
-            opened: Instant::now(),
-            name: name(),
-        })
+        LakeSink {
+            encoders: lake.senders(),
+            lake,
+            worker,
+            readings: Files::new(Table::Readings),
+            assessments: Files::new(Table::Assessments),
+            trees: Files::new(Table::Trees),
+            score_changes: Files::new(Table::ScoreChanges),
+            alerts: Files::new(Table::Alerts),
+            deadletter: Files::new(Table::Deadletter),
+        }
     }
 
     fn roll(&mut self, force: bool) {
-        let config = &self.lake.config;
-        let due: Vec<(Table, String)> = self
-            .buffers
-            .iter()
-            .filter(|(_, b)| force || b.bytes >= config.roll_bytes || b.opened.elapsed() >= config.roll_interval)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            let Some(buffer) = self.buffers.remove(&key) else { continue };
-            let batch = rows_batch(&buffer.rows);
-            match encode(&batch, config.compression) {
-                Ok(bytes) => {
-                    let path = format!("{}/{}/{}", key.0.name(), key.1, buffer.name);
-                    let full =
-                        self.lake.prefix.parts().chain(StorePath::from(path.as_str()).parts()).collect::<StorePath>();
-                    self.lake.send(Job::Put(full, bytes));
-                }
-                Err(e) => tracing::error!("lake: encoding {} failed: {e}", key.0.name()),
-            }
-        }
+        let (lake, encoders) = (&*self.lake, &self.encoders[..]);
+        self.readings.roll(force, lake, encoders);
+        self.assessments.roll(force, lake, encoders);
+        self.trees.roll(force, lake, encoders);
+        self.score_changes.roll(force, lake, encoders);
+        self.alerts.roll(force, lake, encoders);
+        self.deadletter.roll(force, lake, encoders);
     }
 }
 
@@ -337,64 +935,64 @@ fn event_name(pos: Position) -> String {
     format!("part-{:05}-{:012}.parquet", pos.source, pos.offset)
 }
 
+fn derived_name(worker: usize, time: u64) -> String {
+    format!("part-w{worker:03}-{time:020}.parquet")
+}
+
+fn day_bucket(ms: Option<i64>) -> Option<i64> {
+    ms.map(|ms| i64::from(day_of(ms)))
+}
+
 impl Sink for LakeSink {
     fn event(&mut self, event: &Event, pos: Position, _arrival_ms: i64) {
+        let (lake, worker, encoders) = (&*self.lake, self.worker, &self.encoders[..]);
+        let name = || event_name(pos);
         match event {
             Event::Reading(r) => {
-                let hour = r.ts.rem_euclid(86_400_000) / 3_600_000;
-                let part = format!("{}/hour={hour:02}", date_part(Some(r.ts)));
-                let b = self.buffer(Table::Readings, part, || event_name(pos));
-                b.bytes += 96;
-                if let Rows::Readings(v) = &mut b.rows {
-                    v.push((r.clone(), pos));
-                }
+                let f = self.readings.get(Some(r.ts.div_euclid(HOUR_MS)), lake, worker, || hour_part(r.ts), name);
+                f.columns.push(r, pos);
+                f.added(96, lake, encoders);
             }
             Event::Assessment(a, notes) => {
-                let b = self.buffer(Table::Assessments, date_part(Some(a.observed_at)), || event_name(pos));
-                b.bytes += 256 + notes.as_ref().map_or(0, String::len);
-                if let Rows::Assessments(v) = &mut b.rows {
-                    v.push((a.clone(), notes.clone(), pos));
-                }
+                let at = Some(a.observed_at);
+                let f = self.assessments.get(day_bucket(at), lake, worker, || date_part(at), name);
+                f.columns.push(a, notes.as_deref(), pos);
+                f.added(256 + notes.as_ref().map_or(0, String::len), lake, encoders);
             }
             Event::Tree(t) => {
-                let b = self.buffer(Table::Trees, date_part(Some(t.updated_at)), || event_name(pos));
-                b.bytes += 192;
-                if let Rows::Trees(v) = &mut b.rows {
-                    v.push((t.clone(), pos));
-                }
+                let at = Some(t.updated_at);
+                let f = self.trees.get(day_bucket(at), lake, worker, || date_part(at), name);
+                f.columns.push(t, pos);
+                f.added(192, lake, encoders);
             }
         }
     }
 
     fn score_change(&mut self, change: &ScoreChange) {
-        let worker = self.worker;
-        let b = self.buffer(Table::ScoreChanges, date_part(change.watermark), || {
-            format!("part-w{worker:03}-{:020}.parquet", change.time)
-        });
-        b.bytes += 128;
-        if let Rows::ScoreChanges(v) = &mut b.rows {
-            v.push(change.clone());
-        }
+        let (lake, worker, encoders) = (&*self.lake, self.worker, &self.encoders[..]);
+        let w = change.watermark;
+        let f =
+            self.score_changes.get(day_bucket(w), lake, worker, || date_part(w), || derived_name(worker, change.time));
+        f.columns.push(change);
+        f.added(128, lake, encoders);
     }
 
     fn alert(&mut self, alert: Alert) {
-        let worker = self.worker;
-        let time = DataflowTime::new(alert.watermark, 0).0;
-        let b =
-            self.buffer(Table::Alerts, date_part(alert.watermark), || format!("part-w{worker:03}-{time:020}.parquet"));
-        b.bytes += 128;
-        if let Rows::Alerts(v) = &mut b.rows {
-            v.push(alert);
-        }
+        let (lake, worker, encoders) = (&*self.lake, self.worker, &self.encoders[..]);
+        let w = alert.watermark;
+        let time = DataflowTime::new(w, 0).0;
+        let f = self.alerts.get(day_bucket(w), lake, worker, || date_part(w), || derived_name(worker, time));
+        f.columns.push(&alert);
+        f.added(128, lake, encoders);
     }
 
     fn dead_letter(&mut self, letter: DeadLetter) {
+        let (lake, worker, encoders) = (&*self.lake, self.worker, &self.encoders[..]);
+        let at = Some(letter.arrival_ms);
         let pos = letter.pos;
-        let b = self.buffer(Table::Deadletter, date_part(Some(letter.arrival_ms)), || event_name(pos));
-        b.bytes += letter.raw.len() + 64;
-        if let Rows::Deadletter(v) = &mut b.rows {
-            v.push(letter);
-        }
+        let f = self.deadletter.get(day_bucket(at), lake, worker, || date_part(at), || event_name(pos));
+        f.columns.push(&letter);
+        f.added(letter.raw.len() + 64, lake, encoders);
     }
 
     fn flush(&mut self) {
@@ -407,176 +1005,217 @@ impl Sink for LakeSink {
     }
 }
 
-fn encode(batch: &RecordBatch, codec: Codec) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let compression = match codec {
-        Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
-        Codec::Lz4 => Compression::LZ4_RAW,
-        Codec::None => Compression::UNCOMPRESSED,
-    };
-    let props = WriterProperties::builder().set_compression(compression).build();
-    let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props))?;
-    writer.write(batch)?;
-    writer.close()?;
-    Ok(out)
+impl Drop for LakeSink {
+    fn drop(&mut self) {
+        let encoders = &self.encoders[..];
+        self.readings.discard(encoders);
+        self.assessments.discard(encoders);
+        self.trees.discard(encoders);
+        self.score_changes.discard(encoders);
+        self.alerts.discard(encoders);
+        self.deadletter.discard(encoders);
+    }
 }
 
-use DataType::{Boolean as B, Float64 as F, Int64 as I, Utf8 as S};
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generator::{Generator, GeneratorConfig};
+    use arrow::array::{Array, Int64Array};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use treeai_dataflows::parse::parse_event;
+    use treeai_dataflows::rating::{Band, Score};
+    use treeai_dataflows::source::AlertKind;
+    use treeai_dataflows::views::ScoreRow;
 
-fn bools(v: impl IntoIterator<Item = bool>) -> arrow::array::ArrayRef {
-    Arc::new(arrow::array::BooleanArray::from_iter(v.into_iter().map(Some)))
-}
+    fn lake(root: &Path, roll_bytes: usize) -> Arc<Lake> {
+        let config = LakeConfig { url: root.to_string_lossy().into_owned(), roll_bytes, ..Default::default() };
+        Lake::open(config).unwrap()
+    }
 
-fn rows_batch(rows: &Rows) -> RecordBatch {
-    match rows {
-        Rows::Readings(v) => batch(
-            vec![
-                ("tree_id", S, false),
-                ("sensor_id", S, false),
-                ("metric", S, false),
-                ("value", F, false),
-                ("ts", ts_type(), false),
-                ("source", I, false),
-                ("offset", I, false),
-            ],
-            vec![
-                strings(v.iter().map(|(r, _)| Some(r.tree_id.as_str()))),
-                strings(v.iter().map(|(r, _)| Some(r.sensor_id.as_str()))),
-                strings(v.iter().map(|(r, _)| Some(r.metric.as_str()))),
-                floats(v.iter().map(|(r, _)| Some(r.value.0))),
-                times(v.iter().map(|(r, _)| Some(r.ts))),
-                ints(v.iter().map(|(_, p)| i64::from(p.source))),
-                ints(v.iter().map(|(_, p)| p.offset as i64)),
-            ],
-        ),
-        Rows::Assessments(v) => batch(
-            vec![
-                ("assessment_id", S, false),
-                ("revision", I, false),
-                ("tree_id", S, false),
-                ("agent_id", S, false),
-                ("observed_at", ts_type(), false),
-                ("likelihood_of_failure", S, false),
-                ("likelihood_of_impact", S, false),
-                ("consequences", S, false),
-                ("defect_count", I, false),
-                ("defect_severity_sum", I, false),
-                ("max_defect_severity", I, false),
-                ("crown_dieback_pct", F, false),
-                ("notes", S, true),
-                ("withdrawn", B, false),
-                ("source", I, false),
-                ("offset", I, false),
-            ],
-            vec![
-                strings(v.iter().map(|(a, _, _)| Some(a.assessment_id.as_str()))),
-                ints(v.iter().map(|(a, _, _)| i64::from(a.revision))),
-                strings(v.iter().map(|(a, _, _)| Some(a.tree_id.as_str()))),
-                strings(v.iter().map(|(a, _, _)| Some(a.agent_id.as_str()))),
-                times(v.iter().map(|(a, _, _)| Some(a.observed_at))),
-                strings(v.iter().map(|(a, _, _)| Some(a.likelihood_of_failure.as_str()))),
-                strings(v.iter().map(|(a, _, _)| Some(a.likelihood_of_impact.as_str()))),
-                strings(v.iter().map(|(a, _, _)| Some(a.consequences.as_str()))),
-                ints(v.iter().map(|(a, _, _)| i64::from(a.defect_count))),
-                ints(v.iter().map(|(a, _, _)| i64::from(a.defect_severity_sum))),
-                ints(v.iter().map(|(a, _, _)| i64::from(a.max_defect_severity))),
-                floats(v.iter().map(|(a, _, _)| Some(a.crown_dieback_pct.0))),
-                strings(v.iter().map(|(_, n, _)| n.as_deref())),
-                bools(v.iter().map(|(a, _, _)| a.withdrawn)),
-                ints(v.iter().map(|(_, _, p)| i64::from(p.source))),
-                ints(v.iter().map(|(_, _, p)| p.offset as i64)),
-            ],
-        ),
-        Rows::Trees(v) => batch(
-            vec![
-                ("tree_id", S, false),
-                ("region", S, true),
-                ("species", S, true),
-                ("lat", F, false),
-                ("lon", F, false),
-                ("dbh_cm", F, true),
-                ("height_m", F, true),
-                ("target_occupancy", S, true),
-                ("baseline_tilt_deg", F, false),
-                ("baseline_sway_hz", F, true),
-                ("updated_at", ts_type(), false),
-                ("deleted", B, false),
-                ("source", I, false),
-                ("offset", I, false),
-            ],
-            vec![
-                strings(v.iter().map(|(t, _)| Some(t.tree_id.as_str()))),
-                strings(v.iter().map(|(t, _)| t.region.map(|r| r.as_str()))),
-                strings(v.iter().map(|(t, _)| t.species.as_deref())),
-                floats(v.iter().map(|(t, _)| Some(t.lat.0))),
-                floats(v.iter().map(|(t, _)| Some(t.lon.0))),
-                floats(v.iter().map(|(t, _)| t.dbh_cm.map(|x| x.0))),
-                floats(v.iter().map(|(t, _)| t.height_m.map(|x| x.0))),
-                strings(v.iter().map(|(t, _)| t.target_occupancy.map(|o| o.as_str()))),
-                floats(v.iter().map(|(t, _)| Some(t.baseline_tilt_deg.0))),
-                floats(v.iter().map(|(t, _)| t.baseline_sway_hz.map(|x| x.0))),
-                times(v.iter().map(|(t, _)| Some(t.updated_at))),
-                bools(v.iter().map(|(t, _)| t.deleted)),
-                ints(v.iter().map(|(_, p)| i64::from(p.source))),
-                ints(v.iter().map(|(_, p)| p.offset as i64)),
-            ],
-        ),
-        Rows::ScoreChanges(v) => batch(
-            vec![
-                ("tree_id", S, false),
-                ("region", S, false),
-                ("score", F, false),
-                ("band", S, false),
-                ("risk_rating", S, false),
-                ("base", F, false),
-                ("defect_penalty", F, false),
-                ("dieback_penalty", F, false),
-                ("tilt_penalty", F, false),
-                ("sway_penalty", F, false),
-                ("storm_penalty", F, false),
-                ("diff", I, false),
-                ("watermark", ts_type(), true),
-                ("dataflow_time", I, false),
-            ],
-            vec![
-                strings(v.iter().map(|c| Some(c.tree_id.as_str()))),
-                strings(v.iter().map(|c| Some(c.row.region.as_str()))),
-                floats(v.iter().map(|c| Some(c.row.score.score.0))),
-                strings(v.iter().map(|c| Some(c.row.score.band.as_str()))),
-                strings(v.iter().map(|c| Some(c.row.score.risk_rating_str()))),
-                floats(v.iter().map(|c| Some(c.row.score.base.0))),
-                floats(v.iter().map(|c| Some(c.row.score.defect_penalty.0))),
-                floats(v.iter().map(|c| Some(c.row.score.dieback_penalty.0))),
-                floats(v.iter().map(|c| Some(c.row.score.tilt_penalty.0))),
-                floats(v.iter().map(|c| Some(c.row.score.sway_penalty.0))),
-                floats(v.iter().map(|c| Some(c.row.score.storm_penalty.0))),
-                ints(v.iter().map(|c| c.diff as i64)),
-                times(v.iter().map(|c| c.watermark)),
-                ints(v.iter().map(|c| c.time as i64)),
-            ],
-        ),
-        Rows::Alerts(v) => batch(
-            vec![
-                ("kind", S, false),
-                ("tree_id", S, false),
-                ("region", S, true),
-                ("score", F, true),
-                ("band", S, false),
-                ("previous_band", S, true),
-                ("watermark", ts_type(), true),
-                ("top_penalty", S, false),
-            ],
-            vec![
-                strings(v.iter().map(|a| Some(a.kind.as_str()))),
-                strings(v.iter().map(|a| Some(a.tree_id.as_str()))),
-                strings(v.iter().map(|a| a.region.map(|r| r.as_str()))),
-                floats(v.iter().map(|a| a.score)),
-                strings(v.iter().map(|a| Some(a.band.as_str()))),
-                strings(v.iter().map(|a| a.previous_band.as_deref())),
-                times(v.iter().map(|a| a.watermark)),
-                strings(v.iter().map(|a| Some(a.top_penalty.as_str()))),
-            ],
-        ),
-        Rows::Deadletter(v) => deadletter_batch(v),
+    /// Every file under `root` (relative path) with its record batches.
+    fn files(root: &Path) -> BTreeMap<String, Vec<RecordBatch>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path: PathBuf = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+                let batches = reader.build().unwrap().map(Result::unwrap).collect();
+                out.insert(path.strip_prefix(root).unwrap().to_string_lossy().into_owned(), batches);
+            }
+        }
+        out
+    }
+
+    fn rows(batches: &[RecordBatch]) -> usize {
+        batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    fn offsets(batches: &[RecordBatch]) -> Vec<i64> {
+        let mut out = Vec::new();
+        for b in batches {
+            let column = b.column_by_name("offset").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+            out.extend(column.values().iter().copied());
+        }
+        out
+    }
+
+    fn score_change(time: u64, watermark: Option<i64>) -> ScoreChange {
+        let score = Score {
+            score: treeai_dataflows::event::F64(42.5),
+            band: Band::of(42.5),
+            risk_rating: None,
+            base: treeai_dataflows::event::F64(50.0),
+            defect_penalty: treeai_dataflows::event::F64(7.5),
+            dieback_penalty: treeai_dataflows::event::F64(0.0),
+            tilt_penalty: treeai_dataflows::event::F64(0.0),
+            sway_penalty: treeai_dataflows::event::F64(0.0),
+            storm_penalty: treeai_dataflows::event::F64(0.0),
+        };
+        let row = ScoreRow { region: treeai_dataflows::event::Region::EuWest, score };
+        ScoreChange { tree_id: "T-1".into(), row, diff: 1, time, watermark }
+    }
+
+    #[test]
+    fn every_table_lands_in_its_partitions_with_its_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake(dir.path(), 64 << 20);
+        let mut sink = (lake.sink_factory())(0);
+        // 1 s before midnight: readings of two dates and two hours, more than a chunk in one of them.
+        let config = GeneratorConfig { trees: 50, start_ms: 1_795_564_800_000 - 1_000, ..Default::default() };
+        let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, e) in Generator::new(config, 0, 1).take(2 * CHUNK_ROWS).enumerate() {
+            let pos = Position { source: 0, offset: i as u64 };
+            let event = parse_event(&e.json, None, pos).unwrap();
+            let folder = match &event {
+                Event::Reading(r) => format!("readings/{}", hour_part(r.ts)),
+                Event::Assessment(a, _) => format!("assessments/{}", date_part(Some(a.observed_at))),
+                Event::Tree(t) => format!("trees/{}", date_part(Some(t.updated_at))),
+            };
+            *expected.entry(folder).or_default() += 1;
+            sink.event(&event, pos, 0);
+        }
+        sink.score_change(&score_change(7, Some(1_795_564_800_000)));
+        sink.alert(Alert {
+            kind: AlertKind::Critical,
+            tree_id: "T-1".into(),
+            region: None,
+            score: Some(12.0),
+            band: "critical".into(),
+            previous_band: None,
+            watermark: None,
+            top_penalty: "tilt".into(),
+        });
+        sink.dead_letter(DeadLetter {
+            raw: b"{oops".to_vec(),
+            key: None,
+            source: "e.ndjson:3".into(),
+            pos: Position { source: 0, offset: 2 },
+            arrival_ms: 1_795_564_800_000,
+            reason: "not JSON".into(),
+            label: "json:syntax".into(),
+        });
+        sink.close();
+        assert!(expected.keys().any(|k| k.starts_with("readings/date=2026-11-24/hour=23")));
+        assert!(expected.keys().any(|k| k.starts_with("readings/date=2026-11-25/hour=00")));
+
+        let files = files(dir.path());
+        let mut landed: BTreeMap<String, usize> = BTreeMap::new();
+        for (path, batches) in &files {
+            let (table, _) = path.split_once('/').unwrap();
+            let table = Table::ALL.into_iter().find(|t| t.name() == table).unwrap();
+            for b in batches {
+                assert_eq!(b.schema().fields(), table.schema().fields(), "{path}");
+            }
+            let (folder, _) = path.rsplit_once('/').unwrap();
+            *landed.entry(folder.to_string()).or_default() += rows(batches);
+            if matches!(table, Table::Readings | Table::Assessments | Table::Trees) {
+                // Rows in input order; the file is named after its first row.
+                let offsets = offsets(batches);
+                assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{path}");
+                assert!(path.ends_with(&event_name(Position { source: 0, offset: offsets[0] as u64 })), "{path}");
+            }
+        }
+        expected.insert("score_changes/date=2026-11-25".into(), 1);
+        expected.insert("alerts/date=__HIVE_DEFAULT_PARTITION__".into(), 1);
+        expected.insert("deadletter/date=2026-11-25".into(), 1);
+        assert_eq!(landed, expected);
+        assert!(files.contains_key("score_changes/date=2026-11-25/part-w000-00000000000000000007.parquet"));
+        let big = files.values().map(|b| rows(b)).max().unwrap();
+        assert!(big > CHUNK_ROWS, "one file spans several chunks ({big} rows)");
+        assert_eq!(lake.stats.files.load(Ordering::Relaxed), files.len() as u64);
+        assert_eq!(lake.stats.errors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn files_roll_by_size_and_are_named_after_their_first_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake(dir.path(), 96 * 1_000);
+        let mut sink = (lake.sink_factory())(0);
+        let config = GeneratorConfig { trees: 50, ..Default::default() };
+        let readings = Generator::new(config, 0, 1)
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let pos = Position { source: 1, offset: i as u64 };
+                match parse_event(&e.json, None, pos) {
+                    Ok(event) if matches!(&event, Event::Reading(r) if r.ts >= 1_795_564_800_000) => Some((event, pos)),
+                    _ => None,
+                }
+            })
+            .take(2_500);
+        let mut firsts = Vec::new();
+        for (n, (event, pos)) in readings.enumerate() {
+            if n % 1_000 == 0 {
+                firsts.push(pos);
+            }
+            sink.event(&event, pos, 0);
+            if n % 500 == 499 {
+                sink.flush(); // the roll rule is checked at the end of a round
+            }
+        }
+        sink.close();
+        let files = files(dir.path());
+        let names: Vec<String> =
+            firsts.iter().map(|&p| format!("readings/date=2026-11-25/hour=00/{}", event_name(p))).collect();
+        assert_eq!(files.keys().cloned().collect::<Vec<_>>(), names);
+        assert_eq!(files.values().map(|b| rows(b)).collect::<Vec<_>>(), [1_000, 1_000, 500]);
+    }
+
+    #[test]
+    fn a_failing_store_is_retried_until_the_file_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = lake(dir.path(), 64 << 20);
+        // A file where the table's folder should be: every put under it fails until it is removed.
+        let blocker = dir.path().join("score_changes");
+        std::fs::write(&blocker, b"in the way").unwrap();
+        let writer = {
+            let factory = lake.sink_factory();
+            std::thread::spawn(move || {
+                let mut sink = factory(0);
+                sink.score_change(&score_change(1, Some(1_795_564_800_000)));
+                sink.close(); // waits until the file is written
+            })
+        };
+        let started = Instant::now();
+        while lake.stats.errors.load(Ordering::Relaxed) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "no failed attempt");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!writer.is_finished(), "close waits for the file");
+        std::fs::remove_file(&blocker).unwrap();
+        writer.join().unwrap();
+        let files = files(dir.path());
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            ["score_changes/date=2026-11-25/part-w000-00000000000000000001.parquet"]
+        );
+        assert_eq!(lake.stats.files.load(Ordering::Relaxed), 1);
     }
 }
