@@ -180,6 +180,9 @@ fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<Runt
 /// end to end on 2 cores, 131,072 gave 0.55 M).
 const KAFKA_BATCH: usize = 131_072;
 
+/// Reads one counter of the lake.
+type LakeCounter = fn(&treeai_connectors::lake::LakeStats) -> u64;
+
 /// A flag that the first Ctrl-C sets (stop cleanly); a second one exits at once.
 fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -277,7 +280,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let catalog = Arc::new(Catalog::new(config.workers));
     let stats = Arc::new(Stats::new());
     let lake_config = args.lake.config(&file.lake, None)?;
-    let server = sql::start(&args.sql, &file, &catalog, &stats, source_label, lake_config.as_ref())?;
+    let (server, metrics) = sql::start(&args.sql, &file, &catalog, &stats, source_label, lake_config.as_ref())?;
+    if kafka.is_some() {
+        let k = kafka_stats.clone();
+        metrics.add_counter(
+            "treeai_kafka_errors_total",
+            "Kafka client errors (broker down, fetch errors).",
+            move || k.errors.load(Ordering::Relaxed),
+        );
+        let k = kafka_stats.clone();
+        metrics.add_counter("treeai_kafka_delivered_total", "Alerts and dead letters delivered to Kafka.", move || {
+            k.delivered.load(Ordering::Relaxed)
+        });
+        let k = kafka_stats.clone();
+        metrics.add_counter(
+            "treeai_kafka_delivery_errors_total",
+            "Alerts and dead letters Kafka did not take.",
+            move || k.delivery_errors.load(Ordering::Relaxed),
+        );
+    }
     eprintln!(
         "treeai run: SQL on postgres://treeai@{} (psql -h {} -p {} -U treeai), HTTP on http://{}",
         server.pg_addr,
@@ -294,7 +315,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let lake = match lake_config {
         Some(lake_config) => {
             eprintln!("treeai run: lake at {}", lake_config.url);
-            Some(treeai_connectors::lake::Lake::open(lake_config)?)
+            let lake = treeai_connectors::lake::Lake::open(lake_config)?;
+            let counters: [(&str, &str, LakeCounter); 3] = [
+                ("treeai_lake_files_total", "Parquet files written to the lake.", |s| s.files.load(Ordering::Relaxed)),
+                ("treeai_lake_bytes_total", "Bytes of Parquet written to the lake.", |s| {
+                    s.bytes.load(Ordering::Relaxed)
+                }),
+                ("treeai_lake_errors_total", "Failed lake writes (each retried).", |s| {
+                    s.errors.load(Ordering::Relaxed)
+                }),
+            ];
+            for (name, help, read) in counters {
+                let stats = lake.stats.clone();
+                metrics.add_counter(name, help, move || read(&stats));
+            }
+            Some(lake)
         }
         None => None,
     };

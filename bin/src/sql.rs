@@ -38,7 +38,7 @@ pub fn start(
     stats: &Arc<Stats>,
     source: &str,
     lake: Option<&treeai_connectors::lake::LakeConfig>,
-) -> anyhow::Result<treeai_sql::server::SqlServer> {
+) -> anyhow::Result<(treeai_sql::server::SqlServer, Arc<Metrics>)> {
     let d = SqlConfig::default();
     let config = SqlConfig {
         pg_addr: args.sql_addr.clone().or(file.sql_addr.clone()).unwrap_or(d.pg_addr),
@@ -48,10 +48,11 @@ pub fn start(
         http_max_rows: args.http_max_rows.or(file.http_max_rows).unwrap_or(d.http_max_rows),
     };
     let metrics = Arc::new(Metrics::new(stats.clone(), catalog.clone(), source));
-    let mut engine = Engine::new(catalog.clone(), config, metrics).context("starting the SQL engine")?;
+    let mut engine = Engine::new(catalog.clone(), config, metrics.clone()).context("starting the SQL engine")?;
     if let Some(lake) = lake {
         engine = engine.with_lake(&lake.url, &lake.options).context("opening the lake for SQL")?;
     }
     let engine = Arc::new(engine);
-    treeai_sql::server::start(engine).context("starting the SQL servers")
+    let server = treeai_sql::server::start(engine).context("starting the SQL servers")?;
+    Ok((server, metrics))
 }

@@ -373,6 +373,13 @@ fn kcat_to_treeai_equals_backfill_with_deadletters_and_alerts() {
             other => panic!("alert kind {other}"),
         }
     }
+    // Every alert and dead letter was acknowledged, and /metrics says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&run.http, "treeai_kafka_delivered_total") != Some((raised + rejected) as f64) {
+        assert!(Instant::now() < deadline, "deliveries: {:?}", metric(&run.http, "treeai_kafka_delivered_total"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&run.http, "treeai_kafka_delivery_errors_total"), Some(0.0));
     assert!(run.interrupt().success());
 }
 

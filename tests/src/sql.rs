@@ -379,9 +379,17 @@ fn http_sql_json_arrow_health_and_metrics() {
         "treeai_sql_queries_total{outcome=\"ok\",protocol=\"http\"}",
         "treeai_sql_queries_total{outcome=\"refused\",protocol=\"http\"} 1",
         "treeai_sql_query_seconds_bucket",
+        "treeai_lake_errors_total 0",
     ] {
         assert!(text.contains(want), "metrics lack {want:?}:\n{text}");
     }
+    // The lake under ./lake holds the input's files once the input is complete.
+    let files: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("treeai_lake_files_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no treeai_lake_files_total:\n{text}"));
+    assert!(files >= 4, "lake files: {files}");
 }
 
 /// The embedded default serves SQL within seconds, and every query sees one
