@@ -180,8 +180,10 @@ fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<Runt
 /// end to end on 2 cores, 131,072 gave 0.55 M).
 const KAFKA_BATCH: usize = 131_072;
 
-/// Reads one counter of the lake.
-type LakeCounter = fn(&treeai_connectors::lake::LakeStats) -> u64;
+/// One counter of the lake, for /metrics.
+type LakeCounter = fn(&treeai_connectors::lake::LakeStats) -> &std::sync::atomic::AtomicU64;
+/// One counter of the Kafka clients, for /metrics.
+type KafkaCounter = fn(&treeai_connectors::kafka::KafkaStats) -> &std::sync::atomic::AtomicU64;
 
 /// A flag that the first Ctrl-C sets (stop cleanly); a second one exits at once.
 fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
@@ -282,22 +284,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let lake_config = args.lake.config(&file.lake, None)?;
     let (server, metrics) = sql::start(&args.sql, &file, &catalog, &stats, source_label, lake_config.as_ref())?;
     if kafka.is_some() {
-        let k = kafka_stats.clone();
-        metrics.add_counter(
-            "treeai_kafka_errors_total",
-            "Kafka client errors (broker down, fetch errors).",
-            move || k.errors.load(Ordering::Relaxed),
-        );
-        let k = kafka_stats.clone();
-        metrics.add_counter("treeai_kafka_delivered_total", "Alerts and dead letters delivered to Kafka.", move || {
-            k.delivered.load(Ordering::Relaxed)
-        });
-        let k = kafka_stats.clone();
-        metrics.add_counter(
-            "treeai_kafka_delivery_errors_total",
-            "Alerts and dead letters Kafka did not take.",
-            move || k.delivery_errors.load(Ordering::Relaxed),
-        );
+        let counters: [(&str, &str, KafkaCounter); 3] = [
+            ("treeai_kafka_errors_total", "Kafka client errors (broker down, fetch errors).", |s| &s.errors),
+            ("treeai_kafka_delivered_total", "Alerts and dead letters delivered to Kafka.", |s| &s.delivered),
+            ("treeai_kafka_delivery_errors_total", "Alerts and dead letters Kafka did not take.", |s| {
+                &s.delivery_errors
+            }),
+        ];
+        for (name, help, counter) in counters {
+            let stats = kafka_stats.clone();
+            metrics.add_counter(name, help, move || counter(&stats).load(Ordering::Relaxed));
+        }
     }
     eprintln!(
         "treeai run: SQL on postgres://treeai@{} (psql -h {} -p {} -U treeai), HTTP on http://{}",
@@ -317,17 +314,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             eprintln!("treeai run: lake at {}", lake_config.url);
             let lake = treeai_connectors::lake::Lake::open(lake_config)?;
             let counters: [(&str, &str, LakeCounter); 3] = [
-                ("treeai_lake_files_total", "Parquet files written to the lake.", |s| s.files.load(Ordering::Relaxed)),
-                ("treeai_lake_bytes_total", "Bytes of Parquet written to the lake.", |s| {
-                    s.bytes.load(Ordering::Relaxed)
-                }),
-                ("treeai_lake_errors_total", "Failed lake writes (each retried).", |s| {
-                    s.errors.load(Ordering::Relaxed)
-                }),
+                ("treeai_lake_files_total", "Parquet files written to the lake.", |s| &s.files),
+                ("treeai_lake_bytes_total", "Bytes of Parquet written to the lake.", |s| &s.bytes),
+                ("treeai_lake_errors_total", "Failed lake writes (each retried).", |s| &s.errors),
             ];
-            for (name, help, read) in counters {
+            for (name, help, counter) in counters {
                 let stats = lake.stats.clone();
-                metrics.add_counter(name, help, move || read(&stats));
+                metrics.add_counter(name, help, move || counter(&stats).load(Ordering::Relaxed));
             }
             Some(lake)
         }

@@ -177,14 +177,7 @@ fn encode_value(enc: &mut DataRowEncoder, col: &dyn Array, r: usize) -> PgWireRe
 /// The rows of `out` as a pgwire query response.
 fn query_response(out: QueryOutput, format: &Format) -> Result<QueryResponse, SqlError> {
     let fields = Arc::new(fields(&out.schema, format)?);
-    let mut rows: Vec<PgWireResult<DataRow>> = Vec::with_capacity(out.rows);
-    let mut enc = DataRowEncoder::new(fields.clone());
-    for batch in &out.batches {
-        for r in 0..batch.num_rows() {
-            let row = batch.columns().iter().try_for_each(|c| encode_value(&mut enc, c.as_ref(), r));
-            rows.push(row.map(|_| enc.take_row()));
-        }
-    }
+    let rows: Vec<PgWireResult<DataRow>> = out.batches.iter().flat_map(|b| encode_batch(&fields, b)).collect();
     // The rows keep their share of the memory pool until they are sent.
     let reservation = out.reservation;
     Ok(QueryResponse::new(

@@ -7,11 +7,10 @@
 //! must be installed: `scripts/kafka.sh install`). Every test uses topics of
 //! its own, so tests share a broker safely.
 
-use crate::common::{batch_rows, diff_views, free_addr, treeai_bin, Moto, Running};
+use crate::common::{batch_rows, diff_views, free_addr, http, treeai_bin, Moto, Running};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -185,50 +184,18 @@ fn kcat_consume(broker: &str, topic: &str) -> Vec<(String, String, String)> {
 }
 
 /// One HTTP POST /v1/sql answered as Arrow IPC.
-fn sql_arrow(http: &str, sql: &str) -> Vec<arrow::record_batch::RecordBatch> {
+fn sql_arrow(addr: &str, sql: &str) -> Vec<arrow::record_batch::RecordBatch> {
     let body = serde_json::json!({ "sql": sql }).to_string();
-    let mut s = TcpStream::connect(http).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "POST /v1/sql HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Accept: application/vnd.apache.arrow.stream\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
-    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{sql}: {head} {}", String::from_utf8_lossy(&resp[split..]));
-    let mut body = resp[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
+    let headers = [("Content-Type", "application/json"), ("Accept", "application/vnd.apache.arrow.stream")];
+    let (status, head, body) = http(addr, "POST", "/v1/sql", &headers, body.as_bytes()).unwrap();
+    assert_eq!(status, 200, "{sql}: {head} {}", String::from_utf8_lossy(&body));
     arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).unwrap().map(|b| b.unwrap()).collect()
 }
 
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
-        b = &b[eol + 2 + n + 2..];
-    }
-    out
-}
-
-/// A Prometheus sample of `/metrics` (summed over labels).
-fn metric(http: &str, name: &str) -> Option<f64> {
-    let mut s = TcpStream::connect(http).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let values: Vec<f64> = resp
+/// A Prometheus sample of `/metrics` (summed over labels); `None` if the server does not answer.
+fn metric(addr: &str, name: &str) -> Option<f64> {
+    let (_, _, body) = http(addr, "GET", "/metrics", &[], b"").ok()?;
+    let values: Vec<f64> = String::from_utf8_lossy(&body)
         .lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())

@@ -2,7 +2,7 @@
 //! and HTTP.
 
 use crate::common::treeai_bin;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -105,28 +105,7 @@ impl Server {
 
     /// An HTTP/1.1 request; returns (status, headers, body).
     fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.http)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            req += &format!("{k}: {v}\r\n");
-        }
-        req += "\r\n";
-        s.write_all(req.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).unwrap();
-        let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end");
-        let head = String::from_utf8_lossy(&resp[..split]).into_owned();
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let mut body = resp[split + 4..].to_vec();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            body = dechunk(&body);
-        }
-        (status, head, body)
+        crate::common::http(&format!("127.0.0.1:{}", self.http), method, path, headers, body).unwrap()
     }
 
     fn sql_json(&self, sql: &str) -> (u16, serde_json::Value) {
@@ -136,17 +115,6 @@ impl Server {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)));
         (status, v)
     }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = b.windows(2).position(|w| w == b"\r\n") {
-        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..end]).trim(), 16).unwrap_or(0);
-        let Some(chunk) = b.get(end + 2..end + 2 + n).filter(|_| n > 0) else { break };
-        out.extend_from_slice(chunk);
-        b = b.get(end + 2 + n + 2..).unwrap_or_default();
-    }
-    out
 }
 
 fn one_tree() -> &'static str {
