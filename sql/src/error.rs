@@ -23,6 +23,9 @@ pub enum SqlError {
     /// The query ran longer than the time limit. Client's fault (or an undersized limit).
     #[error("canceling statement due to statement timeout ({0:?})")]
     Timeout(Duration),
+    /// The client cancelled the statement (a Postgres CancelRequest). Client's request.
+    #[error("canceling statement due to user request")]
+    Canceled,
     /// The query needed more memory than the limit. Client's fault (or an undersized limit).
     #[error("query exceeded the memory limit: {0}")]
     ResourcesExhausted(String),
@@ -49,7 +52,7 @@ impl SqlError {
             SqlError::Plan(_) => "42000",
             SqlError::ReadOnly(_) => "25006",
             SqlError::Parameter(_) => "22023",
-            SqlError::Timeout(_) => "57014",
+            SqlError::Timeout(_) | SqlError::Canceled => "57014",
             SqlError::ResourcesExhausted(_) => "53200",
             SqlError::Execution(m) if m.contains("Divide by zero") => "22012",
             SqlError::Execution(_) => "22000",
@@ -61,6 +64,7 @@ impl SqlError {
     pub fn outcome(&self) -> &'static str {
         match self {
             SqlError::Timeout(_) => "timeout",
+            SqlError::Canceled => "canceled",
             SqlError::ReadOnly(_) => "refused",
             SqlError::Internal(_) => "internal_error",
             _ => "error",

@@ -13,6 +13,16 @@
 //! Each statement has a time limit ([`SqlConfig::query_timeout`], SQLSTATE
 //! 57014) and the engine a memory pool ([`SqlConfig::memory_limit`],
 //! SQLSTATE 53200). There is no authentication: any user name is accepted.
+//!
+//! Postgres clients' catalog queries (psql's `\dt` and `\d`, drivers and BI
+//! tools reading `pg_catalog`) work through the `datafusion-pg-catalog` crate:
+//! schema `pg_catalog` (`pg_class`, `pg_namespace`, `pg_attribute`, `pg_type`,
+//! …, listing the live views and the lake tables) with the functions those
+//! queries call (`pg_table_is_visible`, `format_type`, …). A statement that
+//! mentions `pg_`, `::reg…` casts or `current_setting` goes through that crate's
+//! Postgres-compatibility parser, which rewrites what DataFusion cannot plan
+//! (`OPERATOR(pg_catalog.~)`, `COLLATE`, known client queries); other
+//! statements are parsed by DataFusion unchanged.
 
 pub mod error;
 pub mod http;
@@ -27,7 +37,9 @@ pub use error::SqlError;
 use arrow::array::{ArrayRef, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList};
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, SchemaProvider,
+};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -37,10 +49,12 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion::physical_plan::execute_stream;
-use datafusion::prelude::{SQLOptions, SessionConfig};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Set, Statement as AstStatement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,6 +161,14 @@ pub struct QueryOutput {
 pub struct Engine {
     catalog: Arc<Catalog>,
     base: SessionState,
+    /// The catalog `pg_catalog` describes: the same tables as every query's,
+    /// on the snapshot of the start (names and columns never change), so
+    /// object ids stay the same from one query to the next.
+    names: Arc<MemoryCatalogProvider>,
+    /// Schema `pg_catalog`, over `names`.
+    pg_catalog: Arc<dyn SchemaProvider>,
+    /// Rewrites clients' catalog queries into SQL DataFusion plans.
+    compat: PostgresCompatibilityParser,
     /// Limits and addresses.
     pub config: SqlConfig,
     /// Metrics of the process.
@@ -167,20 +189,40 @@ impl Engine {
         let mut session = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema("treeai", "public");
+            .with_default_catalog_and_schema(CATALOG, "public");
         session.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
-        let base = SessionStateBuilder::new()
-            .with_config(session)
-            .with_runtime_env(runtime)
-            .with_default_features()
-            .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
-            .build();
-        Ok(Engine { catalog, base, config, metrics, lake: None })
+        let names = Arc::new(MemoryCatalogProvider::new());
+        names.register_schema("public", Arc::new(provider::SnapshotSchema::new(catalog.snapshot())))?;
+        let list = MemoryCatalogProviderList::new();
+        list.register_catalog(CATALOG.into(), names.clone());
+        let context = SessionContext::new_with_state(
+            SessionStateBuilder::new()
+                .with_config(session)
+                .with_runtime_env(runtime)
+                .with_default_features()
+                .with_catalog_list(Arc::new(list))
+                .build(),
+        );
+        datafusion_pg_catalog::setup_pg_catalog(&context, CATALOG, EmptyContextProvider).map_err(|e| *e)?;
+        let pg_catalog =
+            names.schema("pg_catalog").ok_or_else(|| SqlError::Internal("pg_catalog was not registered".into()))?;
+        Ok(Engine {
+            catalog,
+            base: context.state(),
+            names,
+            pg_catalog,
+            compat: PostgresCompatibilityParser::new(),
+            config,
+            metrics,
+            lake: None,
+        })
     }
 
     /// Adds the lake tables as schema `lake` (see [`lake`]).
     pub fn with_lake(mut self, url: &str, options: &[(String, String)]) -> Result<Self, SqlError> {
-        self.lake = Some(lake::lake_schema(url, options, self.base.runtime_env())?);
+        let lake = lake::lake_schema(url, options, self.base.runtime_env())?;
+        self.names.register_schema("lake", lake.clone())?;
+        self.lake = Some(lake);
         Ok(self)
     }
 
@@ -200,8 +242,9 @@ impl Engine {
         if let Some(lake) = &self.lake {
             catalog.register_schema("lake", lake.clone()).expect("a memory catalog accepts schemas");
         }
+        catalog.register_schema("pg_catalog", self.pg_catalog.clone()).expect("a memory catalog accepts schemas");
         let list = MemoryCatalogProviderList::new();
-        list.register_catalog("treeai".into(), Arc::new(catalog));
+        list.register_catalog(CATALOG.into(), Arc::new(catalog));
         let mut state =
             SessionStateBuilder::new_from_existing(self.base.clone()).with_catalog_list(Arc::new(list)).build();
         let udf = create_udf(
@@ -225,6 +268,10 @@ impl Engine {
 
     /// Parses `sql` (any number of `;`-separated statements) and classifies each.
     pub fn parse(&self, sql: &str) -> Result<Vec<Action>, SqlError> {
+        if is_catalog_query(sql) {
+            let statements = self.compat.parse(sql).map_err(|e| SqlError::Syntax(strip_prefix(e.to_string())))?;
+            return statements.into_iter().map(|s| classify(DfStatement::Statement(Box::new(s)))).collect();
+        }
         let dialect = PostgreSqlDialect {};
         let mut parser = DFParserBuilder::new(sql)
             .with_dialect(&dialect)
@@ -361,6 +408,15 @@ impl Engine {
         self.metrics.record_query(protocol, result.as_ref().err(), started.elapsed());
         result
     }
+}
+
+/// The catalog of every query (Postgres clients see it as the database name).
+const CATALOG: &str = "treeai";
+
+/// Whether `sql` looks like a client's catalog query (see the crate docs).
+fn is_catalog_query(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.contains("pg_") || lower.contains("::reg") || lower.contains("current_setting")
 }
 
 fn show_output(name: &str, value: &str) -> QueryOutput {

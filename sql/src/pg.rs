@@ -16,12 +16,14 @@
 //! larger than the memory limit. The time limit covers the whole statement,
 //! streaming included; a client that goes away stops it. A Postgres
 //! CancelRequest (psql's Ctrl-C, psycopg's `conn.cancel()`) stops a statement
-//! until its first rows are ready (pgwire's connection manager, SQLSTATE
-//! 57014); once rows stream, closing the connection stops it.
+//! at any point, SQLSTATE 57014: before its first rows pgwire's connection
+//! manager drops the handler's future; while rows stream, the handler has
+//! re-armed the connection's cancel handle ([`arm_cancel`]) and the streaming
+//! task ends the result with the error.
 //!
 //! Errors become `ErrorResponse`s with the SQLSTATE of [`SqlError::sqlstate`];
-//! the connection stays usable. `psql`'s backslash commands read `pg_catalog`,
-//! which is not provided; plain SQL and `information_schema` work.
+//! the connection stays usable. `psql`'s backslash commands read `pg_catalog`
+//! (see the crate docs).
 
 use crate::{Action, Engine, QueryOutput, SqlError};
 use arrow::array::{
@@ -36,26 +38,67 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::future::{select, Either};
 use futures::{stream, Sink, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::portal::PortalExecutionState;
 use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{send_execution_response, send_query_response};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
     DataRowEncoder, DescribePortalResponse, DescribeResponse, DescribeStatementResponse, FieldInfo, QueryResponse,
     Response, Tag,
 };
 use pgwire::api::stmt::{NoopQueryParser, StoredStatement};
+use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
-use pgwire::api::ConnectionManager;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::api::{ConnectionHandle, ConnectionManager, PgWireConnectionState, DEFAULT_NAME};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
+use pgwire::messages::extendedquery::Execute;
 use pgwire::messages::PgWireBackendMessage;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::watch;
+
+/// Set to `true` when the client cancels the statements of one request whose
+/// rows still stream.
+type CancelSignal = watch::Receiver<bool>;
+
+/// Resolves when `signal` says cancelled; never when its sender is gone
+/// without a cancel.
+async fn cancelled(mut signal: CancelSignal) {
+    if signal.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Re-arms the connection's cancel handle for rows that stream after the
+/// handler returns, when a response holds `signal`'s receivers.
+///
+/// pgwire races the handler's future against a cancel receiver it installed
+/// before calling the handler; that future ends when the response is built,
+/// before streamed rows are sent. Installing a new receiver drops pgwire's
+/// sender, which is harmless only because this is the handler's last step:
+/// `futures::select` polls the handler first, and it is ready in that same poll.
+async fn arm_cancel<C: ClientInfo>(client: &C, signal: watch::Sender<bool>) {
+    if signal.receiver_count() == 0 {
+        return;
+    }
+    if let Some(handle) = client.session_extensions().get::<Arc<ConnectionHandle>>() {
+        let request = handle.start_query().await;
+        // Ends when a cancel comes or the next statement replaces the receiver.
+        tokio::spawn(async move {
+            if request.await.is_ok() {
+                let _ = signal.send(true);
+            }
+        });
+    }
+}
 
 /// The Postgres type a column of `data_type` is sent as.
 pub fn pg_type(data_type: &DataType) -> Type {
@@ -225,6 +268,7 @@ fn streamed_response(
     mut stream: SendableRecordBatchStream,
     deadline: tokio::time::Instant,
     limit: std::time::Duration,
+    cancel: CancelSignal,
 ) -> QueryResponse {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<PgWireResult<DataRow>>>(CHUNKS_AHEAD);
     let encoder_fields = fields.clone();
@@ -233,7 +277,12 @@ fn streamed_response(
             return;
         }
         loop {
-            let chunk = match next_batch(&mut stream, deadline, limit).await {
+            let next = tokio::select! {
+                biased;
+                () = cancelled(cancel.clone()) => Err(SqlError::Canceled),
+                next = next_batch(&mut stream, deadline, limit) => next,
+            };
+            let chunk = match next {
                 Ok(Some(batch)) => encode_batch(&encoder_fields, &batch),
                 Ok(None) => return,
                 Err(e) => vec![Err(pg_error(&e))],
@@ -270,6 +319,7 @@ impl PgHandler {
         statement: datafusion::sql::parser::Statement,
         params: Option<ParamValues>,
         format: &Format,
+        cancel: &CancelSignal,
     ) -> Result<Response, SqlError> {
         let limit = self.engine.config.query_timeout;
         let deadline = tokio::time::Instant::now() + limit;
@@ -277,7 +327,9 @@ impl PgHandler {
         let fields = Arc::new(fields(&schema, format)?);
         match next_batch(&mut stream, deadline, limit).await? {
             None => Ok(Response::Query(QueryResponse::new(fields, stream::empty()))),
-            Some(first) => Ok(Response::Query(streamed_response(fields, first, stream, deadline, limit))),
+            Some(first) => {
+                Ok(Response::Query(streamed_response(fields, first, stream, deadline, limit, cancel.clone())))
+            }
         }
     }
 
@@ -287,9 +339,10 @@ impl PgHandler {
         action: Action,
         params: Option<ParamValues>,
         format: &Format,
+        cancel: &CancelSignal,
     ) -> Result<Response, SqlError> {
         Ok(match action {
-            Action::Query(statement) => self.query(statement, params, format).await?,
+            Action::Query(statement) => self.query(statement, params, format, cancel).await?,
             Action::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             Action::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
             Action::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
@@ -431,7 +484,7 @@ impl NoopStartupHandler for PgHandler {
 
 #[async_trait]
 impl SimpleQueryHandler for PgHandler {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -444,9 +497,10 @@ impl SimpleQueryHandler for PgHandler {
             Err(e) => return self.timed(started, Err(e)).map(|r| vec![r]),
         };
         let mut responses = Vec::with_capacity(actions.len());
+        let (cancel_tx, cancel) = watch::channel(false);
         for action in actions {
             let started = Instant::now();
-            match self.timed(started, self.respond(action, None, &Format::UnifiedText).await) {
+            match self.timed(started, self.respond(action, None, &Format::UnifiedText, &cancel).await) {
                 Ok(r) => responses.push(r),
                 Err(PgWireError::UserError(info)) => {
                     // Postgres stops a multi-statement query at its first error.
@@ -456,6 +510,8 @@ impl SimpleQueryHandler for PgHandler {
                 Err(e) => return Err(e),
             }
         }
+        drop(cancel);
+        arm_cancel(client, cancel_tx).await;
         Ok(responses)
     }
 }
@@ -471,7 +527,7 @@ impl ExtendedQueryHandler for PgHandler {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Self::Statement>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
@@ -482,13 +538,75 @@ impl ExtendedQueryHandler for PgHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let started = Instant::now();
+        let (cancel_tx, cancel) = watch::channel(false);
         let result = async {
             let params = self.params(portal).await?;
             let action = self.one_action(&portal.statement.statement)?;
-            self.respond(action, params, &portal.result_column_format).await
+            self.respond(action, params, &portal.result_column_format, &cancel).await
         }
         .await;
+        drop(cancel);
+        arm_cancel(client, cancel_tx).await;
         self.timed(started, result)
+    }
+
+    /// pgwire's default gathers every row of a portal in memory before sending any when the
+    /// client asks for all rows (`max_rows` 0, what drivers send), so a large result would grow
+    /// without bound outside the memory pool. Such an Execute sends rows as they come instead;
+    /// portals read in pieces (`max_rows` > 0), empty portals and portals already started keep
+    /// pgwire's handling.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal))
+                if message.max_rows == 0
+                    && matches!(client.state(), PgWireConnectionState::ReadyForQuery)
+                    && matches!(*portal.state.lock().await, PortalExecutionState::Initial) =>
+            {
+                portal
+            }
+            _ => return self._on_execute(client, message).await,
+        };
+        let mut status = client.transaction_status();
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        // A CancelRequest before the response is ready drops the handler's future (as pgwire does).
+        let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+            Some(handle) => Some(handle.start_query().await),
+            None => None,
+        };
+        let response = match cancel {
+            Some(cancel) => {
+                match select(std::pin::pin!(ExtendedQueryHandler::do_query(self, client, &portal, 0)), cancel).await {
+                    Either::Left((response, _)) => response,
+                    Either::Right(_) => Err(PgWireError::QueryCanceled),
+                }
+            }
+            None => ExtendedQueryHandler::do_query(self, client, &portal, 0).await,
+        }?;
+        *portal.state.lock().await = PortalExecutionState::Finished;
+        match response {
+            Response::Query(rows) => send_query_response(client, rows, false).await?,
+            Response::Execution(tag) => send_execution_response(client, tag).await?,
+            Response::TransactionStart(tag) => {
+                send_execution_response(client, tag).await?;
+                status = status.to_in_transaction_state();
+            }
+            Response::TransactionEnd(tag) => {
+                send_execution_response(client, tag).await?;
+                status = status.to_idle_state();
+                client.portal_store().rm_portal(DEFAULT_NAME);
+            }
+            _ => return Err(PgWireError::ApiError("unexpected response to an Execute".into())),
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        Ok(())
     }
 
     async fn do_describe_statement<C>(

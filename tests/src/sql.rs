@@ -181,6 +181,49 @@ fn psql_queries_every_live_view_and_gets_postgres_errors() {
     assert_eq!(server.psql_ok("select count(*) from tree_scores"), "1");
 }
 
+#[test]
+fn psql_backslash_commands_list_and_describe_views_and_lake_tables() {
+    let server = Server::start(&["--input", one_tree()]);
+    server.wait_for(60, |l| l.contains("input complete"));
+    let rows =
+        |out: String| out.lines().map(|l| l.split('|').map(str::to_string).collect::<Vec<_>>()).collect::<Vec<_>>();
+
+    // \dv: the six live views (views of schema public); \dt lake.*: the lake's tables.
+    let views = rows(server.psql_ok("\\dv"));
+    let names: Vec<&str> = views.iter().filter(|r| r[0] == "public").map(|r| r[1].as_str()).collect();
+    assert_eq!(
+        names,
+        ["afiss_current", "agent_activity", "region_summary", "sensor_windows", "tree_scores", "trees"],
+        "{views:?}"
+    );
+    assert!(views.iter().all(|r| r[2] == "view"), "{views:?}");
+    let lake = rows(server.psql_ok("\\dt lake.*"));
+    let names: Vec<&str> = lake.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(names, ["alerts", "assessments", "deadletter", "readings", "score_changes", "trees"], "{lake:?}");
+    // \d: all twelve relations; \l: the database.
+    assert_eq!(rows(server.psql_ok("\\d")).len(), 12);
+    assert!(rows(server.psql_ok("\\l")).iter().any(|r| r[0] == "treeai"));
+    // \dn: the schemas.
+    let schemas = server.psql_ok("\\dn");
+    assert!(schemas.contains("public") && schemas.contains("lake"), "{schemas}");
+    // \d tree_scores: columns with their Postgres types.
+    let columns = rows(server.psql_ok("\\d tree_scores"));
+    let find = |name: &str| {
+        columns.iter().find(|r| r[0] == name).unwrap_or_else(|| panic!("no column {name} in {columns:?}")).clone()
+    };
+    assert_eq!(find("tree_id")[1], "text");
+    assert_eq!(find("score")[1], "double precision");
+    let count = "select count(*) from information_schema.columns \
+                 where table_name = 'tree_scores' and table_schema = 'public'";
+    assert_eq!(columns.len(), server.psql_ok(count).parse::<usize>().unwrap(), "{columns:?}");
+    let trees = server.psql_ok("\\d trees");
+    assert!(trees.contains("updated_at|timestamp with time zone"), "{trees}");
+    // \d of the lake's readings, and the connection still answers plain SQL.
+    let readings = server.psql_ok("\\d lake.readings");
+    assert!(readings.contains("sensor_id") && readings.contains("hour"), "{readings}");
+    assert_eq!(server.psql_ok("select count(*) from tree_scores"), "1");
+}
+
 /// Runs a Python script (psycopg) with the Postgres port as its argument; it must print `psycopg ok`.
 fn run_psycopg(script: &str, port: u16) {
     let out = Command::new("python3")
@@ -277,6 +320,22 @@ with psycopg.connect(host="127.0.0.1", port=port, user="treeai", dbname="treeai"
     assert time.time() - started < 10, time.time() - started
     cur.execute("select count(*) from trees")
     assert cur.fetchone() == (1,)
+    # ...and one whose rows are already streaming, by the extended and the simple protocol.
+    for cursor in (conn.cursor(), psycopg.ClientCursor(conn)):
+        rows, started = 0, time.time()
+        try:
+            for _ in cursor.stream("select value from generate_series(1, 10000000000)"):
+                rows += 1
+                if rows == 100000:
+                    cancel()
+            raise SystemExit("the streaming statement was not cancelled")
+        except psycopg.errors.QueryCanceled as e:
+            assert e.sqlstate == "57014", e.sqlstate
+            assert "user request" in str(e), str(e)
+        assert rows >= 100000, rows
+        assert time.time() - started < 10, time.time() - started
+        cursor.execute("select count(*) from trees")
+        assert cursor.fetchone() == (1,)
 print("psycopg ok")
 "#;
     run_psycopg(script, server.pg);
