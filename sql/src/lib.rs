@@ -37,9 +37,7 @@ pub use error::SqlError;
 use arrow::array::{ArrayRef, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use datafusion::catalog::{
-    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, SchemaProvider,
-};
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -160,21 +158,17 @@ pub struct QueryOutput {
 /// The SQL engine over one catalog.
 pub struct Engine {
     catalog: Arc<Catalog>,
+    /// The prepared session every query clones: functions, the catalog
+    /// (`public`, `lake`, `pg_catalog`), limits.
     base: SessionState,
-    /// The catalog `pg_catalog` describes: the same tables as every query's,
-    /// on the snapshot of the start (names and columns never change), so
-    /// object ids stay the same from one query to the next.
+    /// The catalog `treeai` of `base`.
     names: Arc<MemoryCatalogProvider>,
-    /// Schema `pg_catalog`, over `names`.
-    pg_catalog: Arc<dyn SchemaProvider>,
     /// Rewrites clients' catalog queries into SQL DataFusion plans.
     compat: PostgresCompatibilityParser,
     /// Limits and addresses.
     pub config: SqlConfig,
     /// Metrics of the process.
     pub metrics: Arc<metrics::Metrics>,
-    /// The `lake` schema, when the process has a lake.
-    lake: Option<Arc<dyn datafusion::catalog::SchemaProvider>>,
 }
 
 impl Engine {
@@ -192,7 +186,7 @@ impl Engine {
             .with_default_catalog_and_schema(CATALOG, "public");
         session.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         let names = Arc::new(MemoryCatalogProvider::new());
-        names.register_schema("public", Arc::new(provider::SnapshotSchema::new(catalog.snapshot())))?;
+        names.register_schema("public", Arc::new(provider::LiveSchema::new()))?;
         let list = MemoryCatalogProviderList::new();
         list.register_catalog(CATALOG.into(), names.clone());
         let context = SessionContext::new_with_state(
@@ -204,25 +198,20 @@ impl Engine {
                 .build(),
         );
         datafusion_pg_catalog::setup_pg_catalog(&context, CATALOG, EmptyContextProvider).map_err(|e| *e)?;
-        let pg_catalog =
-            names.schema("pg_catalog").ok_or_else(|| SqlError::Internal("pg_catalog was not registered".into()))?;
         Ok(Engine {
             catalog,
             base: context.state(),
             names,
-            pg_catalog,
             compat: PostgresCompatibilityParser::new(),
             config,
             metrics,
-            lake: None,
         })
     }
 
     /// Adds the lake tables as schema `lake` (see [`lake`]).
-    pub fn with_lake(mut self, url: &str, options: &[(String, String)]) -> Result<Self, SqlError> {
+    pub fn with_lake(self, url: &str, options: &[(String, String)]) -> Result<Self, SqlError> {
         let lake = lake::lake_schema(url, options, self.base.runtime_env())?;
-        self.names.register_schema("lake", lake.clone())?;
-        self.lake = Some(lake);
+        self.names.register_schema("lake", lake)?;
         Ok(self)
     }
 
@@ -236,17 +225,8 @@ impl Engine {
     /// the first one).
     pub fn state_at(&self, snapshot: Arc<Snapshot>) -> SessionState {
         let watermark = snapshot.watermark;
-        let catalog = MemoryCatalogProvider::new();
-        let schema = Arc::new(provider::SnapshotSchema::new(snapshot));
-        catalog.register_schema("public", schema).expect("a memory catalog accepts schemas");
-        if let Some(lake) = &self.lake {
-            catalog.register_schema("lake", lake.clone()).expect("a memory catalog accepts schemas");
-        }
-        catalog.register_schema("pg_catalog", self.pg_catalog.clone()).expect("a memory catalog accepts schemas");
-        let list = MemoryCatalogProviderList::new();
-        list.register_catalog(CATALOG.into(), Arc::new(catalog));
-        let mut state =
-            SessionStateBuilder::new_from_existing(self.base.clone()).with_catalog_list(Arc::new(list)).build();
+        let mut state = self.base.clone();
+        provider::with_snapshot(state.config_mut(), snapshot);
         let udf = create_udf(
             "treeai_watermark",
             vec![],

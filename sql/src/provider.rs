@@ -1,8 +1,11 @@
 //! The live views as DataFusion tables, all read from one [`Snapshot`].
 //!
-//! A query gets its own [`SnapshotSchema`] holding the one `Arc<Snapshot>`
-//! taken when the query started, so every view a query reads is at the same
-//! dataflow time (see `treeai_dataflows::store`).
+//! The tables ([`LiveSchema`], [`ViewTable`]) are created once; a query's
+//! session carries the one `Arc<Snapshot>` taken when the query started
+//! ([`with_snapshot`], a session config extension), and every scan of that
+//! query reads it, so every view a query reads is at the same dataflow time
+//! (see `treeai_dataflows::store`). A query thus plans on a clone of one
+//! prepared session instead of a freshly built one.
 //!
 //! # Pushdown (what [`ViewTable`] does itself)
 //!
@@ -158,18 +161,30 @@ fn restriction(filters: &[Expr], column: Option<&str>) -> Option<BTreeSet<String
     out
 }
 
-/// A live view read from one snapshot.
+/// Gives `config` the snapshot its queries read.
+pub fn with_snapshot(config: &mut datafusion::prelude::SessionConfig, snapshot: Arc<Snapshot>) {
+    config.set_extension(snapshot);
+}
+
+/// The snapshot of a query's session (set by [`with_snapshot`]).
+fn snapshot_of(state: &dyn Session) -> DfResult<Arc<Snapshot>> {
+    state
+        .config()
+        .get_extension::<Snapshot>()
+        .ok_or_else(|| datafusion::error::DataFusionError::Internal("the session has no snapshot of the views".into()))
+}
+
+/// A live view, read from the snapshot of the query's session.
 #[derive(Debug)]
 pub struct ViewTable {
     view: View,
     schema: SchemaRef,
-    snapshot: Arc<Snapshot>,
 }
 
 impl ViewTable {
-    /// `view` at `snapshot`.
-    pub fn new(view: View, snapshot: Arc<Snapshot>) -> Self {
-        ViewTable { view, schema: view.schema(), snapshot }
+    /// `view`.
+    pub fn new(view: View) -> Self {
+        ViewTable { view, schema: view.schema() }
     }
 }
 
@@ -230,17 +245,18 @@ impl TableProvider for ViewTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let snapshot = snapshot_of(state)?;
         let keys = restriction(filters, Some(self.view.key_column()));
         let second = restriction(filters, self.view.secondary_column());
         let limit = limit.unwrap_or(usize::MAX);
         let proj = projection.map(|p| p.as_slice());
-        let views = &self.snapshot.views;
-        let w = self.snapshot.watermark;
+        let views = &snapshot.views;
+        let w = snapshot.watermark;
         let parts = match self.view {
             View::Trees => {
                 let rows = tree_rows(&views.trees, &keys, |t| contains(&second, t.region.map(|r| r.as_str())), limit);
@@ -296,27 +312,35 @@ impl TableProvider for ViewTable {
     }
 }
 
-/// The live views of one snapshot as a schema (`public`).
+/// The six live views as a schema (`public`).
 #[derive(Debug)]
-pub struct SnapshotSchema {
-    snapshot: Arc<Snapshot>,
+pub struct LiveSchema {
+    tables: Vec<Arc<dyn TableProvider>>,
 }
 
-impl SnapshotSchema {
-    /// The views of `snapshot`.
-    pub fn new(snapshot: Arc<Snapshot>) -> Self {
-        SnapshotSchema { snapshot }
+impl LiveSchema {
+    /// The views' tables.
+    pub fn new() -> Self {
+        LiveSchema {
+            tables: View::ALL.into_iter().map(|v| Arc::new(ViewTable::new(v)) as Arc<dyn TableProvider>).collect(),
+        }
+    }
+}
+
+impl Default for LiveSchema {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 #[async_trait]
-impl SchemaProvider for SnapshotSchema {
+impl SchemaProvider for LiveSchema {
     fn table_names(&self) -> Vec<String> {
         VIEW_NAMES.iter().map(|s| s.to_string()).collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        Ok(View::from_name(name).map(|v| Arc::new(ViewTable::new(v, self.snapshot.clone())) as Arc<dyn TableProvider>))
+        Ok(View::from_name(name).map(|v| self.tables[v as usize].clone()))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -238,7 +238,7 @@ fn key_filters_reach_the_scan_as_lookups() {
     assert_eq!(snapshot.views.tree_scores.len(), 300);
     let rows = |view: View, filters: Vec<datafusion::prelude::Expr>, projection: Option<Vec<usize>>| -> usize {
         rt.block_on(async {
-            let table = ViewTable::new(view, snapshot.clone());
+            let table = ViewTable::new(view);
             let plan = table.scan(&state, projection.as_ref(), &filters, None).await.unwrap();
             let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await.unwrap();
             batches.iter().map(|b| b.num_rows()).sum()
@@ -270,7 +270,7 @@ fn key_filters_reach_the_scan_as_lookups() {
     let days = snapshot.views.agent_activity.keys().filter(|(a, _)| *a == agent).count();
     assert_eq!(rows(View::Agents, vec![col("agent_id").eq(lit(agent.as_str()))], None), days);
     // Pushdown answers: Inexact on the key, Unsupported elsewhere.
-    let table = ViewTable::new(View::Scores, snapshot.clone());
+    let table = ViewTable::new(View::Scores);
     let key = col("tree_id").eq(lit("x"));
     let other = col("score").gt(lit(1.0));
     let answers = table.supports_filters_pushdown(&[&key, &other]).unwrap();
