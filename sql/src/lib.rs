@@ -2,9 +2,10 @@
 //! Postgres wire protocol ([`pg`]) and HTTP ([`http`]), with Prometheus
 //! metrics ([`metrics`]).
 //!
-//! Every statement takes one `Arc<Snapshot>` of the catalog (O(1)) and plans
-//! against a schema built on that snapshot alone ([`provider`]), so a query
-//! reads all six live views at one dataflow time.
+//! Every statement takes one `Arc<Snapshot>` of the catalog (O(1)), puts it
+//! in its clone of the prepared session, and every table scan of the
+//! statement reads that snapshot alone ([`provider`]), so a query reads all
+//! six live views at one dataflow time.
 //!
 //! The endpoint is read-only: queries (`SELECT`, `WITH`, `VALUES`, `EXPLAIN`
 //! of a query, `SHOW`) run; `BEGIN`/`COMMIT`/`ROLLBACK`, `DISCARD` and `SET` of the
