@@ -20,7 +20,8 @@
 //! schema `pg_catalog` (`pg_class`, `pg_namespace`, `pg_attribute`, `pg_type`,
 //! …, listing the live views and the lake tables) with the functions those
 //! queries call (`pg_table_is_visible`, `format_type`, …). A statement that
-//! mentions `pg_`, `::reg…` casts or `current_setting` goes through that crate's
+//! names something `pg_…`, casts `::reg…` or calls `current_setting` (in its
+//! SQL, not in strings or comments) goes through that crate's
 //! Postgres-compatibility parser, which rewrites what DataFusion cannot plan
 //! (`OPERATOR(pg_catalog.~)`, `COLLATE`, known client queries); other
 //! statements are parsed by DataFusion unchanged.
@@ -394,10 +395,30 @@ impl Engine {
 /// The catalog of every query (Postgres clients see it as the database name).
 const CATALOG: &str = "treeai";
 
-/// Whether `sql` looks like a client's catalog query (see the crate docs).
+/// Whether `sql` looks like a client's catalog query (see the crate docs): a
+/// name (not a string or a comment) starting with `pg_`, `current_setting`,
+/// or a cast `::reg…`.
 fn is_catalog_query(sql: &str) -> bool {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
     let lower = sql.to_ascii_lowercase();
-    lower.contains("pg_") || lower.contains("::reg") || lower.contains("current_setting")
+    if !(lower.contains("pg_") || lower.contains("::reg") || lower.contains("current_setting")) {
+        return false;
+    }
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return false;
+    };
+    let word = |t: Option<&Token>| match t {
+        Some(Token::Word(w)) => Some(w.value.to_ascii_lowercase()),
+        _ => None,
+    };
+    tokens.iter().enumerate().any(|(i, t)| match word(Some(t)) {
+        Some(w) => w.starts_with("pg_") || w == "current_setting",
+        None => {
+            matches!(t, Token::DoubleColon)
+                && word(tokens[i + 1..].iter().find(|t| !matches!(t, Token::Whitespace(_))))
+                    .is_some_and(|w| w.starts_with("reg") || w == "pg_catalog")
+        }
+    })
 }
 
 fn show_output(name: &str, value: &str) -> QueryOutput {
@@ -471,5 +492,32 @@ fn classify(statement: DfStatement) -> Result<Action, SqlError> {
             }
         }
         other => Err(SqlError::ReadOnly(verb(other))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_catalog_query;
+
+    #[test]
+    fn catalog_queries_are_told_by_their_names_not_their_strings() {
+        for sql in [
+            "select relname from pg_catalog.pg_class",
+            "SELECT c.oid FROM PG_CLASS c WHERE pg_table_is_visible(c.oid)",
+            "select 'tree_scores'::regclass",
+            "select 'x' :: pg_catalog.regtype",
+            "select current_setting('search_path')",
+        ] {
+            assert!(is_catalog_query(sql), "{sql}");
+        }
+        for sql in [
+            "select * from tree_scores where tree_id = 'pg_1'",
+            "-- pg_class\nselect count(*) from trees",
+            "select 'current_setting' as x, 1::bigint",
+            "select * from tree_scores",
+            "select 'pg_",
+        ] {
+            assert!(!is_catalog_query(sql), "{sql}");
+        }
     }
 }

@@ -279,6 +279,9 @@ fn streamed_response(
         loop {
             let next = tokio::select! {
                 biased;
+                // The response was dropped (cancelled before it was sent, a send failed, the
+                // client went away): stop the query now rather than at the next batch.
+                () = tx.closed() => return,
                 () = cancelled(cancel.clone()) => Err(SqlError::Canceled),
                 next = next_batch(&mut stream, deadline, limit) => next,
             };
@@ -583,15 +586,22 @@ impl ExtendedQueryHandler for PgHandler {
         let response = match cancel {
             Some(cancel) => {
                 match select(std::pin::pin!(ExtendedQueryHandler::do_query(self, client, &portal, 0)), cancel).await {
-                    Either::Left((response, _)) => response,
+                    // A cancel that came as the response was ready: the response (and the
+                    // query behind its rows) is dropped rather than streamed to its end.
+                    Either::Left((response, mut cancel)) => match cancel.try_recv() {
+                        Ok(Some(())) => Err(PgWireError::QueryCanceled),
+                        _ => response,
+                    },
                     Either::Right(_) => Err(PgWireError::QueryCanceled),
                 }
             }
             None => ExtendedQueryHandler::do_query(self, client, &portal, 0).await,
         }?;
-        *portal.state.lock().await = PortalExecutionState::Finished;
         match response {
-            Response::Query(rows) => send_query_response(client, rows, false).await?,
+            Response::Query(rows) => {
+                *portal.state.lock().await = PortalExecutionState::Finished;
+                send_query_response(client, rows, false).await?
+            }
             Response::Execution(tag) => send_execution_response(client, tag).await?,
             Response::TransactionStart(tag) => {
                 send_execution_response(client, tag).await?;
