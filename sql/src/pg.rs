@@ -269,38 +269,45 @@ fn streamed_response(
     deadline: tokio::time::Instant,
     limit: std::time::Duration,
     cancel: CancelSignal,
+    record: impl FnOnce(Option<&SqlError>) + Send + 'static,
 ) -> QueryResponse {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<PgWireResult<DataRow>>>(CHUNKS_AHEAD);
     let encoder_fields = fields.clone();
     tokio::spawn(async move {
-        if tx.send(encode_batch(&encoder_fields, &first)).await.is_err() {
-            return;
-        }
-        loop {
-            let next = tokio::select! {
-                biased;
-                // The response was dropped (cancelled before it was sent, a send failed, the
-                // client went away): stop the query now rather than at the next batch.
-                () = tx.closed() => return,
-                () = cancelled(cancel.clone()) => Err(SqlError::Canceled),
-                next = next_batch(&mut stream, deadline, limit) => next,
-            };
-            let chunk = match next {
-                Ok(Some(batch)) => encode_batch(&encoder_fields, &batch),
-                Ok(None) => return,
-                Err(e) => vec![Err(pg_error(&e))],
-            };
-            let failed = chunk.iter().any(Result::is_err);
-            // The client is gone: dropping the stream stops the query.
-            if tx.send(chunk).await.is_err() || failed {
-                return;
+        let end = async {
+            // The client is gone (or the response was dropped): dropping the stream stops the query.
+            tx.send(encode_batch(&encoder_fields, &first)).await.map_err(|_| SqlError::Canceled)?;
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    // The response was dropped (cancelled before it was sent, a send failed, the
+                    // client went away): stop the query now rather than at the next batch.
+                    () = tx.closed() => Err(SqlError::Canceled),
+                    () = cancelled(cancel.clone()) => Err(SqlError::Canceled),
+                    next = next_batch(&mut stream, deadline, limit) => next,
+                };
+                let chunk = match next {
+                    Ok(Some(batch)) => encode_batch(&encoder_fields, &batch),
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        let _ = tx.send(vec![Err(pg_error(&e))]).await;
+                        return Err(e);
+                    }
+                };
+                tx.send(chunk).await.map_err(|_| SqlError::Canceled)?;
             }
         }
+        .await;
+        record(end.as_ref().err());
     });
     let rows =
         stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) }).flat_map(stream::iter);
     QueryResponse::new(fields, rows)
 }
+
+/// A response, and whether its outcome is recorded in the metrics later (a
+/// streamed result records itself when its rows end).
+type Answer = (Response, bool);
 
 /// The pgwire handlers over an [`Engine`].
 pub struct PgHandler {
@@ -323,15 +330,19 @@ impl PgHandler {
         params: Option<ParamValues>,
         format: &Format,
         cancel: &CancelSignal,
-    ) -> Result<Response, SqlError> {
+        started: Instant,
+    ) -> Result<Answer, SqlError> {
         let limit = self.engine.config.query_timeout;
         let deadline = tokio::time::Instant::now() + limit;
         let (schema, mut stream) = self.engine.start_query(statement, params).await?;
         let fields = Arc::new(fields(&schema, format)?);
         match next_batch(&mut stream, deadline, limit).await? {
-            None => Ok(Response::Query(QueryResponse::new(fields, stream::empty()))),
+            None => Ok((Response::Query(QueryResponse::new(fields, stream::empty())), false)),
             Some(first) => {
-                Ok(Response::Query(streamed_response(fields, first, stream, deadline, limit, cancel.clone())))
+                let metrics = self.engine.metrics.clone();
+                let record = move |e: Option<&SqlError>| metrics.record_query("pg", e, started.elapsed());
+                let rows = streamed_response(fields, first, stream, deadline, limit, cancel.clone(), record);
+                Ok((Response::Query(rows), true))
             }
         }
     }
@@ -343,9 +354,10 @@ impl PgHandler {
         params: Option<ParamValues>,
         format: &Format,
         cancel: &CancelSignal,
-    ) -> Result<Response, SqlError> {
-        Ok(match action {
-            Action::Query(statement) => self.query(statement, params, format, cancel).await?,
+        started: Instant,
+    ) -> Result<Answer, SqlError> {
+        let response = match action {
+            Action::Query(statement) => return self.query(statement, params, format, cancel, started).await,
             Action::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             Action::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
             Action::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
@@ -354,12 +366,21 @@ impl PgHandler {
                 Some(out) => Response::Query(query_response(out, format)?),
                 None => Response::Execution(Tag::new("OK")),
             },
-        })
+        };
+        Ok((response, false))
     }
 
-    fn timed(&self, started: Instant, result: Result<Response, SqlError>) -> PgWireResult<Response> {
-        self.engine.metrics.record_query("pg", result.as_ref().err(), started.elapsed());
-        result.map_err(|e| pg_error(&e))
+    /// Records the outcome of a statement (unless its streamed rows record it) and turns errors
+    /// into Postgres errors.
+    fn timed(&self, started: Instant, result: Result<Answer, SqlError>) -> PgWireResult<Response> {
+        match result {
+            Ok((response, true)) => Ok(response),
+            result => {
+                let result = result.map(|(response, _)| response);
+                self.engine.metrics.record_query("pg", result.as_ref().err(), started.elapsed());
+                result.map_err(|e| pg_error(&e))
+            }
+        }
     }
 
     /// The single statement of an extended-protocol query.
@@ -503,7 +524,7 @@ impl SimpleQueryHandler for PgHandler {
         let (cancel_tx, cancel) = watch::channel(false);
         for action in actions {
             let started = Instant::now();
-            match self.timed(started, self.respond(action, None, &Format::UnifiedText, &cancel).await) {
+            match self.timed(started, self.respond(action, None, &Format::UnifiedText, &cancel, started).await) {
                 Ok(r) => responses.push(r),
                 Err(PgWireError::UserError(info)) => {
                     // Postgres stops a multi-statement query at its first error.
@@ -545,7 +566,7 @@ impl ExtendedQueryHandler for PgHandler {
         let result = async {
             let params = self.params(portal).await?;
             let action = self.one_action(&portal.statement.statement)?;
-            self.respond(action, params, &portal.result_column_format, &cancel).await
+            self.respond(action, params, &portal.result_column_format, &cancel, started).await
         }
         .await;
         drop(cancel);

@@ -339,6 +339,10 @@ with psycopg.connect(host="127.0.0.1", port=port, user="treeai", dbname="treeai"
 print("psycopg ok")
 "#;
     run_psycopg(script, server.pg);
+    // The two statements cancelled while streaming are counted as cancelled when their rows end.
+    let (_, _, body) = server.http("GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(metrics.contains("treeai_sql_queries_total{outcome=\"canceled\",protocol=\"pg\"} 2"), "{metrics}");
 }
 
 #[test]
