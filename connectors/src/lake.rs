@@ -219,7 +219,10 @@ impl Lake {
             pending.push(encoder.pending.clone());
             std::thread::Builder::new()
                 .name(format!("treeai-lake-encode-{i}"))
-                .spawn(move || encoder.run(rx))
+                .spawn(move || {
+                    yield_to_dataflow();
+                    encoder.run(rx)
+                })
                 .map_err(|e| thread_error("encoder", e))?;
             encoders.push(tx);
         }
@@ -298,6 +301,25 @@ fn writer_properties(codec: Codec, table: Table) -> WriterProperties {
         props = props.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
     }
     props.build()
+}
+
+/// Puts the calling encoder thread under `SCHED_IDLE` (Linux): Parquet encoding then runs on
+/// CPU the dataflow workers leave idle, so landing the lake never delays view updates, and the
+/// timely workers, which wait for each other every round, are not slowed by an encoder taking
+/// one of their cores. If encoding falls behind, its bounded queue fills and holds the workers
+/// back. Elsewhere, or if the system refuses, the thread keeps its normal priority.
+fn yield_to_dataflow() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
+            ThreadSchedulePolicy,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
+            tracing::debug!("lake encoder keeps its normal priority: {e:?}");
+        }
+    }
 }
 
 /// One encoder thread: the `ArrowWriter`s of the files given to it.
