@@ -324,11 +324,20 @@ impl Engine {
         let (_snapshot, state) = self.state_now();
         self.with_timeout(async {
             let plan = self.plan(&state, statement, params).await?;
-            let physical = state.create_physical_plan(&plan).await?;
-            let schema = physical.schema();
-            Ok((schema, execute_stream(physical, state.task_ctx())?))
+            self.start_plan(&state, plan).await
         })
         .await
+    }
+
+    /// Starts a query planned by [`Engine::plan`] on `state`; the rows come as a stream.
+    pub async fn start_plan(
+        &self,
+        state: &SessionState,
+        plan: LogicalPlan,
+    ) -> Result<(SchemaRef, datafusion::physical_plan::SendableRecordBatchStream), SqlError> {
+        let physical = state.create_physical_plan(&plan).await?;
+        let schema = physical.schema();
+        Ok((schema, execute_stream(physical, state.task_ctx())?))
     }
 
     /// Runs `fut` under the statement time limit.

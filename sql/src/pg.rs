@@ -37,6 +37,8 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate};
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::future::{select, Either};
 use futures::{stream, Sink, StreamExt};
@@ -309,6 +311,13 @@ fn streamed_response(
 /// streamed result records itself when its rows end).
 type Answer = (Response, bool);
 
+/// A query to start: a statement to plan at a fresh snapshot, or a plan made
+/// on a session already (an extended-protocol portal's, planned once).
+enum Query {
+    Statement(datafusion::sql::parser::Statement, Option<ParamValues>),
+    Planned(Box<SessionState>, LogicalPlan),
+}
+
 /// The pgwire handlers over an [`Engine`].
 pub struct PgHandler {
     engine: Arc<Engine>,
@@ -326,15 +335,17 @@ impl PgHandler {
     /// first row (most of them, time limit included) come as plain errors.
     async fn query(
         &self,
-        statement: datafusion::sql::parser::Statement,
-        params: Option<ParamValues>,
+        query: Query,
         format: &Format,
         cancel: &CancelSignal,
         started: Instant,
     ) -> Result<Answer, SqlError> {
         let limit = self.engine.config.query_timeout;
         let deadline = tokio::time::Instant::now() + limit;
-        let (schema, mut stream) = self.engine.start_query(statement, params).await?;
+        let (schema, mut stream) = match query {
+            Query::Statement(statement, params) => self.engine.start_query(statement, params).await?,
+            Query::Planned(state, plan) => self.engine.with_timeout(self.engine.start_plan(&state, plan)).await?,
+        };
         let fields = Arc::new(fields(&schema, format)?);
         match next_batch(&mut stream, deadline, limit).await? {
             None => Ok((Response::Query(QueryResponse::new(fields, stream::empty())), false)),
@@ -357,7 +368,9 @@ impl PgHandler {
         started: Instant,
     ) -> Result<Answer, SqlError> {
         let response = match action {
-            Action::Query(statement) => return self.query(statement, params, format, cancel, started).await,
+            Action::Query(statement) => {
+                return self.query(Query::Statement(statement, params), format, cancel, started).await
+            }
             Action::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             Action::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
             Action::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
@@ -393,15 +406,11 @@ impl PgHandler {
     }
 
     /// Plans `sql` (without running it): its parameter types and result schema.
-    async fn describe(
-        &self,
-        sql: &str,
-        params: Option<ParamValues>,
-    ) -> Result<Option<(Vec<Option<DataType>>, arrow::datatypes::Schema)>, SqlError> {
+    async fn describe(&self, sql: &str) -> Result<Option<(Vec<Option<DataType>>, arrow::datatypes::Schema)>, SqlError> {
         match self.one_action(sql)? {
             Action::Query(statement) => {
                 let (_, state) = self.engine.state_now();
-                let plan = self.engine.with_timeout(self.engine.plan(&state, statement, params)).await?;
+                let plan = self.engine.with_timeout(self.engine.plan(&state, statement, None)).await?;
                 let types = param_types(&plan)?;
                 Ok(Some((types, plan.schema().as_arrow().clone())))
             }
@@ -413,31 +422,31 @@ impl PgHandler {
         }
     }
 
-    /// The parameters of `portal` as DataFusion values.
-    async fn params(&self, portal: &Portal<String>) -> Result<Option<ParamValues>, SqlError> {
-        if portal.parameter_len() == 0 {
+    /// The query of `portal` planned once at a fresh snapshot, with its `$n` parameters read as
+    /// the types DataFusion inferred (else the client's); `None` when it holds no query.
+    async fn portal_plan(&self, portal: &Portal<String>) -> Result<Option<(SessionState, LogicalPlan)>, SqlError> {
+        let Action::Query(statement) = self.one_action(&portal.statement.statement)? else {
             return Ok(None);
-        }
-        let inferred = match self.one_action(&portal.statement.statement)? {
-            Action::Query(statement) => {
-                let (_, state) = self.engine.state_now();
-                let plan = self.engine.plan(&state, statement, None).await?;
-                param_types(&plan)?
-            }
-            _ => vec![],
         };
+        let (_, state) = self.engine.state_now();
+        let plan = self.engine.with_timeout(self.engine.plan(&state, statement, None)).await?;
+        if portal.parameter_len() == 0 {
+            return Ok(Some((state, plan)));
+        }
+        let inferred = param_types(&plan)?;
         let mut values = Vec::with_capacity(portal.parameter_len());
         for i in 0..portal.parameter_len() {
             let client = portal.statement.parameter_types.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
             let target = inferred.get(i).cloned().flatten().or_else(|| client.as_ref().and_then(arrow_type));
             values.push(param_value(portal, i, client.as_ref(), target.as_ref())?);
         }
-        Ok(Some(ParamValues::from(values)))
+        let plan = plan.with_param_values(ParamValues::from(values))?;
+        Ok(Some((state, plan)))
     }
 }
 
 /// `$1`, `$2`, … types DataFusion inferred, by position.
-fn param_types(plan: &datafusion::logical_expr::LogicalPlan) -> Result<Vec<Option<DataType>>, SqlError> {
+fn param_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>, SqlError> {
     let types = plan.get_parameter_types()?;
     let mut out = Vec::new();
     for (name, t) in types {
@@ -563,10 +572,17 @@ impl ExtendedQueryHandler for PgHandler {
     {
         let started = Instant::now();
         let (cancel_tx, cancel) = watch::channel(false);
+        let format = &portal.result_column_format;
         let result = async {
-            let params = self.params(portal).await?;
-            let action = self.one_action(&portal.statement.statement)?;
-            self.respond(action, params, &portal.result_column_format, &cancel, started).await
+            match self.portal_plan(portal).await? {
+                Some((state, plan)) => {
+                    self.query(Query::Planned(Box::new(state), plan), format, &cancel, started).await
+                }
+                None => {
+                    let action = self.one_action(&portal.statement.statement)?;
+                    self.respond(action, None, format, &cancel, started).await
+                }
+            }
         }
         .await;
         drop(cancel);
@@ -651,7 +667,7 @@ impl ExtendedQueryHandler for PgHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let Some((inferred, schema)) = self.describe(&target.statement, None).await.map_err(|e| pg_error(&e))? else {
+        let Some((inferred, schema)) = self.describe(&target.statement).await.map_err(|e| pg_error(&e))? else {
             return Ok(DescribeStatementResponse::no_data());
         };
         let n = inferred.len().max(target.parameter_types.len());
@@ -683,11 +699,11 @@ impl ExtendedQueryHandler for PgHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let result = async {
-            let params = self.params(portal).await?;
-            match self.describe(&portal.statement.statement, params).await? {
-                Some((_, schema)) => Ok(Some(fields(&schema, &portal.result_column_format)?)),
-                None => Ok(None),
-            }
+            let schema = match self.portal_plan(portal).await? {
+                Some((_, plan)) => Some(plan.schema().as_arrow().clone()),
+                None => self.describe(&portal.statement.statement).await?.map(|(_, schema)| schema),
+            };
+            schema.map(|schema| fields(&schema, &portal.result_column_format)).transpose()
         }
         .await;
         match result.map_err(|e| pg_error(&e))? {
