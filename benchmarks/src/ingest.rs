@@ -21,19 +21,17 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use treeai_connectors::file::FileSource;
 use treeai_connectors::generated::GeneratorSource;
 use treeai_connectors::generator::{Generator, GeneratorConfig};
-use treeai_connectors::pipeline::run_bounded;
+use treeai_connectors::pipeline::{run_bounded, PipelineBuilder};
 use treeai_connectors::SourceSpec;
 use treeai_dataflows::event::Position;
 use treeai_dataflows::parse::parse_event;
-use treeai_dataflows::runtime::{run, RuntimeConfig, Stats};
-use treeai_dataflows::source::{NullSink, Poll, RawMessage, Sink, Source, SourceFactory};
-use treeai_dataflows::store::Catalog;
+use treeai_dataflows::runtime::RuntimeConfig;
+use treeai_dataflows::source::{PartitionPosition, Poll, RawMessage, Source, SourceError, SourceFactory, SourceRef};
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -74,8 +72,14 @@ impl Source for TimedSource {
         self.last = Some(now);
         self.inner.poll(max, emit)
     }
-    fn describe(&self, pos: Position) -> String {
-        self.inner.describe(pos)
+    fn source_ref(&self, pos: Position) -> SourceRef {
+        self.inner.source_ref(pos)
+    }
+    fn positions(&self) -> Vec<PartitionPosition> {
+        self.inner.positions()
+    }
+    fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {
+        self.inner.seek(positions)
     }
 }
 
@@ -219,15 +223,7 @@ fn main() -> anyhow::Result<()> {
             }) as Box<dyn Source>)
         })
     };
-    let catalog = Arc::new(Catalog::new(workers));
-    run(
-        RuntimeConfig { batch: per_worker, ..config },
-        factory,
-        Arc::new(|_| Box::new(NullSink) as Box<dyn Sink>),
-        catalog,
-        Arc::new(Stats::new()),
-        Arc::new(AtomicBool::new(false)),
-    )?;
+    PipelineBuilder::new(SourceSpec::Custom(factory), RuntimeConfig { batch: per_worker, ..config }).start()?.join()?;
     let h = rounds.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     println!(
         "10k-event update rounds: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} rounds)",

@@ -28,10 +28,9 @@ use std::time::{Duration, Instant};
 use treeai_connectors::generator::{EventKind, Generator, GeneratorConfig};
 use treeai_connectors::kafka::source::owner;
 use treeai_connectors::kafka::{create_topics, produce::produce, KafkaConfig, KafkaStats, Topics};
+use treeai_connectors::pipeline::PipelineBuilder;
 use treeai_connectors::SourceSpec;
-use treeai_dataflows::runtime::{run, RuntimeConfig, Stats};
-use treeai_dataflows::source::{NullSink, Sink};
-use treeai_dataflows::store::Catalog;
+use treeai_dataflows::runtime::RuntimeConfig;
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
@@ -173,30 +172,23 @@ fn raw_consume(config: &KafkaConfig, workers: usize, events: u64) -> anyhow::Res
 fn pipeline(config: &KafkaConfig, workers: usize, events: u64, max_ts: i64, batch: usize) -> anyhow::Result<f64> {
     let idle = Duration::from_millis(100);
     let runtime = RuntimeConfig { workers, idle_timeout: idle, batch, ..RuntimeConfig::default() };
-    let catalog = Arc::new(Catalog::new(workers));
-    let stats = Arc::new(Stats::new());
-    let shutdown = Arc::new(AtomicBool::new(false));
     let spec = SourceSpec::Kafka { config: config.clone(), stats: Arc::new(KafkaStats::default()) };
     let started = Instant::now();
-    let handle = {
-        let (catalog, stats, shutdown) = (catalog.clone(), stats.clone(), shutdown.clone());
-        std::thread::spawn(move || {
-            run(runtime, spec.factory(), Arc::new(|_| Box::new(NullSink) as Box<dyn Sink>), catalog, stats, shutdown)
-        })
-    };
+    let pipeline = PipelineBuilder::new(spec, runtime).start()?;
+    let (catalog, stats) = (pipeline.catalog().clone(), pipeline.stats().clone());
     let deadline = Instant::now() + Duration::from_secs(600);
     let settled = loop {
         if stats.events_read.load(Ordering::Relaxed) >= events && catalog.snapshot().watermark >= Some(max_ts) {
             break started.elapsed();
         }
-        if Instant::now() > deadline || handle.is_finished() {
-            shutdown.store(true, Ordering::SeqCst);
+        if Instant::now() > deadline || pipeline.finished_flag().load(Ordering::SeqCst) {
+            pipeline.stop();
             bail!("pipeline did not settle: read {}", stats.events_read.load(Ordering::Relaxed));
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    shutdown.store(true, Ordering::SeqCst);
-    handle.join().map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
+    pipeline.stop();
+    pipeline.join()?;
     let sizes = catalog.snapshot().views.sizes();
     println!("views: {sizes:?}, read {}", stats.events_read.load(Ordering::Relaxed));
     Ok(events as f64 / (settled.saturating_sub(idle)).as_secs_f64())

@@ -17,15 +17,14 @@
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use treeai_connectors::generator::GeneratorConfig;
+use treeai_connectors::pipeline::PipelineBuilder;
 use treeai_connectors::SourceSpec;
 use treeai_dataflows::event::Id;
-use treeai_dataflows::runtime::{run, RuntimeConfig, Stats};
-use treeai_dataflows::source::{NullSink, Sink};
-use treeai_dataflows::store::Catalog;
+use treeai_dataflows::runtime::RuntimeConfig;
 use treeai_sql::{metrics::Metrics, Engine, SqlConfig};
 
 fn arg(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
@@ -48,9 +47,6 @@ fn main() -> anyhow::Result<()> {
     let seconds = arg(&args, "--seconds", 10)?;
     println!("query-bench: {trees} trees, ingest at {} events/s, 2 workers", rate.max(trees as f64 / 5.0));
 
-    let catalog = Arc::new(Catalog::new(2));
-    let stats = Arc::new(Stats::new());
-    let shutdown = Arc::new(AtomicBool::new(false));
     // The registry arrives first at the generator's pace: fast enough to load it in ~5 s.
     let gen = GeneratorConfig {
         trees,
@@ -58,19 +54,12 @@ fn main() -> anyhow::Result<()> {
         start_ms: 1_795_564_800_000,
         ..Default::default()
     };
-    let ingest = {
-        let (catalog, stats, shutdown) = (catalog.clone(), stats.clone(), shutdown.clone());
-        std::thread::spawn(move || {
-            run(
-                RuntimeConfig { workers: 2, ..Default::default() },
-                SourceSpec::Generator { config: gen, paced: true, count: None }.factory(),
-                Arc::new(|_| Box::new(NullSink) as Box<dyn Sink>),
-                catalog,
-                stats,
-                shutdown,
-            )
-        })
-    };
+    let pipeline = PipelineBuilder::new(
+        SourceSpec::Generator { config: gen, paced: true, count: None },
+        RuntimeConfig { workers: 2, ..Default::default() },
+    )
+    .start()?;
+    let (catalog, stats) = (pipeline.catalog().clone(), pipeline.stats().clone());
     let started = Instant::now();
     while catalog.snapshot().views.tree_scores.len() < trees as usize {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "views did not reach {trees} trees");
@@ -121,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         ms(&region, 0.99),
         region.len()
     );
-    shutdown.store(true, Ordering::SeqCst);
-    let _ = ingest.join();
+    pipeline.stop();
+    pipeline.join()?;
     Ok(())
 }

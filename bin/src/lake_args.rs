@@ -4,8 +4,8 @@ use crate::config::LakeFile;
 use anyhow::bail;
 use clap::Args;
 use std::time::Duration;
-use treeai_connectors::arrow_views::Codec;
 use treeai_connectors::lake::LakeConfig;
+use treeai_connectors::parquet_out::Codec;
 
 /// Where the lake is and how files roll.
 #[derive(Args, Clone, Debug, Default)]

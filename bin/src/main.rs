@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use treeai_connectors::generator::{Generator, GeneratorConfig, Season};
-use treeai_connectors::pipeline::{run_bounded_to_lake, write_views};
+use treeai_connectors::pipeline::{run_bounded_to_lake, write_views, PipelineBuilder, KAFKA_ROUND};
 use treeai_connectors::SourceSpec;
-use treeai_dataflows::runtime::{self, RuntimeConfig, Stats};
-use treeai_dataflows::source::NullSink;
+use treeai_dataflows::runtime::{RuntimeConfig, Stats};
 use treeai_dataflows::store::Catalog;
 use treeai_dataflows::time::{format_ts, parse_rfc3339};
 use treeai_dataflows::VIEW_NAMES;
@@ -176,15 +175,6 @@ fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<Runt
     })
 }
 
-/// Messages a worker takes from Kafka per round (kafka-bench: 16,384 gave 0.35-0.40 M events/s
-/// end to end on 2 cores, 131,072 gave 0.55 M).
-const KAFKA_BATCH: usize = 131_072;
-
-/// One counter of the lake, for /metrics.
-type LakeCounter = fn(&treeai_connectors::lake::LakeStats) -> &std::sync::atomic::AtomicU64;
-/// One counter of the Kafka clients, for /metrics.
-type KafkaCounter = fn(&treeai_connectors::kafka::KafkaStats) -> &std::sync::atomic::AtomicU64;
-
 /// A flag that the first Ctrl-C sets (stop cleanly); a second one exits at once.
 fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -227,7 +217,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if kafka.is_some() && !input.is_empty() {
         bail!("give either --input files or --brokers, not both");
     }
-    let kafka_stats = Arc::new(treeai_connectors::kafka::KafkaStats::default());
     let source_label = if kafka.is_some() {
         "kafka"
     } else if input.is_empty() {
@@ -245,7 +234,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             kafka.start,
             config.workers
         );
-        SourceSpec::Kafka { config: kafka.clone(), stats: kafka_stats.clone() }
+        SourceSpec::Kafka { config: kafka.clone(), stats: Default::default() }
     } else if input.is_empty() {
         let g = &file.generator;
         let season = match (&args.season, &g.season) {
@@ -279,23 +268,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let shutdown = stop_on_ctrl_c()?;
-    let catalog = Arc::new(Catalog::new(config.workers));
-    let stats = Arc::new(Stats::new());
     let lake_config = args.lake.config(&file.lake, None)?;
-    let (server, metrics) = sql::start(&args.sql, &file, &catalog, &stats, source_label, lake_config.as_ref())?;
-    if kafka.is_some() {
-        let counters: [(&str, &str, KafkaCounter); 3] = [
-            ("treeai_kafka_errors_total", "Kafka client errors (broker down, fetch errors).", |s| &s.errors),
-            ("treeai_kafka_delivered_total", "Alerts and dead letters delivered to Kafka.", |s| &s.delivered),
-            ("treeai_kafka_delivery_errors_total", "Alerts and dead letters Kafka did not take.", |s| {
-                &s.delivery_errors
-            }),
-        ];
-        for (name, help, counter) in counters {
-            let stats = kafka_stats.clone();
-            metrics.add_counter(name, help, move || counter(&stats).load(Ordering::Relaxed));
-        }
+    if let Some(lake) = &lake_config {
+        eprintln!("treeai run: lake at {}", lake.url);
     }
+    if let Some(kafka) = &kafka {
+        eprintln!("treeai run: alerts to {}, dead letters to {}", kafka.topics.alerts, kafka.topics.deadletter);
+    }
+    // Kafka: a backlog is worked off in large rounds (a live stream's rounds hold what arrived).
+    let config = if kafka.is_some() { RuntimeConfig { batch: KAFKA_ROUND, ..config } } else { config };
+    let pipeline = PipelineBuilder::new(source, config)
+        .lake(lake_config.clone())
+        .kafka_output(kafka.clone())
+        .shutdown(shutdown.clone())
+        .start()?;
+    let (catalog, stats) = (pipeline.catalog().clone(), pipeline.stats().clone());
+    let server = sql::start(&args.sql, &file, &catalog, &stats, source_label, lake_config.as_ref())?;
     eprintln!(
         "treeai run: SQL on postgres://treeai@{} (psql -h {} -p {} -U treeai), HTTP on http://{}",
         server.pg_addr,
@@ -303,53 +291,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         server.pg_addr.port(),
         server.http_addr
     );
-    let finished = Arc::new(AtomicBool::new(false));
     let progress = {
-        let (catalog, stats, shutdown, finished) = (catalog.clone(), stats.clone(), shutdown.clone(), finished.clone());
-        let kafka_stats = kafka.is_some().then(|| kafka_stats.clone());
+        let (catalog, stats, shutdown, finished) =
+            (catalog.clone(), stats.clone(), shutdown.clone(), pipeline.finished_flag().clone());
+        let kafka_stats = pipeline.kafka_stats().cloned();
         std::thread::spawn(move || progress_loop(&catalog, &stats, kafka_stats.as_deref(), &shutdown, &finished))
     };
-    let lake = match lake_config {
-        Some(lake_config) => {
-            eprintln!("treeai run: lake at {}", lake_config.url);
-            let lake = treeai_connectors::lake::Lake::open(lake_config)?;
-            let counters: [(&str, &str, LakeCounter); 3] = [
-                ("treeai_lake_files_total", "Parquet files written to the lake.", |s| &s.files),
-                ("treeai_lake_bytes_total", "Bytes of Parquet written to the lake.", |s| &s.bytes),
-                ("treeai_lake_errors_total", "Failed lake writes (each retried).", |s| &s.errors),
-            ];
-            for (name, help, counter) in counters {
-                let stats = lake.stats.clone();
-                metrics.add_counter(name, help, move || counter(&stats).load(Ordering::Relaxed));
-            }
-            Some(lake)
-        }
-        None => None,
-    };
-    let mut sinks = Vec::new();
-    if let Some(lake) = &lake {
-        sinks.push(lake.sink_factory());
-    }
-    let kafka_output = match &kafka {
-        Some(kafka) => {
-            let output = treeai_connectors::kafka::sink::KafkaOutput::new(kafka, kafka_stats.clone())
-                .map_err(anyhow::Error::msg)?;
-            sinks.push(output.sink_factory());
-            eprintln!("treeai run: alerts to {}, dead letters to {}", kafka.topics.alerts, kafka.topics.deadletter);
-            Some(output)
-        }
-        None => None,
-    };
-    let sinks = match sinks.len() {
-        0 => Arc::new(|_| Box::new(NullSink) as Box<dyn treeai_dataflows::source::Sink>),
-        1 => sinks.remove(0),
-        _ => treeai_connectors::sinks::Tee::factory(sinks),
-    };
-    // Kafka: a backlog is worked off in large rounds (a live stream's rounds hold what arrived).
-    let config = if kafka.is_some() { RuntimeConfig { batch: KAFKA_BATCH, ..config } } else { config };
-    let result = runtime::run(config, source.factory(), sinks, catalog.clone(), stats.clone(), shutdown.clone());
-    finished.store(true, Ordering::SeqCst);
-    result?;
+    pipeline.join()?;
     if !shutdown.load(Ordering::SeqCst) {
         eprintln!("\ntreeai run: input complete — {}; staying up (Ctrl-C stops)", summary(&catalog, &stats));
         while !shutdown.load(Ordering::SeqCst) {
@@ -357,9 +305,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = progress.join();
-    if let Some(output) = kafka_output {
-        output.flush(Duration::from_secs(10));
-    }
     eprintln!("\ntreeai run: stopped — {}", summary(&catalog, &stats));
     Ok(())
 }

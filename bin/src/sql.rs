@@ -38,7 +38,7 @@ pub fn start(
     stats: &Arc<Stats>,
     source: &str,
     lake: Option<&treeai_connectors::lake::LakeConfig>,
-) -> anyhow::Result<(treeai_sql::server::SqlServer, Arc<Metrics>)> {
+) -> anyhow::Result<treeai_sql::server::SqlServer> {
     let d = SqlConfig::default();
     let config = SqlConfig {
         pg_addr: args.sql_addr.clone().or(file.sql_addr.clone()).unwrap_or(d.pg_addr),
@@ -53,6 +53,5 @@ pub fn start(
         engine = engine.with_lake(&lake.url, &lake.options).context("opening the lake for SQL")?;
     }
     let engine = Arc::new(engine);
-    let server = treeai_sql::server::start(engine).context("starting the SQL servers")?;
-    Ok((server, metrics))
+    treeai_sql::server::start(engine).context("starting the SQL servers")
 }

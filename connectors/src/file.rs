@@ -6,13 +6,19 @@
 //! input list, 1-based line number), so source order is the order of the files
 //! as given, then of the lines. Blank lines are skipped (they are not events).
 //! Each worker's share is one watermark partition.
+//!
+//! Source partitions (for positions and seek): each worker's range of each
+//! file, `source` = the file's index, `start` = the first line of the range,
+//! `next` = the next line to read. Files are read in order, so a worker's
+//! positions are some finished files, at most one file being read, and files
+//! not opened yet (absent).
 
-use crate::ConnectorError;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
 use treeai_dataflows::event::Position;
-use treeai_dataflows::source::{Poll, RawMessage, Source};
+use treeai_dataflows::source::{Fault, PartitionPosition, Poll, RawMessage, Source, SourceError, SourceRef};
 
 struct Range {
     file: u32,
@@ -23,11 +29,17 @@ struct Range {
     end: u64,
     /// Line number of the next line.
     line: u64,
+    /// Line number of the range's first line.
+    first_line: u64,
 }
 
 /// Reads this worker's share of a list of NDJSON files.
 pub struct FileSource {
     paths: Vec<PathBuf>,
+    /// The paths as dead letters name them.
+    names: Vec<Arc<str>>,
+    /// Ranges read to their end.
+    finished: Vec<PartitionPosition>,
     worker: u64,
     peers: u64,
     next_file: usize,
@@ -37,11 +49,17 @@ pub struct FileSource {
 
 impl FileSource {
     /// The share of worker `worker` of `peers` of these files. Fails if a file cannot be opened.
-    pub fn new(paths: Vec<PathBuf>, worker: usize, peers: usize) -> Result<Self, ConnectorError> {
+    pub fn new(paths: Vec<PathBuf>, worker: usize, peers: usize) -> Result<Self, SourceError> {
         for p in &paths {
-            File::open(p).map_err(|e| ConnectorError::Input(format!("{}: {e}", p.display())))?;
+            File::open(p).map_err(|e| SourceError::Unreadable {
+                input: p.display().to_string(),
+                message: e.to_string(),
+                fault: Fault::User,
+            })?;
         }
         Ok(FileSource {
+            names: paths.iter().map(|p| Arc::from(p.display().to_string())).collect(),
+            finished: Vec::new(),
             paths,
             worker: worker as u64,
             peers: peers.max(1) as u64,
@@ -49,6 +67,13 @@ impl FileSource {
             current: None,
             buf: Vec::new(),
         })
+    }
+
+    /// The current range is read to its end.
+    fn finish_current(&mut self) {
+        if let Some(range) = self.current.take() {
+            self.finished.push(position(&range, true));
+        }
     }
 
     fn open_next(&mut self) -> Result<Option<Range>, std::io::Error> {
@@ -86,10 +111,10 @@ impl FileSource {
                 if offset >= end {
                     continue;
                 }
-                return Ok(Some(Range { file: index as u32, reader, offset, end, line }));
+                return Ok(Some(Range { file: index as u32, reader, offset, end, line, first_line: line }));
             }
             let reader = BufReader::with_capacity(1 << 20, file);
-            return Ok(Some(Range { file: index as u32, reader, offset, end, line }));
+            return Ok(Some(Range { file: index as u32, reader, offset, end, line, first_line: line }));
         }
         Ok(None)
     }
@@ -114,7 +139,7 @@ impl Source for FileSource {
                 continue;
             };
             if range.offset >= range.end {
-                self.current = None;
+                self.finish_current();
                 continue;
             }
             self.buf.clear();
@@ -127,7 +152,7 @@ impl Source for FileSource {
                 }
             };
             if n == 0 {
-                self.current = None;
+                self.finish_current();
                 continue;
             }
             let pos = Position { source: range.file, offset: range.line };
@@ -150,12 +175,68 @@ impl Source for FileSource {
         Poll::Ready
     }
 
-    fn describe(&self, pos: Position) -> String {
-        match self.paths.get(pos.source as usize) {
-            Some(p) => format!("{}:{}", p.display(), pos.offset),
-            None => format!("file#{}:{}", pos.source, pos.offset),
+    fn source_ref(&self, pos: Position) -> SourceRef {
+        match self.names.get(pos.source as usize) {
+            Some(path) => SourceRef::File { path: path.clone(), line: pos.offset },
+            None => SourceRef::Other { name: "file".into(), pos },
         }
     }
+
+    fn positions(&self) -> Vec<PartitionPosition> {
+        let mut out = self.finished.clone();
+        out.extend(self.current.as_ref().map(|r| position(r, false)));
+        out
+    }
+
+    /// Opens the files in order: a range recorded as finished is skipped, a
+    /// range recorded part-way is read up to its recorded line, and the first
+    /// range without a record is where reading starts.
+    fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {
+        let unreadable = |path: &PathBuf, e: std::io::Error| SourceError::Unreadable {
+            input: path.display().to_string(),
+            message: e.to_string(),
+            fault: Fault::Environment,
+        };
+        self.finished.clear();
+        self.current = None;
+        self.next_file = 0;
+        loop {
+            let Some(mut range) = self.open_next().map_err(|e| unreadable(&self.paths[self.next_file - 1], e))? else {
+                return Ok(());
+            };
+            let recorded = positions.iter().find(|p| p.source == range.file && p.start == range.first_line);
+            let Some(recorded) = recorded else {
+                self.current = Some(range);
+                return Ok(());
+            };
+            while range.line < recorded.next {
+                self.buf.clear();
+                let n = range
+                    .reader
+                    .read_until(b'\n', &mut self.buf)
+                    .map_err(|e| unreadable(&self.paths[range.file as usize], e))?;
+                if n == 0 || range.offset >= range.end {
+                    return Err(SourceError::Resume {
+                        partition: self.source_ref(Position { source: range.file, offset: range.line }).to_string(),
+                        next: recorded.next,
+                        message: "the file has fewer lines than when the position was recorded".into(),
+                    });
+                }
+                range.offset += n as u64;
+                range.line += 1;
+            }
+            if recorded.finished {
+                self.finished.push(position(&range, true));
+            } else {
+                self.current = Some(range);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn position(range: &Range, finished: bool) -> PartitionPosition {
+    PartitionPosition { source: range.file, start: range.first_line, next: range.line, finished }
 }
 
 #[cfg(test)]
@@ -207,6 +288,42 @@ mod tests {
         for peers in [1, 2, 3, 4, 7, 64] {
             assert_eq!(read_all(&paths, peers), expected, "peers = {peers}");
         }
+    }
+
+    #[test]
+    fn seeking_to_reported_positions_replays_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
+        for f in 0..3 {
+            let p = dir.path().join(format!("{f}.ndjson"));
+            let mut file = File::create(&p).unwrap();
+            for line in 1..=40 {
+                if line % 9 == 0 {
+                    writeln!(file).unwrap();
+                } else {
+                    writeln!(file, "{{\"f\":{f},\"line\":{line}}}").unwrap();
+                }
+            }
+            paths.push(p);
+        }
+        for peers in [1, 2, 3] {
+            for cut in [0, 1, 10, 35, 36, 37, 80, 200] {
+                let paths = paths.clone();
+                crate::seek_contract::check(
+                    &move |w, n| Box::new(FileSource::new(paths.clone(), w, n).unwrap()),
+                    peers,
+                    cut,
+                    usize::MAX,
+                );
+            }
+        }
+        // A file that lost lines since the positions were recorded: a clear error, not a silent replay.
+        let mut first = FileSource::new(paths.clone(), 0, 1).unwrap();
+        crate::seek_contract::read(&mut first, 5, 30);
+        let positions = first.positions();
+        std::fs::write(&paths[0], "{}\n").unwrap();
+        let err = FileSource::new(paths.clone(), 0, 1).unwrap().seek(&positions).unwrap_err();
+        assert!(err.to_string().contains("fewer lines"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! The generator as a source: each worker generates its shard of the trees,
 //! paced at `rate / workers` events per second of wall-clock time (or unpaced
 //! for benchmarks and tests), up to an optional total count.
+//!
+//! Each worker's shard is one source partition (`source` = shard, `start` 0,
+//! `next` = the sequence number of the next event, from 1). The generator is
+//! deterministic, so seeking regenerates the shard's events up to `next` and
+//! drops them; positions resume a run with the same configuration and number
+//! of workers.
 
 use crate::generator::{Generator, GeneratorConfig};
 use std::time::Instant;
 use treeai_dataflows::event::Position;
-use treeai_dataflows::source::{Poll, RawMessage, Source};
+use treeai_dataflows::source::{PartitionPosition, Poll, RawMessage, Source, SourceError, SourceRef};
 
 /// One worker's share of the generator.
 pub struct GeneratorSource {
@@ -17,6 +23,8 @@ pub struct GeneratorSource {
     limit: Option<u64>,
     started: Instant,
     emitted: u64,
+    /// Events emitted before `started` (by an earlier run, when resumed).
+    resumed_at: u64,
 }
 
 impl GeneratorSource {
@@ -34,6 +42,7 @@ impl GeneratorSource {
             limit,
             started: Instant::now(),
             emitted: 0,
+            resumed_at: 0,
         }
     }
 }
@@ -48,7 +57,7 @@ impl Source for GeneratorSource {
             budget = budget.min(limit - self.emitted);
         }
         if let Some(rate) = self.paced_rate {
-            let due = (self.started.elapsed().as_secs_f64() * rate) as u64;
+            let due = self.resumed_at + (self.started.elapsed().as_secs_f64() * rate) as u64;
             budget = budget.min(due.saturating_sub(self.emitted));
         }
         if budget == 0 {
@@ -65,7 +74,47 @@ impl Source for GeneratorSource {
         Poll::Ready
     }
 
-    fn describe(&self, pos: Position) -> String {
-        format!("generator/shard-{}:{}", pos.source, pos.offset)
+    fn source_ref(&self, pos: Position) -> SourceRef {
+        SourceRef::Generator { shard: pos.source, seq: pos.offset }
+    }
+
+    fn positions(&self) -> Vec<PartitionPosition> {
+        let finished = self.limit.is_some_and(|l| self.emitted >= l);
+        vec![PartitionPosition { source: self.shard, start: 0, next: self.emitted + 1, finished }]
+    }
+
+    fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {
+        let Some(p) = positions.iter().find(|p| p.source == self.shard) else { return Ok(()) };
+        let skip = p.next.saturating_sub(1).saturating_sub(self.emitted);
+        for _ in 0..skip {
+            if self.generator.next().is_none() {
+                break;
+            }
+            self.emitted += 1;
+        }
+        self.resumed_at = self.emitted;
+        self.started = Instant::now();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeking_to_reported_positions_replays_the_rest() {
+        let config = GeneratorConfig { trees: 50, bad_fraction: 0.05, ..Default::default() };
+        for peers in [1, 2, 3] {
+            for cut in [0, 1, 99, 500] {
+                let config = config.clone();
+                crate::seek_contract::check(
+                    &move |w, n| Box::new(GeneratorSource::new(config.clone(), w, n, false, Some(1_200))),
+                    peers,
+                    cut,
+                    usize::MAX,
+                );
+            }
+        }
     }
 }

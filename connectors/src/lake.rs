@@ -26,7 +26,8 @@
 //! at the end of input. A file is one `put` of a complete Parquet file (atomic
 //! on every store: a reader never sees it half-written). Names are a function
 //! of the file's first row — `part-<source>-<offset>.parquet` for events,
-//! `part-w<worker>-<time>.parquet` for derived tables — so writing the same
+//! `part-w000-<time>.parquet` for derived tables (written by the one egress
+//! sink, in time order) — so writing the same
 //! input range again replaces files rather than duplicating them
 //! (exactly-once across crashes comes with checkpoints, which will record the
 //! roll points).
@@ -45,13 +46,13 @@
 //! retried with backoff on failure. Queues between the three are bounded: a
 //! lake that is slow or down slows the pipeline down but never crashes it.
 
-use crate::arrow_views::{deadletter_schema, scores_columns, trees_columns, ts_type, view_schema, Codec};
+use crate::parquet_out::Codec;
 use crate::ConnectorError;
 use arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -64,8 +65,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use treeai_dataflows::event::{AssessmentEvent, Event, Position, Reading, TreeEvent};
-use treeai_dataflows::source::{Alert, DeadLetter, ScoreChange, Sink, SinkFactory};
-use treeai_dataflows::time::{day_of, format_day, DataflowTime};
+use treeai_dataflows::source::{Alert, DeadLetter, ScoreChange, Sink, SinkFactory, SinkRole};
+use treeai_dataflows::time::{day_of, DataflowTime, HOUR_MS};
+pub use treeai_schema::lake::{date_part, hour_part, open_store, Table};
 
 /// Rows per record batch handed from a worker to an encoder thread.
 pub const CHUNK_ROWS: usize = 65_536;
@@ -116,29 +118,6 @@ pub struct LakeStats {
     pub errors: AtomicU64,
     /// Files that could not be encoded (not written).
     pub encode_errors: AtomicU64,
-}
-
-/// Opens the object store of a lake URL: the store and the path prefix inside it.
-pub fn open_store(
-    url: &str,
-    options: &[(String, String)],
-) -> Result<(Arc<dyn ObjectStore>, StorePath), ConnectorError> {
-    let bad = |e: String| ConnectorError::Output(format!("lake {url}: {e}"));
-    let has_scheme = url.contains("://");
-    if !has_scheme || url.starts_with("file://") {
-        let dir = url.strip_prefix("file://").unwrap_or(url);
-        std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
-        return Ok((Arc::new(store), StorePath::default()));
-    }
-    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-    let mut opts: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect();
-    opts.extend(options.iter().cloned());
-    let (store, path) = object_store::parse_url_opts(&parsed, opts).map_err(|e| bad(e.to_string()))?;
-    Ok((Arc::from(store), path))
 }
 
 /// Work for an encoder thread. Jobs of one file always go to the same encoder, in order.
@@ -263,7 +242,7 @@ impl Lake {
     /// A sink factory writing into this lake.
     pub fn sink_factory(self: &Arc<Self>) -> SinkFactory {
         let lake = self.clone();
-        Arc::new(move |worker| Box::new(LakeSink::new(lake.clone(), worker)) as Box<dyn Sink>)
+        Arc::new(move |role| Box::new(LakeSink::new(lake.clone(), role)) as Box<dyn Sink>)
     }
 
     /// The encoder for a new file of `worker`: the one with the fewest rows waiting, the worker's own on a tie.
@@ -418,128 +397,6 @@ async fn put_with_retry(store: &dyn ObjectStore, path: &StorePath, bytes: Vec<u8
             }
         }
     }
-}
-
-/// The lake tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Table {
-    /// `readings`
-    Readings,
-    /// `assessments`
-    Assessments,
-    /// `trees`
-    Trees,
-    /// `score_changes`
-    ScoreChanges,
-    /// `alerts`
-    Alerts,
-    /// `deadletter`
-    Deadletter,
-}
-
-impl Table {
-    /// Every table.
-    pub const ALL: [Table; 6] =
-        [Table::Readings, Table::Assessments, Table::Trees, Table::ScoreChanges, Table::Alerts, Table::Deadletter];
-    /// Folder name under the root.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Readings => "readings",
-            Table::Assessments => "assessments",
-            Table::Trees => "trees",
-            Table::ScoreChanges => "score_changes",
-            Table::Alerts => "alerts",
-            Table::Deadletter => "deadletter",
-        }
-    }
-
-    /// The Arrow schema of the table's files (partition columns excluded: they are in the path).
-    /// `trees` and `score_changes` start with the columns of the views `trees` and `tree_scores`;
-    /// `deadletter` is the dead-letter file of `backfill`.
-    pub fn schema(self) -> SchemaRef {
-        use DataType::{Boolean as B, Float64 as F, Int64 as I, Utf8 as S};
-        let field = |(name, data_type, nullable): (&str, DataType, bool)| Field::new(name, data_type, nullable);
-        let columns = |list: Vec<(&str, DataType, bool)>| list.into_iter().map(field).collect::<Vec<_>>();
-        let view = |schema: SchemaRef| schema.fields().iter().map(|f| f.as_ref().clone()).collect::<Vec<_>>();
-        let position = || columns(vec![("source", I, false), ("offset", I, false)]);
-        let fields: Vec<Field> = match self {
-            Table::Readings => [
-                columns(vec![
-                    ("tree_id", S, false),
-                    ("sensor_id", S, false),
-                    ("metric", S, false),
-                    ("value", F, false),
-                    ("ts", ts_type(), false),
-                ]),
-                position(),
-            ]
-            .concat(),
-            Table::Assessments => [
-                columns(vec![
-                    ("assessment_id", S, false),
-                    ("revision", I, false),
-                    ("tree_id", S, false),
-                    ("agent_id", S, false),
-                    ("observed_at", ts_type(), false),
-                    ("likelihood_of_failure", S, false),
-                    ("likelihood_of_impact", S, false),
-                    ("consequences", S, false),
-                    ("defect_count", I, false),
-                    ("defect_severity_sum", I, false),
-                    ("max_defect_severity", I, false),
-                    ("crown_dieback_pct", F, false),
-                    ("notes", S, true),
-                    ("withdrawn", B, false),
-                ]),
-                position(),
-            ]
-            .concat(),
-            Table::Trees => {
-                [view(view_schema(&trees_columns())), columns(vec![("deleted", B, false)]), position()].concat()
-            }
-            Table::ScoreChanges => [
-                view(view_schema(&scores_columns())),
-                columns(vec![("diff", I, false), ("watermark", ts_type(), true), ("dataflow_time", I, false)]),
-            ]
-            .concat(),
-            Table::Alerts => columns(vec![
-                ("kind", S, false),
-                ("tree_id", S, false),
-                ("region", S, true),
-                ("score", F, true),
-                ("band", S, false),
-                ("previous_band", S, true),
-                ("watermark", ts_type(), true),
-                ("top_penalty", S, false),
-            ]),
-            Table::Deadletter => return deadletter_schema(),
-        };
-        Arc::new(Schema::new(fields))
-    }
-
-    /// The Hive partition columns of the table, outermost first.
-    pub fn partition_columns(self) -> &'static [&'static str] {
-        match self {
-            Table::Readings => &["date", "hour"],
-            _ => &["date"],
-        }
-    }
-}
-
-const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
-
-fn date_part(ms: Option<i64>) -> String {
-    match ms {
-        Some(ms) => format!("date={}", format_day(day_of(ms))),
-        None => format!("date={NULL_PARTITION}"),
-    }
-}
-
-const HOUR_MS: i64 = 3_600_000;
-
-/// The partition (under `readings/`) of a reading at `ts`.
-fn hour_part(ts: i64) -> String {
-    format!("{}/hour={:02}", date_part(Some(ts)), ts.rem_euclid(86_400_000) / HOUR_MS)
 }
 
 /// The columns of a file being built: one Arrow builder per column, in schema order.
@@ -746,10 +603,10 @@ impl AlertColumns {
         self.tree_id.append_value(&a.tree_id);
         self.region.append_option(a.region.map(|r| r.as_str()));
         self.score.append_option(a.score);
-        self.band.append_value(&a.band);
-        self.previous_band.append_option(a.previous_band.as_deref());
+        self.band.append_value(a.band_str());
+        self.previous_band.append_option(a.previous_band.map(|b| b.as_str()));
         self.watermark.append_option(a.watermark);
-        self.top_penalty.append_value(&a.top_penalty);
+        self.top_penalty.append_value(a.top_penalty);
     }
 }
 
@@ -764,7 +621,7 @@ columns!(DeadletterColumns {
 
 impl DeadletterColumns {
     fn push(&mut self, d: &DeadLetter) {
-        self.source.append_value(&d.source);
+        self.source.append_value(d.source.to_string());
         self.position.append_value(d.pos.offset as i64);
         self.arrival_time.append_value(d.arrival_ms);
         self.reason.append_value(&d.reason);
@@ -928,7 +785,12 @@ pub struct LakeSink {
 }
 
 impl LakeSink {
-    fn new(lake: Arc<Lake>, worker: usize) -> Self {
+    fn new(lake: Arc<Lake>, role: SinkRole) -> Self {
+        let worker = match role {
+            SinkRole::Worker(i) => i,
+            // The egress sink writes only the derived tables, which worker sinks never write.
+            SinkRole::Egress => 0,
+        };
         LakeSink {
             encoders: lake.senders(),
             lake,
@@ -1109,7 +971,7 @@ mod tests {
     fn every_table_lands_in_its_partitions_with_its_schema() {
         let dir = tempfile::tempdir().unwrap();
         let lake = lake(dir.path(), 64 << 20);
-        let mut sink = (lake.sink_factory())(0);
+        let mut sink = (lake.sink_factory())(SinkRole::Worker(0));
         // 1 s before midnight: readings of two dates and two hours, more than a chunk in one of them.
         let config = GeneratorConfig { trees: 50, start_ms: 1_795_564_800_000 - 1_000, ..Default::default() };
         let mut expected: BTreeMap<String, usize> = BTreeMap::new();
@@ -1130,15 +992,15 @@ mod tests {
             tree_id: "T-1".into(),
             region: None,
             score: Some(12.0),
-            band: "critical".into(),
+            band: Some(treeai_dataflows::rating::Band::Critical),
             previous_band: None,
             watermark: None,
-            top_penalty: "tilt".into(),
+            top_penalty: "tilt",
         });
         sink.dead_letter(DeadLetter {
             raw: b"{oops".to_vec(),
             key: None,
-            source: "e.ndjson:3".into(),
+            source: treeai_dataflows::source::SourceRef::File { path: "e.ndjson".into(), line: 3 },
             pos: Position { source: 0, offset: 2 },
             arrival_ms: 1_795_564_800_000,
             reason: "not JSON".into(),
@@ -1180,7 +1042,7 @@ mod tests {
     fn files_roll_by_size_and_are_named_after_their_first_row() {
         let dir = tempfile::tempdir().unwrap();
         let lake = lake(dir.path(), 96 * 1_000);
-        let mut sink = (lake.sink_factory())(0);
+        let mut sink = (lake.sink_factory())(SinkRole::Worker(0));
         let config = GeneratorConfig { trees: 50, ..Default::default() };
         let readings = Generator::new(config, 0, 1)
             .enumerate()
@@ -1220,7 +1082,7 @@ mod tests {
         let writer = {
             let factory = lake.sink_factory();
             std::thread::spawn(move || {
-                let mut sink = factory(0);
+                let mut sink = factory(SinkRole::Worker(0));
                 sink.score_change(&score_change(1, Some(1_795_564_800_000)));
                 sink.close(); // waits until the file is written
             })

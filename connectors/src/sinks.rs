@@ -1,4 +1,4 @@
-//! In-process sinks: collect dead letters and alerts for a batch job or a test.
+//! In-process sinks: collect dead letters and alerts for a batch job or a test; a tee over several sinks.
 
 use std::sync::{Arc, Mutex};
 use treeai_dataflows::event::{Event, Position};
@@ -22,7 +22,7 @@ pub struct CollectSink {
 impl CollectSink {
     /// A factory of sinks all collecting into `shared`.
     pub fn factory(shared: Arc<Mutex<Collected>>) -> SinkFactory {
-        Arc::new(move |_worker| {
+        Arc::new(move |_role| {
             Box::new(CollectSink { shared: shared.clone(), local: Collected::default() }) as Box<dyn Sink>
         })
     }
@@ -51,7 +51,7 @@ pub struct Tee(pub Vec<Box<dyn Sink>>);
 impl Tee {
     /// A factory of tees over the sinks of several factories.
     pub fn factory(factories: Vec<SinkFactory>) -> SinkFactory {
-        Arc::new(move |worker| Box::new(Tee(factories.iter().map(|f| f(worker)).collect())) as Box<dyn Sink>)
+        Arc::new(move |role| Box::new(Tee(factories.iter().map(|f| f(role)).collect())) as Box<dyn Sink>)
     }
 }
 

@@ -1,12 +1,162 @@
 //! What the runtime needs from a source and gives to sinks.
 //!
-//! A source is created once per timely worker (`factory(worker, peers)`) and
-//! reads only its share of the input: the runtime never assumes one process.
-//! Each message carries its [`Position`] (for tie-breaks and, later,
-//! checkpoints) and the watermark partition it belongs to.
+//! # The source contract
+//!
+//! - A source is created once per timely worker (`factory(worker, peers)`)
+//!   and reads only its share of the input — some *partitions* (a byte range
+//!   of each file, Kafka topic-partitions, a generator shard). The runtime
+//!   never assumes one process: a worker learns nothing about its peers'
+//!   partitions from its source.
+//! - Each message carries its [`Position`] `(source, offset)`: within a
+//!   partition, offsets increase in the order messages are emitted. Positions
+//!   break ties (DOMAIN §2) and are what a checkpoint records.
+//! - [`Source::positions`] says, per partition the worker reads, the offset
+//!   of the next message it will emit (everything before has been emitted)
+//!   and whether the partition is finished. It may be asked between any two
+//!   polls.
+//! - [`Source::seek`], called before the first poll with the positions every
+//!   worker of an earlier run reported, makes each partition continue at its
+//!   recorded `next`: the source then emits exactly the messages it would have
+//!   emitted after those positions. Entries for partitions the worker does
+//!   not read are ignored (so every worker can be given the whole list);
+//!   partitions without an entry start as configured. Files and the generator
+//!   are partitioned by worker count, so their positions resume a run with
+//!   the same number of workers; Kafka partitions resume under any count.
+//! - Partition lifecycle: a partition appears when the source learns of it
+//!   (a file opened, a Kafka partition in the topic metadata), is read, and
+//!   for a bounded input becomes `finished`; a source whose partitions are
+//!   all finished polls [`Poll::Done`].
 
-use crate::event::{Event, EventKind, Position, Region};
+pub use crate::alerts::{Alert, AlertKind};
+use crate::event::{Event, EventKind, Position};
+use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::sync::Arc;
+
+/// Whose fault an error is: it decides what we tell the user and whether to retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The user's input or configuration (a missing file, a bad URL): fix it, retrying does not help.
+    User,
+    /// Something outside us (a broker, a store, the network, the disk): retrying may help.
+    Environment,
+    /// Ours: a bug.
+    Internal,
+}
+
+/// Errors of sources.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The input cannot be opened or read (a missing file, an unreadable path).
+    #[error("cannot read {input}: {message}")]
+    Unreadable {
+        /// The input (a path, a broker list).
+        input: String,
+        /// What went wrong.
+        message: String,
+        /// Whose fault.
+        fault: Fault,
+    },
+    /// The client for a remote input cannot be created (bad client properties).
+    #[error("cannot create the client for {input}: {message}")]
+    Client {
+        /// The input.
+        input: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A recorded position cannot be resumed (the input changed, or a Kafka offset is no longer retained).
+    #[error("cannot resume {partition} at offset {next}: {message}")]
+    Resume {
+        /// The partition, as a source reference.
+        partition: String,
+        /// The recorded next offset.
+        next: u64,
+        /// Why.
+        message: String,
+    },
+    /// The source cannot resume from positions at all.
+    #[error("this source cannot resume from recorded positions")]
+    SeekUnsupported,
+}
+
+impl SourceError {
+    /// Whose fault the error is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            SourceError::Unreadable { fault, .. } => *fault,
+            SourceError::Client { .. } | SourceError::Resume { .. } => Fault::User,
+            SourceError::SeekUnsupported => Fault::Internal,
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn retryable(&self) -> bool {
+        self.fault() == Fault::Environment
+    }
+}
+
+/// Where a worker's source stands in one partition it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartitionPosition {
+    /// The partition's source id ([`Position::source`]: file index, Kafka topic-partition, generator shard).
+    pub source: u32,
+    /// Where the partition begins inside that source: the first line of a
+    /// file's worker range; 0 when the partition is the whole source.
+    pub start: u64,
+    /// The offset of the next message to emit: everything before it was emitted.
+    pub next: u64,
+    /// The partition is read to its end (bounded input).
+    pub finished: bool,
+}
+
+/// The message's origin as sinks render it (dead letters: the lake's
+/// `source` column, Kafka's `treeai.source*` headers).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceRef {
+    /// Line `line` (1-based) of the file `path`.
+    File {
+        /// The path as given.
+        path: Arc<str>,
+        /// Line number.
+        line: u64,
+    },
+    /// A Kafka record.
+    Kafka {
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: u64,
+    },
+    /// The generator's shard and sequence number.
+    Generator {
+        /// Shard (worker).
+        shard: u32,
+        /// Sequence number in the shard, from 1.
+        seq: u64,
+    },
+    /// Any other source: a name and the message's position.
+    Other {
+        /// The source's name.
+        name: Arc<str>,
+        /// Its position.
+        pos: Position,
+    },
+}
+
+impl fmt::Display for SourceRef {
+    /// `path:line`, `topic/partition`, `generator/shard-N:seq`, `name:source:offset`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceRef::File { path, line } => write!(f, "{path}:{line}"),
+            SourceRef::Kafka { topic, partition, .. } => write!(f, "{topic}/{partition}"),
+            SourceRef::Generator { shard, seq } => write!(f, "generator/shard-{shard}:{seq}"),
+            SourceRef::Other { name, pos } => write!(f, "{name}:{}:{}", pos.source, pos.offset),
+        }
+    }
+}
 
 /// One raw message from a source.
 #[derive(Clone, Copy, Debug)]
@@ -34,16 +184,20 @@ pub enum Poll {
     Done,
 }
 
-/// A source of raw messages, one instance per worker.
+/// A source of raw messages, one instance per worker (see the module documentation for the contract).
 pub trait Source {
     /// Emits up to `max` messages through `emit`.
     fn poll(&mut self, max: usize, emit: &mut dyn FnMut(RawMessage<'_>)) -> Poll;
-    /// A human name for a position's source (a file path, `topic/partition`), for dead letters.
-    fn describe(&self, pos: Position) -> String;
+    /// Where a position's message came from, for dead letters.
+    fn source_ref(&self, pos: Position) -> SourceRef;
+    /// Where this worker stands in each partition it reads.
+    fn positions(&self) -> Vec<PartitionPosition>;
+    /// Continues every partition this worker reads at its entry in `positions`.
+    fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError>;
 }
 
 /// Builds the source of worker `index` of `peers`.
-pub type SourceFactory = Arc<dyn Fn(usize, usize) -> Result<Box<dyn Source>, String> + Send + Sync>;
+pub type SourceFactory = Arc<dyn Fn(usize, usize) -> Result<Box<dyn Source>, SourceError> + Send + Sync>;
 
 /// A rejected message (DOMAIN §2.4).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +206,8 @@ pub struct DeadLetter {
     pub raw: Vec<u8>,
     /// The original message key, if the source has keys (Kafka).
     pub key: Option<Vec<u8>>,
-    /// The source (file path, `topic/partition`).
-    pub source: String,
+    /// Where it came from (rendered by each sink).
+    pub source: SourceRef,
     /// Its position.
     pub pos: Position,
     /// Wall-clock arrival, epoch ms.
@@ -64,48 +218,11 @@ pub struct DeadLetter {
     pub label: String,
 }
 
-/// Which way a band changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AlertKind {
-    /// The tree's band became `critical`.
-    Critical,
-    /// The tree's band left `critical`.
-    Resolved,
-}
-
-impl AlertKind {
-    /// The spec's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertKind::Critical => "critical",
-            AlertKind::Resolved => "resolved",
-        }
-    }
-}
-
-/// An alert (DOMAIN §5).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Alert {
-    /// critical or resolved.
-    pub kind: AlertKind,
-    /// The tree.
-    pub tree_id: String,
-    /// Its region (the last known one if it was unregistered).
-    pub region: Option<Region>,
-    /// The new score; `None` when the tree was unregistered.
-    pub score: Option<f64>,
-    /// The new band; `unregistered` when the tree was removed from the registry.
-    pub band: String,
-    /// The previous band, `None` on first scoring.
-    pub previous_band: Option<String>,
-    /// The watermark of the change, epoch ms.
-    pub watermark: Option<i64>,
-    /// Name of the largest penalty of the new score (of the old one if unregistered).
-    pub top_penalty: String,
-}
-
-/// Where a worker sends what is not a view: dead letters, alerts and (for the lake) valid events.
-pub trait Sink {
+/// Where the pipeline sends what is not a view. A sink has two roles
+/// ([`SinkRole`]): each worker's instance receives valid events (for the lake)
+/// and dead letters, in parallel; the process's one egress instance receives
+/// every `tree_scores` change and every alert, in dataflow-time order.
+pub trait Sink: Send {
     /// A rejected message.
     fn dead_letter(&mut self, letter: DeadLetter);
     /// An alert.
@@ -135,8 +252,17 @@ pub struct ScoreChange {
     pub watermark: Option<i64>,
 }
 
-/// Builds the sink of worker `index`.
-pub type SinkFactory = Arc<dyn Fn(usize) -> Box<dyn Sink> + Send + Sync>;
+/// Which instance of a sink this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkRole {
+    /// The sink of worker `i`: valid events and dead letters.
+    Worker(usize),
+    /// The one sink of the process's egress: score changes and alerts.
+    Egress,
+}
+
+/// Builds the sink of one role.
+pub type SinkFactory = Arc<dyn Fn(SinkRole) -> Box<dyn Sink> + Send + Sync>;
 
 /// A sink that drops everything (counts live in [`crate::runtime::Stats`]).
 pub struct NullSink;

@@ -1,9 +1,9 @@
 //! The materialized views, shared with readers (SQL, the progress line, backfill).
 //!
-//! Workers deliver the changes of every view together with their dataflow
-//! frontier; the catalog applies, in time order, exactly the changes at times
-//! that every worker has completed. So a reader always sees all six views at
-//! one dataflow time ([`Snapshot::time`]), never a mix of two.
+//! The egress ([`crate::runtime::egress`]) hands the catalog, in time order,
+//! exactly the changes at times that every worker has completed. So a reader
+//! always sees all six views at one dataflow time ([`Snapshot::time`]), never
+//! a mix of two.
 //!
 //! Views are persistent maps (`imbl`): [`Catalog::snapshot`] hands a reader
 //! an `Arc` of the current state in O(1), and the reader keeps that state for
@@ -11,11 +11,11 @@
 //! copies only the paths it changes while a reader holds the old version).
 
 use crate::event::{Id, Region, TreeEvent};
+use crate::runtime::egress::Completed;
 use crate::time::DataflowTime;
 use crate::views::{AfissRow, AgentDayRow, RegionAgg, ScoreRow, WindowRow};
 use imbl::{HashMap, OrdMap};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 
 /// One change of one view row.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,87 +111,43 @@ impl Snapshot {
     }
 }
 
-#[derive(Default)]
-struct Pending {
-    /// Each worker's frontier; `Some(None)` = finished; `None` = not heard from yet.
-    frontiers: Vec<Option<Option<DataflowTime>>>,
-    changes: BTreeMap<DataflowTime, Vec<(ViewChange, isize)>>,
-    /// The greatest watermark any worker's input has reached.
-    input_watermark: Option<i64>,
-}
-
-/// The shared views of one process.
+/// The shared views of one process, published by the egress
+/// ([`crate::runtime::egress`]) one completed round at a time.
 pub struct Catalog {
     snapshot: RwLock<Arc<Snapshot>>,
-    pending: Mutex<Pending>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Catalog {
-    /// A catalog fed by `workers` workers.
-    pub fn new(workers: usize) -> Self {
-        Catalog {
-            snapshot: RwLock::new(Arc::new(Snapshot { frontier: Some(DataflowTime(0)), ..Default::default() })),
-            pending: Mutex::new(Pending { frontiers: vec![None; workers], ..Default::default() }),
-        }
+    /// An empty catalog, at time 0.
+    pub fn new() -> Self {
+        Catalog { snapshot: RwLock::new(Arc::new(Snapshot { frontier: Some(DataflowTime(0)), ..Default::default() })) }
     }
 
-    /// The views at the latest complete time, in O(1); never blocks ingest for long.
+    /// The views at the latest complete time, in O(1); never waits for ingest.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.read().unwrap_or_else(|poison| poison.into_inner()).clone()
     }
 
-    fn pending(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|poison| poison.into_inner())
-    }
-
-    /// A worker delivers its view changes, its frontier (`None`: finished) and
-    /// the watermark its input has reached.
-    pub fn deliver(
-        &self,
-        worker: usize,
-        frontier: Option<DataflowTime>,
-        input_watermark: Option<i64>,
-        changes: Vec<(ViewChange, DataflowTime, isize)>,
-    ) {
-        let mut pending = self.pending();
-        pending.input_watermark = pending.input_watermark.max(input_watermark);
-        for (change, time, diff) in changes {
-            pending.changes.entry(time).or_default().push((change, diff));
-        }
-        pending.frontiers[worker] = Some(frontier);
-        // The global frontier: the least worker frontier (a finished worker holds nothing back).
-        let mut global: Option<DataflowTime> = None;
-        for f in &pending.frontiers {
-            match f {
-                None => return, // someone has not reported yet
-                Some(None) => {}
-                Some(Some(t)) => global = Some(global.map_or(*t, |g| g.min(*t))),
+    /// Applies a completed round and publishes the result. The new snapshot is
+    /// prepared outside the lock (a persistent-map copy of the current one,
+    /// sharing everything the round does not change) and swapped in, so readers
+    /// never wait behind ingest. Called by the egress thread only.
+    pub fn publish(&self, round: &Completed) {
+        let mut next = Snapshot::clone(&self.snapshot());
+        for completed in &round.times {
+            for (change, diff) in &completed.changes {
+                next.views.apply(change.clone(), *diff);
             }
         }
-        let ready: Vec<(DataflowTime, Vec<(ViewChange, isize)>)> = match global {
-            Some(g) => {
-                let later = pending.changes.split_off(&g);
-                std::mem::replace(&mut pending.changes, later).into_iter().collect()
-            }
-            None => std::mem::take(&mut pending.changes).into_iter().collect(),
-        };
-        let mut guard = self.snapshot.write().unwrap_or_else(|poison| poison.into_inner());
-        let snap = Arc::make_mut(&mut guard);
-        // Hold the pending lock while writing, so that deliveries apply in frontier order.
-        for (_time, mut changes) in ready {
-            // Retractions first: within a time each key has at most one row before and after.
-            changes.sort_by_key(|(_, d)| *d);
-            for (change, diff) in changes {
-                snap.views.apply(change, diff);
-            }
-        }
-        match global {
-            // At (W, 0) the changes of W itself are not applied yet; the views are still at the previous W.
-            Some(g) if g.seq() > 0 => snap.watermark = g.watermark(),
-            Some(_) => {}
-            None => snap.watermark = pending.input_watermark,
-        }
-        snap.frontier = global;
-        drop(pending);
+        next.frontier = round.frontier;
+        next.watermark = round.watermark;
+        let next = Arc::new(next);
+        *self.snapshot.write().unwrap_or_else(|poison| poison.into_inner()) = next;
     }
 }

@@ -16,7 +16,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use std::sync::Arc;
-use treeai_connectors::lake::{open_store, Table};
+use treeai_schema::lake::{open_store, Table};
 
 /// Builds the `lake` schema over the lake at `url`, registering its object
 /// store in `runtime` when it is not on the local disk.

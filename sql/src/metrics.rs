@@ -18,8 +18,8 @@
 //! | `treeai_kafka_errors_total`, `treeai_kafka_delivered_total`, `treeai_kafka_delivery_errors_total` (with Kafka) | counter | |
 //!
 //! The event counters are read from the runtime's `Stats` at scrape time; the
-//! lake and Kafka counters from the atomics their connectors keep
-//! ([`Metrics::add_counter`]).
+//! lake and Kafka counters from the atomics their connectors keep, registered
+//! by each component in the runtime's `Stats::components`.
 
 use crate::SqlError;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
@@ -31,9 +31,6 @@ use treeai_dataflows::runtime::Stats;
 use treeai_dataflows::store::Catalog;
 use treeai_dataflows::VIEW_NAMES;
 
-/// Reads a counter kept elsewhere.
-type CounterFn = Box<dyn Fn() -> u64 + Send + Sync>;
-
 /// The metrics of one process.
 pub struct Metrics {
     registry: Registry,
@@ -42,8 +39,6 @@ pub struct Metrics {
     stats: Arc<Stats>,
     catalog: Arc<Catalog>,
     source: String,
-    /// Counters kept by other parts (the lake, Kafka): name, help, value.
-    extra: std::sync::Mutex<Vec<(String, String, CounterFn)>>,
 }
 
 impl Metrics {
@@ -64,21 +59,7 @@ impl Metrics {
         .expect("valid metric");
         registry.register(Box::new(queries.clone())).expect("registered once");
         registry.register(Box::new(query_seconds.clone())).expect("registered once");
-        Metrics {
-            registry,
-            queries,
-            query_seconds,
-            stats,
-            catalog,
-            source: source.to_string(),
-            extra: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Exposes a counter another part of the process keeps (read at scrape time).
-    pub fn add_counter(&self, name: &str, help: &str, value: impl Fn() -> u64 + Send + Sync + 'static) {
-        let value: CounterFn = Box::new(value);
-        self.extra.lock().unwrap_or_else(|p| p.into_inner()).push((name.to_string(), help.to_string(), value));
+        Metrics { registry, queries, query_seconds, stats, catalog, source: source.to_string() }
     }
 
     /// Counts one statement and its latency.
@@ -162,10 +143,10 @@ impl Metrics {
         for (view, n) in VIEW_NAMES.iter().zip(snap.views.sizes()) {
             let _ = writeln!(out, "treeai_view_rows{{view=\"{view}\"}} {n}");
         }
-        for (name, help, value) in self.extra.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        s.components.each(|name, help, value| {
             counter(&mut out, name, help);
-            let _ = writeln!(out, "{name} {}", value());
-        }
+            let _ = writeln!(out, "{name} {value}");
+        });
         let mut buf = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_ok() {
             out.push_str(&String::from_utf8_lossy(&buf));

@@ -39,75 +39,22 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::ExecutionPlan;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use treeai_connectors::arrow_views::{
-    afiss_columns, agents_columns, regions_columns, scores_columns, trees_columns, view_rows_batch, view_schema,
+use treeai_dataflows::store::Snapshot;
+use treeai_dataflows::{View, VIEW_NAMES};
+use treeai_schema::views::{
+    afiss_columns, agents_columns, regions_columns, schema_of, scores_columns, trees_columns, view_rows_batch,
     windows_columns, ViewColumn,
 };
-use treeai_dataflows::store::Snapshot;
-use treeai_dataflows::VIEW_NAMES;
 
 /// Rows per record batch of a scan.
 pub const BATCH_ROWS: usize = 8192;
 
-/// One of the six live views.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum View {
-    /// `trees`
-    Trees,
-    /// `afiss_current`
-    Afiss,
-    /// `sensor_windows`
-    Windows,
-    /// `tree_scores`
-    Scores,
-    /// `region_summary`
-    Regions,
-    /// `agent_activity`
-    Agents,
-}
-
-impl View {
-    /// All views, in [`VIEW_NAMES`] order.
-    pub const ALL: [View; 6] = [View::Trees, View::Afiss, View::Windows, View::Scores, View::Regions, View::Agents];
-
-    /// The SQL table name.
-    pub fn name(self) -> &'static str {
-        VIEW_NAMES[self as usize]
-    }
-
-    /// The view with this table name.
-    pub fn from_name(name: &str) -> Option<View> {
-        View::ALL.into_iter().find(|v| v.name() == name)
-    }
-
-    /// The column a point lookup goes through.
-    pub fn key_column(self) -> &'static str {
-        match self {
-            View::Regions => "region",
-            View::Agents => "agent_id",
-            _ => "tree_id",
-        }
-    }
-
-    /// A column whose filters are applied while walking the rows.
-    fn secondary_column(self) -> Option<&'static str> {
-        match self {
-            View::Trees | View::Scores => Some("region"),
-            View::Afiss => Some("agent_id"),
-            _ => None,
-        }
-    }
-
-    /// The view's Arrow schema.
-    pub fn schema(self) -> SchemaRef {
-        match self {
-            View::Trees => view_schema(&trees_columns()),
-            View::Afiss => view_schema(&afiss_columns()),
-            View::Windows => view_schema(&windows_columns()),
-            View::Scores => view_schema(&scores_columns()),
-            View::Regions => view_schema(&regions_columns()),
-            View::Agents => view_schema(&agents_columns()),
-        }
+/// A column whose filters are applied while walking the rows (not a map key).
+fn secondary_column(view: View) -> Option<&'static str> {
+    match view {
+        View::Trees | View::Scores => Some("region"),
+        View::Afiss => Some("agent_id"),
+        _ => None,
     }
 }
 
@@ -184,7 +131,7 @@ pub struct ViewTable {
 impl ViewTable {
     /// `view`.
     pub fn new(view: View) -> Self {
-        ViewTable { view, schema: view.schema() }
+        ViewTable { view, schema: schema_of(view) }
     }
 }
 
@@ -230,7 +177,7 @@ impl TableProvider for ViewTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        let columns = [Some(self.view.key_column()), self.view.secondary_column()];
+        let columns = [Some(self.view.key_column()), secondary_column(self.view)];
         Ok(filters
             .iter()
             .map(|f| {
@@ -252,7 +199,7 @@ impl TableProvider for ViewTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = snapshot_of(state)?;
         let keys = restriction(filters, Some(self.view.key_column()));
-        let second = restriction(filters, self.view.secondary_column());
+        let second = restriction(filters, secondary_column(self.view));
         let limit = limit.unwrap_or(usize::MAX);
         let proj = projection.map(|p| p.as_slice());
         let views = &snapshot.views;

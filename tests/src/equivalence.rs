@@ -11,15 +11,14 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use treeai_connectors::arrow_views::view_batches;
-use treeai_connectors::sinks::{CollectSink, Collected};
+use treeai_connectors::pipeline::run_bounded;
+use treeai_connectors::SourceSpec;
 use treeai_dataflows::event::Position;
-use treeai_dataflows::runtime::{run, RuntimeConfig, Stats};
-use treeai_dataflows::source::{Poll, RawMessage, Source, SourceFactory};
-use treeai_dataflows::store::Catalog;
+use treeai_dataflows::runtime::RuntimeConfig;
+use treeai_dataflows::source::{PartitionPosition, Poll, RawMessage, Source, SourceError, SourceFactory, SourceRef};
+use treeai_schema::views::view_batches;
 
 const BASE_MS: i64 = 1_795_564_800_000; // 2026-11-25T00:00:00Z
 
@@ -143,8 +142,14 @@ impl Source for VecSource {
         self.next += n;
         Poll::Ready
     }
-    fn describe(&self, pos: Position) -> String {
-        format!("test:{}", pos.offset)
+    fn source_ref(&self, pos: Position) -> SourceRef {
+        SourceRef::Other { name: "test".into(), pos }
+    }
+    fn positions(&self) -> Vec<PartitionPosition> {
+        Vec::new()
+    }
+    fn seek(&mut self, _positions: &[PartitionPosition]) -> Result<(), SourceError> {
+        Err(SourceError::SeekUnsupported)
     }
 }
 
@@ -178,22 +183,10 @@ fn run_dataflow(lines: &[String], workers: usize, seed: u64) -> Outcome {
         idle_timeout: Duration::from_millis([0, 5, 30_000][rng.random_range(0..3)]),
         batch: 64,
     };
-    let catalog = Arc::new(Catalog::new(workers));
-    let stats = Arc::new(Stats::new());
-    let collected = Arc::new(Mutex::new(Collected::default()));
-    run(
-        config,
-        factory,
-        CollectSink::factory(collected.clone()),
-        catalog.clone(),
-        stats,
-        Arc::new(AtomicBool::new(false)),
-    )
-    .expect("runtime");
-    let snap = catalog.snapshot();
-    let views = view_batches(&snap.views, snap.watermark).into_iter().map(|(n, b)| (n, batch_rows(&b))).collect();
-    let rejected = collected.lock().unwrap().dead_letters.len();
-    Outcome { views, watermark: snap.watermark, rejected }
+    let done = run_bounded(SourceSpec::Custom(factory), config).expect("runtime");
+    let views = view_batches(&done.views, done.watermark).into_iter().map(|(n, b)| (n, batch_rows(&b))).collect();
+    let rejected = done.collected.dead_letters.len();
+    Outcome { views, watermark: done.watermark, rejected }
 }
 
 fn check(lines: &[String], seed: u64, workers: usize) {

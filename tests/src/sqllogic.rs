@@ -23,12 +23,11 @@
 //! NULL as `NULL`, columns joined by `|`. Blocks end at a blank line.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use treeai_connectors::generator::{Generator, GeneratorConfig, Season};
+use treeai_connectors::pipeline::PipelineBuilder;
 use treeai_connectors::SourceSpec;
-use treeai_dataflows::runtime::{self, RuntimeConfig, Stats};
-use treeai_dataflows::source::NullSink;
+use treeai_dataflows::runtime::{RuntimeConfig, Stats};
 use treeai_dataflows::store::Catalog;
 use treeai_sql::metrics::Metrics;
 use treeai_sql::{Engine, QueryOutput, SqlConfig};
@@ -39,18 +38,14 @@ fn data_dir() -> PathBuf {
 
 /// Runs the dataflow over `input` to its end; the catalog holds the final views.
 fn load(input: &Path) -> (Arc<Catalog>, Arc<Stats>) {
-    let catalog = Arc::new(Catalog::new(2));
-    let stats = Arc::new(Stats::new());
-    let sinks = Arc::new(|_| Box::new(NullSink) as Box<dyn treeai_dataflows::source::Sink>);
-    runtime::run(
+    let pipeline = PipelineBuilder::new(
+        SourceSpec::Files(vec![input.to_path_buf()]),
         RuntimeConfig { workers: 2, ..Default::default() },
-        SourceSpec::Files(vec![input.to_path_buf()]).factory(),
-        sinks,
-        catalog.clone(),
-        stats.clone(),
-        Arc::new(AtomicBool::new(false)),
     )
-    .expect("dataflow run");
+    .start()
+    .expect("dataflow start");
+    let (catalog, stats) = (pipeline.catalog().clone(), pipeline.stats().clone());
+    pipeline.join().expect("dataflow run");
     (catalog, stats)
 }
 
@@ -231,7 +226,8 @@ fn engine_over(input: &str, config: SqlConfig) -> Engine {
 fn key_filters_reach_the_scan_as_lookups() {
     use datafusion::catalog::TableProvider;
     use datafusion::prelude::{col, lit};
-    use treeai_sql::provider::{View, ViewTable};
+    use treeai_dataflows::View;
+    use treeai_sql::provider::ViewTable;
     let engine = engine_over("trees=300 count=20000 seed=2", SqlConfig::default());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (snapshot, state) = engine.state_now();

@@ -14,7 +14,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use treeai_dataflows::source::{Alert, DeadLetter, Sink, SinkFactory};
+use treeai_dataflows::source::{Alert, DeadLetter, Sink, SinkFactory, SourceRef};
 use treeai_dataflows::time::format_ts;
 
 /// Dead-letter headers (all UTF-8 strings).
@@ -64,10 +64,10 @@ impl KafkaOutput {
         })
     }
 
-    /// A sink per worker, all sharing this producer.
+    /// A sink per worker and one for the egress, all sharing this producer.
     pub fn sink_factory(&self) -> SinkFactory {
         let output = self.clone();
-        Arc::new(move |_worker| Box::new(KafkaSink(output.clone())) as Box<dyn Sink>)
+        Arc::new(move |_role| Box::new(KafkaSink(output.clone())) as Box<dyn Sink>)
     }
 
     /// Sends one record, waiting while the producer queue is full.
@@ -104,8 +104,8 @@ pub fn alert_json(alert: &Alert) -> serde_json::Value {
         "tree_id": alert.tree_id,
         "region": alert.region.map(|r| r.as_str()),
         "score": alert.score,
-        "band": alert.band,
-        "previous_band": alert.previous_band,
+        "band": alert.band_str(),
+        "previous_band": alert.previous_band.map(|b| b.as_str()),
         "watermark": alert.watermark.map(format_ts),
         "top_penalty": alert.top_penalty,
     })
@@ -118,18 +118,18 @@ impl Sink for KafkaSink {
     fn dead_letter(&mut self, letter: DeadLetter) {
         let offset = letter.pos.offset.to_string();
         let arrival = format_ts(letter.arrival_ms);
+        let source = letter.source.to_string();
         let mut h = OwnedHeaders::new()
-            .insert(Header { key: headers::SOURCE, value: Some(letter.source.as_str()) })
+            .insert(Header { key: headers::SOURCE, value: Some(source.as_str()) })
             .insert(Header { key: headers::OFFSET, value: Some(offset.as_str()) })
             .insert(Header { key: headers::REASON, value: Some(letter.reason.as_str()) })
             .insert(Header { key: headers::RULE, value: Some(letter.label.as_str()) })
             .insert(Header { key: headers::ARRIVAL, value: Some(arrival.as_str()) });
-        if let Some((topic, partition)) =
-            letter.source.rsplit_once('/').filter(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        {
+        if let SourceRef::Kafka { topic, partition, .. } = &letter.source {
+            let partition = partition.to_string();
             h = h
-                .insert(Header { key: headers::TOPIC, value: Some(topic) })
-                .insert(Header { key: headers::PARTITION, value: Some(partition) });
+                .insert(Header { key: headers::TOPIC, value: Some(&**topic) })
+                .insert(Header { key: headers::PARTITION, value: Some(partition.as_str()) });
         }
         let topic = self.0.deadletter.clone();
         let mut record = BaseRecord::to(&topic).payload(letter.raw.as_slice()).headers(h);

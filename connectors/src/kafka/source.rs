@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use treeai_dataflows::event::{EventKind, Position};
-use treeai_dataflows::source::{Poll, RawMessage, Source};
+use treeai_dataflows::source::{PartitionPosition, Poll, RawMessage, Source, SourceError, SourceRef};
 
 /// Topic numbers fit in the top 8 bits of a position's source.
 const PARTITION_BITS: u32 = 24;
@@ -40,13 +40,19 @@ pub struct KafkaSource {
     metadata: mpsc::Receiver<[i32; 3]>,
     /// Next offset to read, per (topic number, partition) this worker owns.
     next: BTreeMap<(usize, i32), i64>,
+    /// Offsets to resume at, by position source id (from [`Source::seek`]).
+    resume: BTreeMap<u32, u64>,
+    /// Topic names as dead letters carry them.
+    names: [Arc<str>; 3],
     stop: Arc<AtomicBool>,
 }
 
 impl KafkaSource {
     /// The consumer of worker `worker` of `peers`. Does not wait for the
     /// brokers: partitions are assigned when their metadata arrives.
-    pub fn new(config: &KafkaConfig, stats: Arc<KafkaStats>, worker: usize, peers: usize) -> Result<Self, String> {
+    pub fn new(config: &KafkaConfig, stats: Arc<KafkaStats>, worker: usize, peers: usize) -> Result<Self, SourceError> {
+        let client_error =
+            |message: String| SourceError::Client { input: format!("Kafka at {}", config.brokers), message };
         let client = config.client_config(&[
             // Required by librdkafka for a consumer; no group is joined (we `assign`) and nothing is committed.
             ("group.id", "treeai"),
@@ -60,8 +66,9 @@ impl KafkaSource {
             ("queued.min.messages", "200000"),
             ("fetch.wait.max.ms", "50"),
         ]);
-        let consumer: BaseConsumer<Context> =
-            client.create_with_context(Context::new(stats)).map_err(|e| format!("kafka consumer: {e}"))?;
+        let consumer: BaseConsumer<Context> = client
+            .create_with_context(Context::new(stats))
+            .map_err(|e| client_error(format!("kafka consumer: {e}")))?;
         let consumer = Arc::new(consumer);
         let topics = config.topics.inputs().map(|(t, _)| t.to_string());
         let kinds = config.topics.inputs().map(|(_, k)| k);
@@ -73,11 +80,14 @@ impl KafkaSource {
             std::thread::Builder::new()
                 .name(format!("kafka-meta-{worker}"))
                 .spawn(move || watch_metadata(&consumer, &topics, &stop, refresh, &tx))
-                .map_err(|e| format!("kafka metadata thread: {e}"))?;
+                .map_err(|e| SourceError::Unreadable {
+                    input: format!("Kafka at {}", config.brokers),
+                    message: format!("kafka metadata thread: {e}"),
+                    fault: treeai_dataflows::source::Fault::Environment,
+                })?;
         }
         Ok(KafkaSource {
             consumer,
-            topics,
             kinds,
             worker,
             peers,
@@ -85,14 +95,11 @@ impl KafkaSource {
             known: [0; 3],
             metadata: rx,
             next: BTreeMap::new(),
+            resume: BTreeMap::new(),
+            names: topics.clone().map(Arc::from),
+            topics,
             stop,
         })
-    }
-
-    /// The next offset of every partition this worker reads (for checkpoints):
-    /// `(topic, partition, offset)`; an offset of -1 means "not read yet".
-    pub fn offsets(&self) -> Vec<(String, i32, i64)> {
-        self.next.iter().map(|(&(t, p), &o)| (self.topics[t].clone(), p, o)).collect()
     }
 
     /// Assigns the partitions this worker owns among those that just appeared.
@@ -109,13 +116,15 @@ impl KafkaSource {
                 if owner(t, p, self.peers) != self.worker {
                     continue;
                 }
-                // Partitions present at start follow the configured start; later ones are new: read them whole.
-                let offset = match self.start {
-                    StartOffset::Latest if first_seen => Offset::End,
-                    _ => Offset::Beginning,
+                // A partition with a recorded position resumes there; others present at start follow the
+                // configured start; later ones are new: read them whole.
+                let (offset, next) = match (self.resume.get(&source_id(t, p)), self.start) {
+                    (Some(&next), _) => (Offset::Offset(next as i64), next as i64),
+                    (None, StartOffset::Latest) if first_seen => (Offset::End, -1),
+                    (None, _) => (Offset::Beginning, -1),
                 };
                 if added.add_partition_offset(&self.topics[t], p, offset).is_ok() {
-                    self.next.insert((t, p), -1);
+                    self.next.insert((t, p), next);
                 }
             }
             self.known[t] = self.known[t].max(count);
@@ -170,10 +179,42 @@ impl Source for KafkaSource {
         }
     }
 
-    fn describe(&self, pos: Position) -> String {
+    fn source_ref(&self, pos: Position) -> SourceRef {
         let topic = (pos.source >> PARTITION_BITS) as usize;
-        let partition = pos.source & ((1 << PARTITION_BITS) - 1);
-        format!("{}/{partition}", self.topics.get(topic).map_or("?", String::as_str))
+        let partition = (pos.source & ((1 << PARTITION_BITS) - 1)) as i32;
+        match self.names.get(topic) {
+            Some(topic) => SourceRef::Kafka { topic: topic.clone(), partition, offset: pos.offset },
+            None => SourceRef::Other { name: "kafka".into(), pos },
+        }
+    }
+
+    /// Partitions read so far: `next` is the Kafka offset to read next. A
+    /// partition assigned but not read yet has no position (it starts as
+    /// configured, or where [`Source::seek`] said).
+    fn positions(&self) -> Vec<PartitionPosition> {
+        self.next
+            .iter()
+            .filter(|(_, &o)| o >= 0)
+            .map(|(&(t, p), &o)| PartitionPosition {
+                source: source_id(t, p),
+                start: 0,
+                next: o as u64,
+                finished: false,
+            })
+            .collect()
+    }
+
+    /// Remembers the offsets; each partition is assigned at its offset when its
+    /// metadata arrives. Positions of partitions another worker owns are ignored.
+    fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {
+        for p in positions {
+            let (topic, partition) =
+                ((p.source >> PARTITION_BITS) as usize, (p.source & ((1 << PARTITION_BITS) - 1)) as i32);
+            if topic < self.topics.len() && owner(topic, partition, self.peers) == self.worker {
+                self.resume.insert(p.source, p.next);
+            }
+        }
+        Ok(())
     }
 }
 

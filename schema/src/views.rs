@@ -1,41 +1,37 @@
-//! The views and dead letters as Arrow record batches, and Parquet writing.
+//! The live views and dead letters as Arrow record batches.
 //!
 //! Column names are exactly those of DOMAIN §4. Types: ids and enums are
 //! strings; counts `Int64`; measures `Float64`; timestamps
 //! `Timestamp(ms, "UTC")`; `agent_activity.day` a `Date32`. Rows are sorted by
 //! the view's key, so equal views give identical files.
 
-use crate::ConnectorError;
 use arrow::array::{
     ArrayRef, BinaryArray, Date32Array, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-use std::path::Path;
 use std::sync::Arc;
 use treeai_dataflows::event::{Id, Region, TreeEvent};
 use treeai_dataflows::source::DeadLetter;
 use treeai_dataflows::store::Views;
 use treeai_dataflows::views::{AfissRow, AgentDayRow, RegionAgg, ScoreRow, WindowRow};
+use treeai_dataflows::View;
 
-pub(crate) fn ts_type() -> DataType {
+pub fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
 }
 
-pub(crate) fn strings<'a>(v: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
+pub fn strings<'a>(v: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(StringArray::from_iter(v))
 }
-pub(crate) fn floats(v: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
+pub fn floats(v: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
     Arc::new(Float64Array::from_iter(v))
 }
-pub(crate) fn ints(v: impl IntoIterator<Item = i64>) -> ArrayRef {
+pub fn ints(v: impl IntoIterator<Item = i64>) -> ArrayRef {
     Arc::new(Int64Array::from_iter_values(v))
 }
-pub(crate) fn times(v: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
+pub fn times(v: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMillisecondArray::from_iter(v).with_timezone("UTC"))
 }
 
@@ -206,6 +202,18 @@ pub fn agents_columns() -> Vec<ViewColumn<(Id, i32), AgentDayRow>> {
     ]
 }
 
+/// The Arrow schema of `view`.
+pub fn schema_of(view: View) -> SchemaRef {
+    match view {
+        View::Trees => view_schema(&trees_columns()),
+        View::Afiss => view_schema(&afiss_columns()),
+        View::Windows => view_schema(&windows_columns()),
+        View::Scores => view_schema(&scores_columns()),
+        View::Regions => view_schema(&regions_columns()),
+        View::Agents => view_schema(&agents_columns()),
+    }
+}
+
 fn sorted<'a, K: Ord, V>(rows: impl Iterator<Item = (&'a K, &'a V)>) -> Vec<(&'a K, &'a V)> {
     let mut rows: Vec<_> = rows.collect();
     rows.sort_by(|a, b| a.0.cmp(b.0));
@@ -246,7 +254,7 @@ pub fn deadletter_batch(letters: &[DeadLetter]) -> RecordBatch {
     RecordBatch::try_new(
         deadletter_schema(),
         vec![
-            strings(letters.iter().map(|d| Some(d.source.as_str()))),
+            Arc::new(StringArray::from_iter_values(letters.iter().map(|d| d.source.to_string()))),
             ints(letters.iter().map(|d| d.pos.offset as i64)),
             times(letters.iter().map(|d| Some(d.arrival_ms))),
             strings(letters.iter().map(|d| Some(d.reason.as_str()))),
@@ -255,45 +263,4 @@ pub fn deadletter_batch(letters: &[DeadLetter]) -> RecordBatch {
         ],
     )
     .expect("columns match the schema by construction")
-}
-
-/// Parquet compression codecs offered to users.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Codec {
-    /// zstd (default).
-    #[default]
-    Zstd,
-    /// lz4 (raw).
-    Lz4,
-    /// none.
-    None,
-}
-
-impl Codec {
-    /// The Parquet compression of the codec (zstd at its default level).
-    pub fn compression(self) -> Compression {
-        match self {
-            Codec::Zstd => Compression::ZSTD(ZstdLevel::default()),
-            Codec::Lz4 => Compression::LZ4_RAW,
-            Codec::None => Compression::UNCOMPRESSED,
-        }
-    }
-}
-
-/// Writes `batch` to `path` as one Parquet file, via a temporary name and a
-/// rename, so that the file is never visible half-written.
-pub fn write_parquet(path: &Path, batch: &RecordBatch, codec: Codec) -> Result<(), ConnectorError> {
-    let io = |e: std::io::Error| ConnectorError::Output(format!("{}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let props = WriterProperties::builder().set_compression(codec.compression()).build();
-    let tmp = path.with_extension("parquet.tmp");
-    let file = std::fs::File::create(&tmp).map_err(io)?;
-    let pq = |e: parquet::errors::ParquetError| ConnectorError::Output(format!("{}: {e}", path.display()));
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
-    writer.write(batch).map_err(pq)?;
-    writer.close().map_err(pq)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
 }

@@ -1,0 +1,204 @@
+//! The one way out of the dataflow.
+//!
+//! Every worker hands the egress, in the manner of differential's `capture`,
+//! an explicit protocol of [`Message`]s: the view updates it has produced (at
+//! times it may not have completed yet) and its progress (its frontier: no
+//! update at a time before it will follow). One egress thread per process
+//! merges the workers' messages and, whenever the least worker frontier
+//! advances, emits the completed times in time order, each exactly once, as
+//! one [`Completed`] round — the single ordered stream of completed changes.
+//! From it, on the egress thread and in this order:
+//!
+//! 1. the [`Catalog`] publishes the views at the new time (prepared outside
+//!    its lock, swapped in);
+//! 2. the alert derivation ([`crate::alerts::alerts_of`]) turns each time's
+//!    `tree_scores` changes into alerts;
+//! 3. the egress [`Sink`] (the lake's `score_changes` and `alerts`, Kafka's
+//!    alert topic, collectors) receives every score change and every alert,
+//!    then `flush`.
+//!
+//! A bounded channel sits between the workers and the egress thread: a slow
+//! consumer slows the workers down rather than growing memory.
+
+use crate::alerts::alerts_of;
+use crate::source::{ScoreChange, Sink};
+use crate::store::{Catalog, ViewChange};
+use crate::time::DataflowTime;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+
+use super::Stats;
+
+/// What a worker tells the egress.
+#[derive(Debug)]
+pub enum Message {
+    /// View updates `(change, time, diff)` the worker produced.
+    Updates(Vec<(ViewChange, DataflowTime, isize)>),
+    /// The worker's frontier (`None`: it has finished) and the watermark its
+    /// input has reached. Every update at a time before the frontier has been sent.
+    Progress {
+        /// The least time the worker may still produce updates at.
+        frontier: Option<DataflowTime>,
+        /// The greatest watermark this worker's input reached.
+        input_watermark: Option<i64>,
+    },
+}
+
+/// The sending side of the egress, one clone per worker.
+pub type EgressSender = SyncSender<(usize, Message)>;
+
+/// Messages waiting for the egress thread before workers block.
+pub const EGRESS_QUEUE: usize = 1024;
+
+/// The changes of one completed dataflow time.
+#[derive(Clone, Debug)]
+pub struct CompletedTime {
+    /// The time.
+    pub time: DataflowTime,
+    /// Its changes, retractions first (within a time each key has at most one
+    /// row before and one after).
+    pub changes: Vec<(ViewChange, isize)>,
+}
+
+/// One step of the ordered stream: the completed times (possibly none) and
+/// the progress they bring the views to.
+#[derive(Clone, Debug)]
+pub struct Completed {
+    /// Newly completed times, in order.
+    pub times: Vec<CompletedTime>,
+    /// Every time before this frontier is complete; `None` once every worker finished.
+    pub frontier: Option<DataflowTime>,
+    /// The watermark the views are at after these times.
+    pub watermark: Option<i64>,
+}
+
+/// Merges the workers' messages into completed times.
+pub struct Merge {
+    /// Each worker's frontier; `Some(None)` = finished; `None` = not heard from yet.
+    frontiers: Vec<Option<Option<DataflowTime>>>,
+    pending: BTreeMap<DataflowTime, Vec<(ViewChange, isize)>>,
+    /// The greatest watermark any worker's input has reached.
+    input_watermark: Option<i64>,
+    /// The watermark of the views emitted so far.
+    watermark: Option<i64>,
+    /// The frontier emitted last.
+    emitted: Option<Option<DataflowTime>>,
+}
+
+impl Merge {
+    /// A merge of `workers` workers' messages.
+    pub fn new(workers: usize) -> Self {
+        Merge {
+            frontiers: vec![None; workers],
+            pending: BTreeMap::new(),
+            input_watermark: None,
+            watermark: None,
+            emitted: None,
+        }
+    }
+
+    /// Takes one worker's message.
+    pub fn accept(&mut self, worker: usize, message: Message) {
+        match message {
+            Message::Updates(updates) => {
+                for (change, time, diff) in updates {
+                    self.pending.entry(time).or_default().push((change, diff));
+                }
+            }
+            Message::Progress { frontier, input_watermark } => {
+                self.input_watermark = self.input_watermark.max(input_watermark);
+                self.frontiers[worker] = Some(frontier);
+            }
+        }
+    }
+
+    /// The times completed since the last call, if the global frontier moved.
+    pub fn completed(&mut self) -> Option<Completed> {
+        // The global frontier: the least worker frontier (a finished worker holds nothing back).
+        let mut global: Option<DataflowTime> = None;
+        for f in &self.frontiers {
+            match f {
+                None => return None, // someone has not reported yet
+                Some(None) => {}
+                Some(Some(t)) => global = Some(global.map_or(*t, |g| g.min(*t))),
+            }
+        }
+        let ready = match global {
+            Some(g) => {
+                let later = self.pending.split_off(&g);
+                std::mem::replace(&mut self.pending, later)
+            }
+            None => std::mem::take(&mut self.pending),
+        };
+        let watermark = match global {
+            // At (W, 0) the changes of W itself are not applied yet; the views are still at the previous W.
+            Some(g) if g.seq() > 0 => g.watermark(),
+            Some(_) => self.watermark,
+            None => self.input_watermark,
+        };
+        if ready.is_empty() && self.emitted == Some(global) && watermark == self.watermark {
+            return None;
+        }
+        self.emitted = Some(global);
+        self.watermark = watermark;
+        let times = ready
+            .into_iter()
+            .map(|(time, mut changes)| {
+                changes.sort_by_key(|(_, d)| *d);
+                CompletedTime { time, changes }
+            })
+            .collect();
+        Some(Completed { times, frontier: global, watermark })
+    }
+}
+
+/// Passes a completed round to the derived-data sink: every score change, then the alerts.
+fn derive(round: &Completed, sink: &mut dyn Sink, stats: &Stats) {
+    for completed in &round.times {
+        let t = completed.time;
+        let watermark = t.watermark();
+        let mut scores = Vec::new();
+        for (change, diff) in &completed.changes {
+            if let ViewChange::Score(tree_id, row) = change {
+                sink.score_change(&ScoreChange {
+                    tree_id: tree_id.clone(),
+                    row: row.clone(),
+                    diff: *diff,
+                    time: t.0,
+                    watermark,
+                });
+                scores.push((tree_id.clone(), row.clone(), *diff));
+            }
+        }
+        for alert in alerts_of(&mut scores, watermark) {
+            stats.alerts.fetch_add(1, Ordering::Relaxed);
+            sink.alert(alert);
+        }
+    }
+    sink.flush();
+}
+
+/// The egress thread: runs until every worker's sender is gone.
+pub(super) fn run(
+    workers: usize,
+    messages: Receiver<(usize, Message)>,
+    catalog: Arc<Catalog>,
+    mut sink: Box<dyn Sink>,
+    stats: Arc<Stats>,
+) {
+    let mut merge = Merge::new(workers);
+    while let Ok((worker, message)) = messages.recv() {
+        merge.accept(worker, message);
+        // Take everything already queued, so one round publishes many workers' steps.
+        while let Ok((worker, message)) = messages.try_recv() {
+            merge.accept(worker, message);
+        }
+        if let Some(round) = merge.completed() {
+            catalog.publish(&round);
+            derive(&round, sink.as_mut(), &stats);
+        }
+    }
+    sink.close();
+}

@@ -1,0 +1,221 @@
+//! One timely worker: builds the view dataflow and the control dataflow, then
+//! loops — read a round, agree on the watermark, advance time, step, hand the
+//! view changes and the frontier to the egress.
+
+use super::egress::{EgressSender, Message};
+use super::ingest::{read_round, Inputs};
+use super::watermark::{global_watermark, PartitionTracker, Report};
+use super::window::WindowDriver;
+use super::{RuntimeConfig, RuntimeError, Stats};
+use crate::source::{Sink, SinkFactory, SinkRole, SourceFactory};
+use crate::store::ViewChange;
+use crate::time::DataflowTime;
+use crate::views;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::Input as _;
+use timely::dataflow::operators::Inspect;
+use timely::dataflow::{InputHandleVec, ProbeHandle};
+
+type ChangeBuffer = Rc<RefCell<Vec<(ViewChange, DataflowTime, isize)>>>;
+
+/// Builds the six views over `inputs`; their updates go to `changes`, their progress to `probe`.
+fn build_views(worker: &mut timely::worker::Worker, inputs: &mut Inputs, changes: &ChangeBuffer) -> ProbeHandle<u64> {
+    let probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let tree_versions = inputs.trees.to_collection(scope);
+        let revisions = inputs.assessments.to_collection(scope);
+        let window = inputs.readings.to_collection(scope);
+
+        let trees = views::current_trees(tree_versions);
+        let live = views::live_assessments(revisions);
+        let afiss = views::afiss_current(live.clone());
+        let windows = views::sensor_windows(window);
+        let tree_scores = views::tree_scores(trees.clone(), afiss.clone(), windows.clone());
+        let regions = views::region_summary(tree_scores.clone());
+        let agents = views::agent_activity(live);
+
+        macro_rules! egress {
+            ($coll:expr, $variant:path) => {{
+                let buf = changes.clone();
+                $coll
+                    .inspect_batch(move |_, updates| {
+                        buf.borrow_mut().extend(
+                            updates.iter().map(|((k, v), t, r)| ($variant(k.clone(), v.clone()), DataflowTime(*t), *r)),
+                        );
+                    })
+                    .probe_with(&probe);
+            }};
+        }
+        egress!(trees, ViewChange::Tree);
+        egress!(afiss, ViewChange::Afiss);
+        egress!(windows, ViewChange::Window);
+        egress!(tree_scores, ViewChange::Score);
+        egress!(regions, ViewChange::Region);
+        egress!(agents, ViewChange::Agent);
+    });
+    probe
+}
+
+/// Hands this round's view changes and the worker's frontier to the egress.
+struct Egress {
+    index: usize,
+    sender: EgressSender,
+    changes: ChangeBuffer,
+    last: Option<(Option<DataflowTime>, Option<i64>)>,
+}
+
+impl Egress {
+    fn send(&mut self, probe: &ProbeHandle<u64>, input_watermark: Option<i64>) {
+        let updates = std::mem::take(&mut *self.changes.borrow_mut());
+        if !updates.is_empty() {
+            // A closed egress means the process is going down; nothing to do but go on.
+            let _ = self.sender.send((self.index, Message::Updates(updates)));
+        }
+        let frontier = probe.with_frontier(|f| f.first().copied()).map(DataflowTime);
+        if self.last != Some((frontier, input_watermark)) {
+            self.last = Some((frontier, input_watermark));
+            let _ = self.sender.send((self.index, Message::Progress { frontier, input_watermark }));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn worker_main(
+    worker: &mut timely::worker::Worker,
+    config: &RuntimeConfig,
+    sources: &SourceFactory,
+    sinks: &SinkFactory,
+    egress: EgressSender,
+    stats: &Arc<Stats>,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<(), RuntimeError> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let mut source = sources(index, peers)?;
+    let mut sink: Box<dyn Sink> = sinks(SinkRole::Worker(index));
+
+    let changes: ChangeBuffer = Rc::default();
+    let mut inputs = Inputs::new();
+    let probe = build_views(worker, &mut inputs, &changes);
+    let mut egress = Egress { index, sender: egress, changes, last: None };
+
+    // The control dataflow: every worker's report reaches every worker.
+    let reports: Rc<RefCell<Vec<Option<Report>>>> = Rc::new(RefCell::new(vec![None; peers]));
+    let mut control = InputHandleVec::<u64, Report>::new();
+    {
+        let reports = reports.clone();
+        worker.dataflow::<u64, _, _>(|scope| {
+            scope.input_from(&mut control).broadcast().inspect(move |r: &Report| {
+                let mut reports = reports.borrow_mut();
+                if reports[r.worker].as_ref().is_none_or(|old| old.round < r.round) {
+                    reports[r.worker] = Some(r.clone());
+                }
+            });
+        });
+    }
+
+    let mut tracker = PartitionTracker { partitions: HashMap::new(), max_ts: None };
+    let mut driver = WindowDriver::default();
+    let mut time = DataflowTime::new(None, 0);
+    let mut watermark: Option<i64> = None;
+    let mut done = false;
+    let mut round = 0u64;
+    let mut lag_target = time;
+
+    loop {
+        round += 1;
+        let now = Instant::now();
+
+        // 1. Read a batch and apply it at the current time.
+        let read = if done {
+            Default::default()
+        } else {
+            read_round(
+                source.as_mut(),
+                config.batch,
+                sink.as_mut(),
+                &mut inputs,
+                &mut tracker,
+                &mut driver,
+                watermark,
+                stats,
+            )
+        };
+        done |= read.done;
+
+        // 2. Tell the peers where we are; learn the global watermark and the greatest peer time.
+        let active_min = if done { None } else { tracker.active_min(now, config.idle_timeout) };
+        control.send(Report { worker: index, round, active_min, max_ts: tracker.max_ts, done, time: time.0 });
+        control.advance_to(round);
+        worker.step();
+        let (global, peer_time, all_done) = {
+            let reports = reports.borrow();
+            let global = global_watermark(&reports, config.allowed_lateness_ms);
+            let peer_time = reports.iter().flatten().map(|r| r.time).max().unwrap_or(0);
+            let all_done = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.done));
+            (global, peer_time, all_done)
+        };
+
+        // 3. Advance the watermark: release readings that became visible, retract expired ones.
+        let mut target = if read.dirty { time.next_seq() } else { time };
+        if let Some(Some(w)) = global {
+            if watermark.is_none_or(|old| w > old) {
+                target = target.max(DataflowTime::new(Some(w), 0));
+            }
+        }
+        target = target.max(DataflowTime(peer_time));
+        if target.watermark() > watermark {
+            watermark = target.watermark();
+            if let Some(w) = watermark {
+                stats.watermark.fetch_max(w, Ordering::Relaxed);
+                inputs.advance_to(target.0);
+                if driver.advance(w, &mut inputs.readings) {
+                    target = target.next_seq();
+                }
+            }
+        }
+        time = target;
+        inputs.advance_to(time.0);
+        inputs.flush();
+
+        // 4. Finished: every worker is done and the final watermark is applied.
+        let final_w = global.flatten();
+        if (done && all_done && watermark >= final_w) || shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+
+        // 5. Step, keeping at most one round in flight; hand the changes to the egress.
+        while probe.less_than(&lag_target.0) && !shutdown.load(Ordering::Relaxed) {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+        lag_target = time;
+        worker.step_or_park(Some(Duration::ZERO));
+        egress.send(&probe, watermark);
+        sink.flush();
+        if !read.dirty && read.read == 0 {
+            worker.step_or_park(Some(Duration::from_millis(5)));
+        }
+    }
+
+    // Close the inputs and drain the dataflow.
+    drop(inputs);
+    drop(control);
+    while probe.with_frontier(|f| !f.is_empty()) {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+        egress.send(&probe, watermark);
+        if shutdown.load(Ordering::Relaxed) && probe.with_frontier(|f| !f.is_empty()) {
+            // On shutdown the peers may be gone; do not wait forever.
+            break;
+        }
+    }
+    egress.send(&probe, watermark);
+    sink.flush();
+    sink.close();
+    Ok(())
+}
