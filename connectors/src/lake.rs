@@ -65,6 +65,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use treeai_dataflows::event::{AssessmentEvent, Event, Position, Reading, TreeEvent};
+use treeai_dataflows::runtime::Counters;
 use treeai_dataflows::source::{Alert, DeadLetter, ScoreChange, Sink, SinkFactory, SinkRole};
 use treeai_dataflows::time::{day_of, DataflowTime, HOUR_MS};
 pub use treeai_schema::lake::{date_part, hour_part, open_store, Table};
@@ -239,7 +240,23 @@ impl Lake {
         }
     }
 
-    /// A sink factory writing into this lake.
+    /// Registers the lake's counters for `/metrics`: `treeai_lake_files_total`,
+    /// `treeai_lake_bytes_total`, `treeai_lake_errors_total`.
+    pub fn register_metrics(&self, counters: &Counters) {
+        type Counter = (&'static str, &'static str, fn(&LakeStats) -> &AtomicU64);
+        const COUNTERS: [Counter; 3] = [
+            ("treeai_lake_files_total", "Parquet files written to the lake.", |s| &s.files),
+            ("treeai_lake_bytes_total", "Bytes of Parquet written to the lake.", |s| &s.bytes),
+            ("treeai_lake_errors_total", "Failed lake writes (each retried).", |s| &s.errors),
+        ];
+        for (name, help, counter) in COUNTERS {
+            let stats = self.stats.clone();
+            counters.add(name, help, move || counter(&stats).load(Ordering::Relaxed));
+        }
+    }
+
+    /// A sink factory writing into this lake: worker sinks write the event
+    /// tables and dead letters, the egress sink `score_changes` and `alerts`.
     pub fn sink_factory(self: &Arc<Self>) -> SinkFactory {
         let lake = self.clone();
         Arc::new(move |role| Box::new(LakeSink::new(lake.clone(), role)) as Box<dyn Sink>)

@@ -31,6 +31,9 @@ pub enum ConnectorError {
     /// The dataflow could not start or failed.
     #[error(transparent)]
     Runtime(#[from] treeai_dataflows::runtime::RuntimeError),
+    /// A Kafka client could not be created or a request failed.
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaClientError),
 }
 
 impl ConnectorError {
@@ -40,6 +43,7 @@ impl ConnectorError {
             ConnectorError::Input(_) | ConnectorError::Store(_) => Fault::User,
             ConnectorError::Output(_) => Fault::Environment,
             ConnectorError::Runtime(e) => e.fault(),
+            ConnectorError::Kafka(e) => e.fault(),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::parquet_out::{write_parquet, Codec};
 use crate::sinks::{CollectSink, Collected, Tee};
 use crate::{ConnectorError, SourceSpec};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use treeai_dataflows::runtime::{self, Running, RuntimeConfig, Stats};
@@ -90,7 +90,7 @@ impl PipelineBuilder {
         let lake = match self.lake {
             Some(config) => {
                 let lake = Lake::open(config)?;
-                register(&stats, &lake.stats, LAKE_COUNTERS);
+                lake.register_metrics(&stats.components);
                 sinks.push(lake.sink_factory());
                 Some(lake)
             }
@@ -102,11 +102,11 @@ impl PipelineBuilder {
             _ => None,
         };
         if let Some(kafka_stats) = &kafka_stats {
-            register(&stats, kafka_stats, KAFKA_COUNTERS);
+            KafkaStats::register_metrics(kafka_stats, &stats.components);
         }
         let kafka_output = match (&self.kafka_output, &kafka_stats) {
             (Some(config), Some(kafka_stats)) => {
-                let output = KafkaOutput::new(config, kafka_stats.clone()).map_err(ConnectorError::Output)?;
+                let output = KafkaOutput::new(config, kafka_stats.clone())?;
                 sinks.push(output.sink_factory());
                 Some(output)
             }
@@ -136,29 +136,6 @@ impl PipelineBuilder {
             kafka_stats,
             collected,
         })
-    }
-}
-
-/// One counter of a component, for /metrics.
-type Counter<S> = (&'static str, &'static str, fn(&S) -> &AtomicU64);
-
-const LAKE_COUNTERS: &[Counter<crate::lake::LakeStats>] = &[
-    ("treeai_lake_files_total", "Parquet files written to the lake.", |s| &s.files),
-    ("treeai_lake_bytes_total", "Bytes of Parquet written to the lake.", |s| &s.bytes),
-    ("treeai_lake_errors_total", "Failed lake writes (each retried).", |s| &s.errors),
-];
-
-const KAFKA_COUNTERS: &[Counter<KafkaStats>] = &[
-    ("treeai_kafka_errors_total", "Kafka client errors (broker down, fetch errors).", |s| &s.errors),
-    ("treeai_kafka_delivered_total", "Alerts and dead letters delivered to Kafka.", |s| &s.delivered),
-    ("treeai_kafka_delivery_errors_total", "Alerts and dead letters Kafka did not take.", |s| &s.delivery_errors),
-];
-
-/// Registers a component's counters in the runtime's stats.
-fn register<S: Send + Sync + 'static>(stats: &Stats, component: &Arc<S>, counters: &[Counter<S>]) {
-    for &(name, help, counter) in counters {
-        let component = component.clone();
-        stats.components.add(name, help, move || counter(&component).load(Ordering::Relaxed));
     }
 }
 

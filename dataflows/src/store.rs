@@ -51,24 +51,30 @@ pub struct Views {
     pub agent_activity: OrdMap<(Id, i32), AgentDayRow>,
 }
 
-fn apply_map<K: std::hash::Hash + Eq + Clone, V: PartialEq + Clone>(map: &mut HashMap<K, V>, k: K, v: V, diff: isize) {
+/// Inserts (diff > 0) or removes the row; only an insert copies it.
+fn apply_map<K: std::hash::Hash + Eq + Clone, V: PartialEq + Clone>(
+    map: &mut HashMap<K, V>,
+    k: &K,
+    v: &V,
+    diff: isize,
+) {
     if diff > 0 {
-        map.insert(k, v);
-    } else if map.get(&k) == Some(&v) {
-        map.remove(&k);
+        map.insert(k.clone(), v.clone());
+    } else if map.get(k) == Some(v) {
+        map.remove(k);
     }
 }
 
-fn apply_btree<K: Ord + Clone, V: PartialEq + Clone>(map: &mut OrdMap<K, V>, k: K, v: V, diff: isize) {
+fn apply_btree<K: Ord + Clone, V: PartialEq + Clone>(map: &mut OrdMap<K, V>, k: &K, v: &V, diff: isize) {
     if diff > 0 {
-        map.insert(k, v);
-    } else if map.get(&k) == Some(&v) {
-        map.remove(&k);
+        map.insert(k.clone(), v.clone());
+    } else if map.get(k) == Some(v) {
+        map.remove(k);
     }
 }
 
 impl Views {
-    fn apply(&mut self, change: ViewChange, diff: isize) {
+    fn apply(&mut self, change: &ViewChange, diff: isize) {
         match change {
             ViewChange::Tree(k, v) => apply_map(&mut self.trees, k, v, diff),
             ViewChange::Afiss(k, v) => apply_map(&mut self.afiss_current, k, v, diff),
@@ -142,7 +148,7 @@ impl Catalog {
         let mut next = Snapshot::clone(&self.snapshot());
         for completed in &round.times {
             for (change, diff) in &completed.changes {
-                next.views.apply(change.clone(), *diff);
+                next.views.apply(change, *diff);
             }
         }
         next.frontier = round.frontier;

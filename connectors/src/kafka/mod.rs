@@ -169,6 +169,25 @@ pub struct KafkaStats {
     pub last_error: Mutex<Option<String>>,
 }
 
+impl KafkaStats {
+    /// Registers the Kafka clients' counters for `/metrics`: `treeai_kafka_errors_total`,
+    /// `treeai_kafka_delivered_total`, `treeai_kafka_delivery_errors_total`.
+    pub fn register_metrics(self: &Arc<Self>, counters: &treeai_dataflows::runtime::Counters) {
+        type Counter = (&'static str, &'static str, fn(&KafkaStats) -> &AtomicU64);
+        const COUNTERS: [Counter; 3] = [
+            ("treeai_kafka_errors_total", "Kafka client errors (broker down, fetch errors).", |s| &s.errors),
+            ("treeai_kafka_delivered_total", "Alerts and dead letters delivered to Kafka.", |s| &s.delivered),
+            ("treeai_kafka_delivery_errors_total", "Alerts and dead letters Kafka did not take.", |s| {
+                &s.delivery_errors
+            }),
+        ];
+        for (name, help, counter) in COUNTERS {
+            let stats = self.clone();
+            counters.add(name, help, move || counter(&stats).load(Ordering::Relaxed));
+        }
+    }
+}
+
 /// Our librdkafka context: logs through `tracing`, counts errors, and reports
 /// them at most every 10 seconds so that a broker down for an hour does not flood the log.
 pub struct Context {
@@ -228,28 +247,82 @@ impl ProducerContext for Context {
     }
 }
 
+/// Errors of the Kafka clients, by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaClientError {
+    /// A client cannot be created from the configuration (a bad librdkafka property): the user's fault.
+    #[error("kafka {client}: {source}")]
+    Config {
+        /// Which client.
+        client: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The brokers refused a request or did not answer: retry later.
+    #[error("kafka {what}: {source}")]
+    Broker {
+        /// The request.
+        what: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The brokers refused to create a topic.
+    #[error("kafka: create topic {topic}: {code}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        code: rdkafka::types::RDKafkaErrorCode,
+    },
+    /// A local resource (a thread, a runtime) could not be started.
+    #[error("kafka {what}: {source}")]
+    Local {
+        /// What could not be started.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl KafkaClientError {
+    /// Whose fault the error is.
+    pub fn fault(&self) -> treeai_dataflows::source::Fault {
+        use treeai_dataflows::source::Fault;
+        match self {
+            KafkaClientError::Config { .. } => Fault::User,
+            KafkaClientError::Broker { .. } | KafkaClientError::Topic { .. } | KafkaClientError::Local { .. } => {
+                Fault::Environment
+            }
+        }
+    }
+}
+
 /// Creates `names` with `partitions` partitions each (replication factor 1,
 /// for local brokers and tests); a topic that already exists is fine.
-pub fn create_topics(config: &KafkaConfig, names: &[&str], partitions: i32) -> Result<(), String> {
+pub fn create_topics(config: &KafkaConfig, names: &[&str], partitions: i32) -> Result<(), KafkaClientError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::types::RDKafkaErrorCode;
     let admin: AdminClient<Context> = config
         .client_config(&[])
         .create_with_context(Context::new(Arc::default()))
-        .map_err(|e| format!("kafka admin client: {e}"))?;
+        .map_err(|source| KafkaClientError::Config { client: "admin client", source })?;
     let topics: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("kafka admin runtime: {e}"))?;
-    let results =
-        runtime.block_on(admin.create_topics(&topics, &options)).map_err(|e| format!("create topics: {e}"))?;
+        .map_err(|source| KafkaClientError::Local { what: "admin runtime", source })?;
+    let results = runtime
+        .block_on(admin.create_topics(&topics, &options))
+        .map_err(|source| KafkaClientError::Broker { what: "create topics", source })?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(format!("create topic {name}: {code}")),
+            Err((topic, code)) => return Err(KafkaClientError::Topic { topic, code }),
         }
     }
     Ok(())

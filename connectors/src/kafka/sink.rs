@@ -7,7 +7,7 @@
 //! librdkafka retries deliveries, and failures after its retries are counted
 //! in [`KafkaStats::delivery_errors`](super::KafkaStats).
 
-use super::{Context, KafkaConfig, KafkaStats};
+use super::{Context, KafkaClientError, KafkaConfig, KafkaStats};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -45,7 +45,7 @@ pub struct KafkaOutput {
 
 impl KafkaOutput {
     /// Creates the producer (it connects in the background).
-    pub fn new(config: &KafkaConfig, stats: Arc<KafkaStats>) -> Result<Self, String> {
+    pub fn new(config: &KafkaConfig, stats: Arc<KafkaStats>) -> Result<Self, KafkaClientError> {
         let producer = config
             .client_config(&[
                 ("client.id", "treeai-sink"),
@@ -56,7 +56,7 @@ impl KafkaOutput {
                 ("reconnect.backoff.max.ms", "5000"),
             ])
             .create_with_context(Context::new(stats))
-            .map_err(|e| format!("kafka producer: {e}"))?;
+            .map_err(|source| KafkaClientError::Config { client: "producer", source })?;
         Ok(KafkaOutput {
             producer,
             alerts: config.topics.alerts.as_str().into(),
