@@ -13,6 +13,8 @@
 //! sql_timeout_ms = 30000      # time limit of one SQL statement
 //! sql_memory_limit_mb = 1024  # memory pool of all running SQL queries
 //! http_max_rows = 100000      # most rows of one HTTP /v1/sql answer
+//! shutdown_timeout_ms = 25000 # SIGTERM: drain and flush, exit 0 within this
+//! liveness_timeout_ms = 30000 # /healthz fails without a dataflow round for this long
 //!
 //! [generator]                 # the embedded default source
 //! trees = 10000
@@ -53,6 +55,12 @@ pub struct FileConfig {
     pub allowed_lateness_ms: Option<i64>,
     /// A partition with no readings for this long is idle, ms (flag `--idle-timeout-ms`); default 30000.
     pub idle_timeout_ms: Option<u64>,
+    /// On SIGTERM/SIGINT/SIGHUP, `treeai run` drains, flushes and exits 0 within this many ms
+    /// (flag `--shutdown-timeout-ms`, env `TREEAI_SHUTDOWN_TIMEOUT_MS`); default 25000.
+    pub shutdown_timeout_ms: Option<u64>,
+    /// `/healthz` fails when no dataflow round completed for this many ms (flag
+    /// `--liveness-timeout-ms`, env `TREEAI_LIVENESS_TIMEOUT_MS`); default 30000.
+    pub liveness_timeout_ms: Option<u64>,
     /// Postgres wire protocol listen address of `treeai run` (flag `--sql-addr`,
     /// env `TREEAI_SQL_ADDR`); default `127.0.0.1:6875`.
     pub sql_addr: Option<String>,

@@ -91,6 +91,14 @@ struct RunArgs {
     lake: lake_args::LakeArgs,
     #[command(flatten)]
     kafka: kafka_args::KafkaArgs,
+    /// SIGTERM, SIGINT or SIGHUP: stop the sources, drain, flush the lake and Kafka, exit 0 within
+    /// this many ms (else exit 1); a second signal exits at once [default: 25000].
+    #[arg(long, env = "TREEAI_SHUTDOWN_TIMEOUT_MS")]
+    shutdown_timeout_ms: Option<u64>,
+    /// GET /healthz fails (503) when no dataflow round has completed for this many ms while the
+    /// pipeline runs [default: 30000].
+    #[arg(long, env = "TREEAI_LIVENESS_TIMEOUT_MS")]
+    liveness_timeout_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -161,7 +169,12 @@ fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<Runt
     if workers == 0 {
         bail!("--workers must be at least 1");
     }
+    let fault = match std::env::var("TREEAI_FAULT") {
+        Ok(f) => Some(f.parse().map_err(|e| anyhow::anyhow!("TREEAI_FAULT: {e}"))?),
+        Err(_) => None,
+    };
     Ok(RuntimeConfig {
+        fault,
         workers,
         allowed_lateness_ms: common
             .allowed_lateness_ms
@@ -175,17 +188,51 @@ fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<Runt
     })
 }
 
-/// A flag that the first Ctrl-C sets (stop cleanly); a second one exits at once.
-fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+/// A flag that the first SIGINT, SIGTERM or SIGHUP sets (stop cleanly); a
+/// second one exits at once (130). With `deadline`, a process that has not
+/// stopped that long after the first signal exits with 1 and says so.
+fn stop_on_signal(deadline: Option<Duration>) -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ntreeai: second signal: exiting at once");
             std::process::exit(130);
         }
+        if let Some(deadline) = deadline {
+            std::thread::spawn(move || {
+                std::thread::sleep(deadline);
+                eprintln!("\ntreeai: did not stop within {} ms of the signal; exiting", deadline.as_millis());
+                std::process::exit(1);
+            });
+        }
     })
-    .context("installing the Ctrl-C handler")?;
+    .context("installing the signal handler")?;
     Ok(stop)
+}
+
+/// A panic on a pipeline thread (a timely worker or communication thread,
+/// the egress, the lake's threads) ends the process at once with one line
+/// and exit code 70: the pipeline cannot go on without it, and waiting for it
+/// would hang. Panics elsewhere (a SQL query's task, caught and answered as
+/// an error) keep the default behaviour.
+fn exit_on_pipeline_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        if name.starts_with("timely:") || name.starts_with("treeai-") {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            eprintln!("\ntreeai: fatal: thread '{name}' panicked{at}: {message}");
+            std::process::exit(70);
+        }
+        default(info);
+    }));
 }
 
 fn now_ms() -> i64 {
@@ -198,6 +245,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    exit_on_pipeline_panic();
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Produce(args) => produce(args),
@@ -267,7 +315,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         SourceSpec::Files(input)
     };
 
-    let shutdown = stop_on_ctrl_c()?;
+    let shutdown_timeout =
+        Duration::from_millis(args.shutdown_timeout_ms.or(file.shutdown_timeout_ms).unwrap_or(25_000));
+    let shutdown = stop_on_signal(Some(shutdown_timeout))?;
     let lake_config = args.lake.config(&file.lake, None)?;
     if let Some(lake) = &lake_config {
         eprintln!("treeai run: lake at {}", lake.url);
@@ -283,7 +333,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .shutdown(shutdown.clone())
         .start()?;
     let (catalog, stats) = (pipeline.catalog().clone(), pipeline.stats().clone());
-    let server = sql::start(&args.sql, &file, &catalog, &stats, source_label, lake_config.as_ref())?;
+    let liveness = Duration::from_millis(args.liveness_timeout_ms.or(file.liveness_timeout_ms).unwrap_or(30_000));
+    let server = sql::start(&args.sql, &file, &catalog, &stats, source_label, lake_config.as_ref(), liveness)?;
     eprintln!(
         "treeai run: SQL on postgres://treeai@{} (psql -h {} -p {} -U treeai), HTTP on http://{}",
         server.pg_addr,
@@ -418,7 +469,7 @@ fn produce_kafka(
     count: Option<u64>,
     rate: Option<f64>,
 ) -> anyhow::Result<()> {
-    let stop = stop_on_ctrl_c()?;
+    let stop = stop_on_signal(None)?;
     let target = rate.map_or("as fast as possible".to_string(), |r| format!("{r:.0} events/s"));
     eprintln!(
         "treeai produce: {} events to {} ({}, {}, {}), {target}",

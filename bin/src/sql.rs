@@ -38,6 +38,7 @@ pub fn start(
     stats: &Arc<Stats>,
     source: &str,
     lake: Option<&treeai_connectors::lake::LakeConfig>,
+    liveness_timeout: Duration,
 ) -> anyhow::Result<treeai_sql::server::SqlServer> {
     let d = SqlConfig::default();
     let config = SqlConfig {
@@ -46,6 +47,7 @@ pub fn start(
         query_timeout: args.sql_timeout_ms.or(file.sql_timeout_ms).map_or(d.query_timeout, Duration::from_millis),
         memory_limit: args.sql_memory_limit_mb.or(file.sql_memory_limit_mb).map_or(d.memory_limit, |mb| mb << 20),
         http_max_rows: args.http_max_rows.or(file.http_max_rows).unwrap_or(d.http_max_rows),
+        liveness_timeout,
     };
     let metrics = Arc::new(Metrics::new(stats.clone(), catalog.clone(), source));
     let mut engine = Engine::new(catalog.clone(), config, metrics.clone()).context("starting the SQL engine")?;

@@ -1,5 +1,9 @@
 //! HTTP: `POST /v1/sql`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //!
+//! `GET /healthz` answers 200 while the dataflow completes rounds (or has
+//! stopped: a finished bounded input), 503 when no round completed for
+//! `SqlConfig::liveness_timeout` — a hung pipeline fails the liveness probe.
+//!
 //! `POST /v1/sql` takes `{"sql": "..."}` (one statement) and answers
 //!
 //! ```json
@@ -60,10 +64,17 @@ struct SqlRequest {
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/sql", post(sql))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(engine)
+}
+
+async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
+    match engine.metrics.liveness(engine.config.liveness_timeout) {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not live: {why}\n")).into_response(),
+    }
 }
 
 async fn readyz(State(engine): State<Arc<Engine>>) -> Response {

@@ -78,6 +78,9 @@ pub struct SqlConfig {
     /// Most rows an HTTP response carries (default 100,000); more are cut and
     /// the response says `"truncated": true`.
     pub http_max_rows: usize,
+    /// `GET /healthz` fails when the running dataflow has completed no round
+    /// for this long (default 30 s).
+    pub liveness_timeout: Duration,
 }
 
 impl Default for SqlConfig {
@@ -88,6 +91,7 @@ impl Default for SqlConfig {
             query_timeout: Duration::from_secs(30),
             memory_limit: 1 << 30,
             http_max_rows: 100_000,
+            liveness_timeout: Duration::from_secs(30),
         }
     }
 }

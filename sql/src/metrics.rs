@@ -39,6 +39,8 @@ pub struct Metrics {
     stats: Arc<Stats>,
     catalog: Arc<Catalog>,
     source: String,
+    /// When these metrics were created, epoch ms (liveness before the first round).
+    started_ms: i64,
 }
 
 impl Metrics {
@@ -59,7 +61,13 @@ impl Metrics {
         .expect("valid metric");
         registry.register(Box::new(queries.clone())).expect("registered once");
         registry.register(Box::new(query_seconds.clone())).expect("registered once");
-        Metrics { registry, queries, query_seconds, stats, catalog, source: source.to_string() }
+        let started_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        Metrics { registry, queries, query_seconds, stats, catalog, source: source.to_string(), started_ms }
+    }
+
+    /// Liveness (`/healthz`): the dataflow completed a round within `timeout`, or has stopped.
+    pub fn liveness(&self, timeout: Duration) -> Result<(), String> {
+        self.stats.alive(timeout, self.started_ms)
     }
 
     /// Counts one statement and its latency.

@@ -131,10 +131,16 @@ pub struct Running {
 impl Running {
     /// Starts `treeai <args> --sql-addr <free> --http-addr <free>`.
     pub fn start(args: &[&str]) -> Running {
+        Running::start_with_env(args, &[])
+    }
+
+    /// As [`Running::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Running {
         use std::io::BufRead;
         let (pg, http) = (free_addr(), free_addr());
         let mut child = std::process::Command::new(treeai_bin())
             .args(args)
+            .envs(envs.iter().copied())
             .args(["--sql-addr", &pg, "--http-addr", &http])
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -167,14 +173,26 @@ impl Running {
 
     /// Sends SIGINT and waits (at most 20 s) for the exit status.
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
-        let _ = std::process::Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        self.signal("INT");
+        self.wait_exit(20).expect("treeai did not stop on SIGINT")
+    }
+
+    /// Sends a signal (`INT`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = std::process::Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+    }
+
+    /// The exit status, if the process ends within `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
+                return Some(status);
             }
-            assert!(std::time::Instant::now() < deadline, "treeai did not stop on SIGINT");
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }

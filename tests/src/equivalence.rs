@@ -182,6 +182,7 @@ fn run_dataflow(lines: &[String], workers: usize, seed: u64) -> Outcome {
         allowed_lateness_ms: [0, 5_000, 600_000][rng.random_range(0..3)],
         idle_timeout: Duration::from_millis([0, 5, 30_000][rng.random_range(0..3)]),
         batch: 64,
+        ..Default::default()
     };
     let done = run_bounded(SourceSpec::Custom(factory), config).expect("runtime");
     let views = view_batches(&done.views, done.watermark).into_iter().map(|(n, b)| (n, batch_rows(&b))).collect();

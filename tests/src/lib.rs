@@ -7,6 +7,7 @@
 //! - `backfill`: the `treeai` binary end to end.
 //! - `kafka`: Kafka in and out against a real broker (Tansu), with kcat.
 //! - `lake`: the Parquet lake on local disk and on S3 (moto).
+//! - `lifecycle`: SIGTERM, a second signal, a worker panic, a stalled dataflow and `/healthz`.
 //! - `sql`: the SQL endpoint of `treeai run` with psql, psycopg and HTTP.
 //! - `sqllogic`: SQL behaviour from `data/sql/*.slt` files through the engine.
 
@@ -21,6 +22,8 @@ mod equivalence;
 mod kafka;
 #[cfg(test)]
 mod lake;
+#[cfg(test)]
+mod lifecycle;
 #[cfg(test)]
 mod sql;
 #[cfg(test)]

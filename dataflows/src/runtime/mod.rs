@@ -71,11 +71,42 @@ pub struct RuntimeConfig {
     pub idle_timeout: Duration,
     /// Messages a worker reads per round (default 16,384).
     pub batch: usize,
+    /// A fault to inject, for tests of supervision (`treeai run` reads it from `TREEAI_FAULT`).
+    pub fault: Option<InjectedFault>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { workers: 1, allowed_lateness_ms: 5_000, idle_timeout: Duration::from_secs(30), batch: 16_384 }
+        RuntimeConfig {
+            workers: 1,
+            allowed_lateness_ms: 5_000,
+            idle_timeout: Duration::from_secs(30),
+            batch: 16_384,
+            fault: None,
+        }
+    }
+}
+
+/// A fault worker 0 injects into itself, to test that the process notices
+/// (the role of the `fail` crate's failpoints, without a build feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// `panic-after-rounds:N`: panic in round N.
+    PanicAfterRounds(u64),
+    /// `stall-after-rounds:N`: stop making progress (sleep forever) in round N.
+    StallAfterRounds(u64),
+}
+
+impl std::str::FromStr for InjectedFault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (what, n) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected WHAT:ROUND"))?;
+        let n: u64 = n.parse().map_err(|_| format!("{s:?}: {n:?} is not a round number"))?;
+        match what {
+            "panic-after-rounds" => Ok(InjectedFault::PanicAfterRounds(n)),
+            "stall-after-rounds" => Ok(InjectedFault::StallAfterRounds(n)),
+            _ => Err(format!("{s:?}: unknown fault {what:?} (panic-after-rounds, stall-after-rounds)")),
+        }
     }
 }
 
@@ -96,6 +127,10 @@ pub struct Stats {
     pub alerts: AtomicU64,
     /// The watermark the inputs reached, epoch ms (`i64::MIN`: none yet).
     pub watermark: AtomicI64,
+    /// Wall-clock time a worker last completed a round, epoch ms (0: none yet).
+    pub last_round_ms: AtomicI64,
+    /// Set once every worker has stopped (input done, stopped, or failed).
+    pub stopped: AtomicBool,
     /// Rejections per `field:rule` label.
     pub rejected_by_label: Mutex<HashMap<String, u64>>,
     /// Counters other components keep (the lake, Kafka), registered by each
@@ -135,6 +170,22 @@ impl Stats {
     pub fn new() -> Self {
         Stats { watermark: AtomicI64::new(i64::MIN), ..Default::default() }
     }
+    /// Whether the dataflow is alive: it has stopped (nothing more to do), or
+    /// some worker completed a round within `timeout` (or none has run yet,
+    /// within `timeout` of `started_ms`).
+    pub fn alive(&self, timeout: Duration, started_ms: i64) -> Result<(), String> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let last = self.last_round_ms.load(Ordering::Relaxed).max(started_ms);
+        let idle = now_ms() - last;
+        if idle > timeout.as_millis() as i64 {
+            Err(format!("no dataflow round completed for {:.1} s", idle as f64 / 1000.0))
+        } else {
+            Ok(())
+        }
+    }
+
     /// The watermark, if any.
     pub fn watermark(&self) -> Option<i64> {
         let w = self.watermark.load(Ordering::Relaxed);
@@ -150,11 +201,25 @@ fn now_ms() -> i64 {
 pub struct Running {
     workers: timely::communication::WorkerGuards<Result<(), RuntimeError>>,
     egress: std::thread::JoinHandle<()>,
+    stats: Arc<Stats>,
+}
+
+/// Sets the shutdown flag when dropped unless disarmed: a worker that fails
+/// or panics stops its peers instead of leaving them waiting for it.
+struct StopPeersOnFailure(Arc<AtomicBool>, bool);
+
+impl Drop for StopPeersOnFailure {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Running {
     /// Waits until every worker and the egress have finished (bounded input
-    /// done, or `shutdown` set); the first worker error, if any.
+    /// done, `shutdown` set, or a worker failed — a failing worker sets
+    /// `shutdown`, so its peers stop too); the first worker error, if any.
     pub fn join(self) -> Result<(), RuntimeError> {
         let mut first_error = None;
         for result in self.workers.join() {
@@ -167,6 +232,7 @@ impl Running {
         if self.egress.join().is_err() {
             first_error = first_error.or(Some(RuntimeError::Worker("the egress thread panicked".into())));
         }
+        self.stats.stopped.store(true, Ordering::SeqCst);
         first_error.map_or(Ok(()), Err)
     }
 }
@@ -192,12 +258,16 @@ pub fn start(
             .spawn(move || egress::run(workers, receiver, catalog, sink, stats))
             .map_err(|e| RuntimeError::Start(e.to_string()))?
     };
+    let worker_stats = stats.clone();
     let workers = timely::execute(timely::Config::process(workers), move |worker| {
         let egress = sender.clone();
-        worker::worker_main(worker, &config, &sources, &sinks, egress, &stats, &shutdown)
+        let mut guard = StopPeersOnFailure(shutdown.clone(), false);
+        let result = worker::worker_main(worker, &config, &sources, &sinks, egress, &worker_stats, &shutdown);
+        guard.1 = result.is_ok();
+        result
     })
     .map_err(RuntimeError::Start)?;
-    Ok(Running { workers, egress })
+    Ok(Running { workers, egress, stats })
 }
 
 /// Runs the pipeline to its end: [`start`], then [`Running::join`].

@@ -6,7 +6,7 @@ use super::egress::{EgressSender, Message};
 use super::ingest::{read_round, Inputs};
 use super::watermark::{global_watermark, PartitionTracker, Report};
 use super::window::WindowDriver;
-use super::{RuntimeConfig, RuntimeError, Stats};
+use super::{InjectedFault, RuntimeConfig, RuntimeError, Stats};
 use crate::source::{Sink, SinkFactory, SinkRole, SourceFactory};
 use crate::store::ViewChange;
 use crate::time::DataflowTime;
@@ -131,6 +131,18 @@ pub(super) fn worker_main(
     loop {
         round += 1;
         let now = Instant::now();
+        stats.last_round_ms.store(super::now_ms(), Ordering::Relaxed);
+        if index == 0 {
+            match config.fault {
+                Some(InjectedFault::PanicAfterRounds(n)) if round >= n => {
+                    panic!("injected fault: panic in round {round}")
+                }
+                Some(InjectedFault::StallAfterRounds(n)) if round >= n => loop {
+                    std::thread::park();
+                },
+                _ => {}
+            }
+        }
 
         // 1. Read a batch and apply it at the current time.
         let read = if done {

@@ -1,0 +1,118 @@
+//! The process lifecycle of `treeai run`: a graceful stop on SIGTERM, a
+//! second signal, a panicking worker, a stalled dataflow and `/healthz`.
+//! Faults are injected with `TREEAI_FAULT` (see `RuntimeConfig::fault`).
+
+use crate::common::{http, Running};
+
+/// Parquet files under `dir`, recursively.
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn healthz(run: &Running) -> (u16, String) {
+    let (status, _, body) = http(&run.http, "GET", "/healthz", &[], b"").expect("GET /healthz");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn sigterm_drains_flushes_the_lake_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    // Files roll only at the stop: the lake holds files afterwards only if the stop flushed them.
+    let mut run = Running::start(&[
+        "run",
+        "--workers",
+        "2",
+        "--rate",
+        "20000",
+        "--lake",
+        lake.to_str().unwrap(),
+        "--lake-roll-ms",
+        "3600000",
+    ]);
+    run.wait_for(60, |l| l.contains("ev/s") && !l.contains("events 0 "));
+    assert_eq!(healthz(&run).0, 200, "a running pipeline is live");
+    assert!(parquet_files(&lake).is_empty(), "nothing rolled before the stop");
+    run.signal("TERM");
+    let status = run.wait_exit(25).expect("treeai did not exit within its shutdown timeout");
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    let files = parquet_files(&lake);
+    assert!(files.iter().any(|f| f.to_string_lossy().contains("/readings/")), "readings flushed: {files:?}");
+    run.wait_for(5, |l| l.contains("treeai run: stopped"));
+}
+
+#[test]
+fn a_worker_panic_ends_the_process_with_a_reason() {
+    let mut run = Running::start_with_env(
+        &["run", "--workers", "2", "--rate", "5000", "--no-lake"],
+        &[("TREEAI_FAULT", "panic-after-rounds:30")],
+    );
+    let line = run.wait_for(60, |l| l.contains("fatal"));
+    assert!(line.contains("thread 'timely:work-0' panicked") && line.contains("injected fault"), "{line}");
+    // Never a hang: the process is gone within seconds of the panic.
+    let status = run.wait_exit(5).expect("treeai still running 5 s after a worker panic");
+    assert_eq!(status.code(), Some(70), "exit status after a worker panic");
+}
+
+#[test]
+fn a_stalled_dataflow_fails_liveness_and_the_shutdown_deadline() {
+    let mut run = Running::start_with_env(
+        &[
+            "run",
+            "--workers",
+            "2",
+            "--rate",
+            "5000",
+            "--no-lake",
+            "--liveness-timeout-ms",
+            "1000",
+            "--shutdown-timeout-ms",
+            "1500",
+        ],
+        &[("TREEAI_FAULT", "stall-after-rounds:30")],
+    );
+    run.wait_for(60, |l| l.contains("SQL on"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (status, body) = loop {
+        let (status, body) = healthz(&run);
+        if status != 200 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status, 503, "a stalled dataflow fails /healthz: {body}");
+    assert!(body.contains("no dataflow round"), "{body}");
+    // A stop that cannot drain ends at the deadline, with a non-zero status and a reason.
+    run.signal("TERM");
+    let status = run.wait_exit(20).expect("treeai ignored its shutdown deadline");
+    assert_eq!(status.code(), Some(1), "exit status when the stop misses its deadline");
+    run.wait_for(5, |l| l.contains("did not stop within 1500 ms"));
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut run = Running::start_with_env(
+        &["run", "--workers", "2", "--rate", "5000", "--no-lake", "--shutdown-timeout-ms", "600000"],
+        &[("TREEAI_FAULT", "stall-after-rounds:30")],
+    );
+    run.wait_for(60, |l| l.contains("SQL on"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run.signal("TERM");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(run.wait_exit(0).is_none(), "the first signal waits for the (stalled) drain");
+    run.signal("INT");
+    let status = run.wait_exit(10).expect("treeai did not exit on the second signal");
+    assert_eq!(status.code(), Some(130));
+}
