@@ -25,11 +25,12 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use treeai_connectors::generator::{EventKind, Generator, GeneratorConfig};
+use treeai_connectors::generator::{Generator, GeneratorConfig};
 use treeai_connectors::kafka::source::owner;
 use treeai_connectors::kafka::{create_topics, produce::produce, KafkaConfig, KafkaStats, Topics};
 use treeai_connectors::pipeline::PipelineBuilder;
 use treeai_connectors::SourceSpec;
+use treeai_dataflows::event::EventKind;
 use treeai_dataflows::runtime::RuntimeConfig;
 
 fn arg(args: &[String], name: &str, default: &str) -> String {

@@ -2,13 +2,12 @@
 //! topics, keyed by `tree_id`, held at a target rate in wall-clock time.
 
 use super::{Context, KafkaConfig, KafkaStats};
-use crate::generator::{EventKind as GenKind, GeneratedEvent};
+use crate::generator::GeneratedEvent;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use treeai_dataflows::event::EventKind;
 
 /// What a produce run did.
 #[derive(Clone, Debug, Default)]
@@ -87,11 +86,7 @@ pub fn produce(
                 std::thread::sleep(due - elapsed);
             }
         }
-        let topic = config.topics.of_kind(match event.kind {
-            GenKind::Tree => EventKind::Tree,
-            GenKind::Assessment => EventKind::Assessment,
-            GenKind::Reading => EventKind::Reading,
-        });
+        let topic = config.topics.of_kind(event.kind);
         let mut record = BaseRecord::to(topic).key(event.key.as_bytes()).payload(event.json.as_slice());
         loop {
             match producer.send(record) {
