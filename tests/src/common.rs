@@ -98,6 +98,24 @@ fn rows_match(g: &Map<String, Value>, w: &Map<String, Value>) -> bool {
     true
 }
 
+/// Every file under `dir`, recursively, sorted.
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The `treeai` binary next to this test executable (built by `cargo build` first).
 pub fn treeai_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TREEAI_BIN") {

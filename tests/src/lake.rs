@@ -3,7 +3,7 @@
 //! S3 path against a real S3-compatible server (moto, installed by
 //! `scripts/test-all.sh`).
 
-use crate::common::{batch_rows, treeai_bin, Running};
+use crate::common::{batch_rows, files_under, treeai_bin, Running};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -13,23 +13,6 @@ use std::time::{Duration, Instant};
 use treeai_dataflows::event::{Event, Position};
 use treeai_dataflows::parse::parse_event;
 use treeai_dataflows::time::{day_of, format_day};
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 fn rows(path: &Path) -> Vec<Map<String, Value>> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap().build().unwrap();

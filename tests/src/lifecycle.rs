@@ -2,23 +2,11 @@
 //! second signal, a panicking worker, a stalled dataflow and `/healthz`.
 //! Faults are injected with `TREEAI_FAULT` (see `RuntimeConfig::fault`).
 
-use crate::common::{http, Running};
+use crate::common::{files_under, http, Running};
 
 /// Parquet files under `dir`, recursively.
 fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    out
+    files_under(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect()
 }
 
 fn healthz(run: &Running) -> (u16, String) {

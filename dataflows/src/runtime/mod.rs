@@ -269,15 +269,3 @@ pub fn start(
     .map_err(RuntimeError::Start)?;
     Ok(Running { workers, egress, stats })
 }
-
-/// Runs the pipeline to its end: [`start`], then [`Running::join`].
-pub fn run(
-    config: RuntimeConfig,
-    sources: SourceFactory,
-    sinks: SinkFactory,
-    catalog: Arc<Catalog>,
-    stats: Arc<Stats>,
-    shutdown: Arc<AtomicBool>,
-) -> Result<(), RuntimeError> {
-    start(config, sources, sinks, catalog, stats, shutdown)?.join()
-}
