@@ -9,6 +9,8 @@
 //! - `lake`: the Parquet lake on local disk and on S3 (moto).
 //! - `sql`: the SQL endpoint of `treeai run` with psql, psycopg and HTTP.
 //! - `sqllogic`: SQL behaviour from `data/sql/*.slt` files through the engine.
+//! - `sql_stream`: scans of a 1M-row view stream (memory, the memory pool,
+//!   cancel, `EXPLAIN`), on a catalog built without the dataflow.
 
 pub mod common;
 pub mod naive;
@@ -23,6 +25,8 @@ mod kafka;
 mod lake;
 #[cfg(test)]
 mod sql;
+#[cfg(test)]
+mod sql_stream;
 #[cfg(test)]
 mod sqllogic;
 #[cfg(test)]
