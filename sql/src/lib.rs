@@ -270,12 +270,15 @@ impl Engine {
     }
 
     /// Plans one query statement against `state`, with `params` for `$1`, `$2`, ….
+    /// A table that no schema holds is [`SqlError::UndefinedTable`] (checked
+    /// before planning: DataFusion reports it only as a plan error's text).
     pub async fn plan(
         &self,
         state: &SessionState,
         statement: DfStatement,
         params: Option<ParamValues>,
     ) -> Result<LogicalPlan, SqlError> {
+        check_tables(state, &statement).await?;
         let plan = state.statement_to_plan(statement).await?;
         SQLOptions::new()
             .with_allow_ddl(false)
@@ -405,6 +408,31 @@ impl Engine {
         self.metrics.record_query(protocol, result.as_ref().err(), started.elapsed());
         result
     }
+}
+
+/// Fails with [`SqlError::UndefinedTable`] for the first table `statement`
+/// names that DataFusion would not find: the tables it resolves (CTEs left
+/// out), looked up the way `SessionState::statement_to_plan` does (default
+/// catalog and schema, `information_schema`), except names of table functions
+/// (`generate_series(…)`), which are named like tables.
+async fn check_tables(state: &SessionState, statement: &DfStatement) -> Result<(), SqlError> {
+    let options = state.config_options();
+    let (catalog, schema) = (&options.catalog.default_catalog, &options.catalog.default_schema);
+    for reference in state.resolve_table_references(statement)? {
+        if reference.schema().is_none() && state.table_functions().contains_key(reference.table()) {
+            continue;
+        }
+        let resolved = reference.clone().resolve(catalog, schema);
+        let exists = match state.schema_for_ref(resolved.clone()) {
+            // `table_exist` answers cheaply; `table` is what planning asks.
+            Ok(tables) => tables.table_exist(&resolved.table) || tables.table(&resolved.table).await?.is_some(),
+            Err(_) => false,
+        };
+        if !exists {
+            return Err(SqlError::UndefinedTable(reference.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// The catalog of every query (Postgres clients see it as the database name).
