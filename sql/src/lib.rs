@@ -5,7 +5,10 @@
 //! Every statement takes one `Arc<Snapshot>` of the catalog (O(1)), puts it
 //! in its clone of the prepared session, and every table scan of the
 //! statement reads that snapshot alone ([`provider`]), so a query reads all
-//! six live views at one dataflow time.
+//! six live views at one dataflow time. A scan ([`scan::ViewScanExec`])
+//! builds its record batches while the query runs, one batch per poll,
+//! reserved in the memory pool, yielding between batches, so a scan of a
+//! large view neither copies the view nor escapes the time limit or a cancel.
 //!
 //! The endpoint is read-only: queries (`SELECT`, `WITH`, `VALUES`, `EXPLAIN`
 //! of a query, `SHOW`) run; `BEGIN`/`COMMIT`/`ROLLBACK`, `DISCARD` and `SET` of the
@@ -32,6 +35,7 @@ pub mod lake;
 pub mod metrics;
 pub mod pg;
 pub mod provider;
+pub mod scan;
 pub mod server;
 
 pub use error::SqlError;
@@ -72,8 +76,8 @@ pub struct SqlConfig {
     /// Time limit of one statement, planning and execution (default 30 s).
     pub query_timeout: Duration,
     /// Memory pool of all running queries together, bytes (default 1 GiB).
-    /// Operators that would spill fail instead (no temporary files). The
-    /// views' rows a scan copies are not counted.
+    /// Operators that would spill fail instead (no temporary files). A scan
+    /// of a view counts the batch it has just built.
     pub memory_limit: usize,
     /// Most rows an HTTP response carries (default 100,000); more are cut and
     /// the response says `"truncated": true`.
@@ -186,10 +190,12 @@ impl Engine {
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
             .map_err(|e| SqlError::Internal(e.to_string()))?;
+        // Scans count the rows they produce (`treeai_sql_view_rows_scanned_total`).
         let mut session = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(CATALOG, "public");
+            .with_default_catalog_and_schema(CATALOG, "public")
+            .with_extension(metrics.clone());
         session.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
         let names = Arc::new(MemoryCatalogProvider::new());
         names.register_schema("public", Arc::new(provider::LiveSchema::new()))?;
@@ -268,12 +274,15 @@ impl Engine {
     }
 
     /// Plans one query statement against `state`, with `params` for `$1`, `$2`, ….
+    /// A table that no schema holds is [`SqlError::UndefinedTable`] (checked
+    /// before planning: DataFusion reports it only as a plan error's text).
     pub async fn plan(
         &self,
         state: &SessionState,
         statement: DfStatement,
         params: Option<ParamValues>,
     ) -> Result<LogicalPlan, SqlError> {
+        check_tables(state, &statement).await?;
         let plan = state.statement_to_plan(statement).await?;
         SQLOptions::new()
             .with_allow_ddl(false)
@@ -403,6 +412,31 @@ impl Engine {
         self.metrics.record_query(protocol, result.as_ref().err(), started.elapsed());
         result
     }
+}
+
+/// Fails with [`SqlError::UndefinedTable`] for the first table `statement`
+/// names that DataFusion would not find: the tables it resolves (CTEs left
+/// out), looked up the way `SessionState::statement_to_plan` does (default
+/// catalog and schema, `information_schema`), except names of table functions
+/// (`generate_series(…)`), which are named like tables.
+async fn check_tables(state: &SessionState, statement: &DfStatement) -> Result<(), SqlError> {
+    let options = state.config_options();
+    let (catalog, schema) = (&options.catalog.default_catalog, &options.catalog.default_schema);
+    for reference in state.resolve_table_references(statement)? {
+        if reference.schema().is_none() && state.table_functions().contains_key(reference.table()) {
+            continue;
+        }
+        let resolved = reference.clone().resolve(catalog, schema);
+        let exists = match state.schema_for_ref(resolved.clone()) {
+            // `table_exist` answers cheaply; `table` is what planning asks.
+            Ok(tables) => tables.table_exist(&resolved.table) || tables.table(&resolved.table).await?.is_some(),
+            Err(_) => false,
+        };
+        if !exists {
+            return Err(SqlError::UndefinedTable(reference.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// The catalog of every query (Postgres clients see it as the database name).

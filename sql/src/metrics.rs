@@ -13,6 +13,7 @@
 //! | `treeai_view_rows` | gauge | `view` |
 //! | `treeai_sql_queries_total` | counter | `protocol` (pg, http), `outcome` (ok, error, refused, timeout, internal_error) |
 //! | `treeai_sql_query_seconds` | histogram | `protocol` |
+//! | `treeai_sql_view_rows_scanned_total` (rows the live views' scans produced) | counter | `view` |
 //!
 //! | `treeai_lake_files_total`, `treeai_lake_bytes_total`, `treeai_lake_errors_total` (with a lake) | counter | |
 //! | `treeai_kafka_errors_total`, `treeai_kafka_delivered_total`, `treeai_kafka_delivery_errors_total` (with Kafka) | counter | |
@@ -36,6 +37,7 @@ pub struct Metrics {
     registry: Registry,
     queries: IntCounterVec,
     query_seconds: HistogramVec,
+    rows_scanned: IntCounterVec,
     stats: Arc<Stats>,
     catalog: Arc<Catalog>,
     source: String,
@@ -59,15 +61,40 @@ impl Metrics {
             &["protocol"],
         )
         .expect("valid metric");
+        let rows_scanned = IntCounterVec::new(
+            Opts::new("treeai_sql_view_rows_scanned_total", "Rows the scans of the live views produced, by view"),
+            &["view"],
+        )
+        .expect("valid metric");
         registry.register(Box::new(queries.clone())).expect("registered once");
         registry.register(Box::new(query_seconds.clone())).expect("registered once");
+        registry.register(Box::new(rows_scanned.clone())).expect("registered once");
         let started_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        Metrics { registry, queries, query_seconds, stats, catalog, source: source.to_string(), started_ms }
+        Metrics {
+            registry,
+            queries,
+            query_seconds,
+            rows_scanned,
+            stats,
+            catalog,
+            source: source.to_string(),
+            started_ms,
+        }
     }
 
     /// Liveness (`/healthz`): the dataflow completed a round within `timeout`, or has stopped.
     pub fn liveness(&self, timeout: Duration) -> Result<(), String> {
         self.stats.alive(timeout, self.started_ms)
+    }
+
+    /// The counter of rows the scans of `view` produce (see [`crate::scan`]).
+    pub fn rows_scanned_counter(&self, view: &str) -> prometheus::IntCounter {
+        self.rows_scanned.with_label_values(&[view])
+    }
+
+    /// Rows the scans of `view` have produced so far.
+    pub fn rows_scanned(&self, view: &str) -> u64 {
+        self.rows_scanned.with_label_values(&[view]).get()
     }
 
     /// Counts one statement and its latency.

@@ -7,10 +7,17 @@
 //! (see `treeai_dataflows::store`). A query thus plans on a clone of one
 //! prepared session instead of a freshly built one.
 //!
+//! A scan plans nothing but a [`ViewScanExec`] (module [`crate::scan`]):
+//! the snapshot, the view and what was pushed down. Rows are turned into
+//! record batches only while the query runs, one batch per poll, each
+//! reserved in the query's memory pool, with a yield between batches so the
+//! time limit and a cancel stop a scan at any batch.
+//!
 //! # Pushdown (what [`ViewTable`] does itself)
 //!
 //! - **Projection**: only the projected columns are built from the view's map;
-//!   `count(*)` builds none (a batch with only a row count).
+//!   `count(*)` builds none (a batch with only a row count), and without
+//!   filters it is answered from the scan's exact row count.
 //! - **Filters** (`supports_filters_pushdown` answers `Inexact`, so DataFusion
 //!   still applies them above the scan):
 //!   - `key = 'literal'`, `key IN ('a', 'b')` and `OR`s of those on the view's
@@ -24,15 +31,15 @@
 //! - **Limit**: DataFusion passes a limit only when no filter remains above
 //!   the scan; the scan then stops after that many rows.
 //!
-//! Rows come in the maps' order (not sorted); batches hold at most
-//! [`BATCH_ROWS`] rows.
+//! `EXPLAIN` shows all three on the scan's line (`ViewScanExec: view=…,
+//! projection=[…], keys=[…], region IN (…), limit=…`). Rows come in the maps'
+//! order (not sorted); batches hold at most [`BATCH_ROWS`] rows.
 
+use crate::scan::ViewScanExec;
 use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
@@ -41,13 +48,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use treeai_dataflows::store::Snapshot;
 use treeai_dataflows::{View, VIEW_NAMES};
-use treeai_schema::views::{
-    afiss_columns, agents_columns, regions_columns, schema_of, scores_columns, trees_columns, view_rows_batch,
-    windows_columns, ViewColumn,
-};
+use treeai_schema::views::schema_of;
 
-/// Rows per record batch of a scan.
-pub const BATCH_ROWS: usize = 8192;
+pub use crate::scan::BATCH_ROWS;
 
 /// A column whose filters are applied while walking the rows (not a map key).
 fn secondary_column(view: View) -> Option<&'static str> {
@@ -135,37 +138,6 @@ impl ViewTable {
     }
 }
 
-fn batches<K, V>(
-    columns: &[ViewColumn<K, V>],
-    rows: &[(&K, &V)],
-    watermark: Option<i64>,
-    projection: Option<&[usize]>,
-) -> Vec<RecordBatch> {
-    rows.chunks(BATCH_ROWS).map(|chunk| view_rows_batch(columns, chunk, watermark, projection)).collect()
-}
-
-fn contains(set: &Option<BTreeSet<String>>, value: Option<&str>) -> bool {
-    match set {
-        None => true,
-        Some(set) => value.is_some_and(|v| set.contains(v)),
-    }
-}
-
-/// Rows of a tree-keyed map: by look-up when `keys` is set, else every row.
-fn tree_rows<'a, V>(
-    map: &'a imbl::HashMap<treeai_dataflows::event::Id, V>,
-    keys: &Option<BTreeSet<String>>,
-    keep: impl Fn(&V) -> bool,
-    limit: usize,
-) -> Vec<(&'a treeai_dataflows::event::Id, &'a V)> {
-    match keys {
-        Some(keys) => {
-            keys.iter().filter_map(|k| map.get_key_value(k.as_str())).filter(|(_, v)| keep(v)).take(limit).collect()
-        }
-        None => map.iter().filter(|(_, v)| keep(v)).take(limit).collect(),
-    }
-}
-
 #[async_trait]
 impl TableProvider for ViewTable {
     fn schema(&self) -> SchemaRef {
@@ -199,63 +171,23 @@ impl TableProvider for ViewTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = snapshot_of(state)?;
         let keys = restriction(filters, Some(self.view.key_column()));
-        let second = restriction(filters, secondary_column(self.view));
-        let limit = limit.unwrap_or(usize::MAX);
-        let proj = projection.map(|p| p.as_slice());
-        let views = &snapshot.views;
-        let w = snapshot.watermark;
-        let parts = match self.view {
-            View::Trees => {
-                let rows = tree_rows(&views.trees, &keys, |t| contains(&second, t.region.map(|r| r.as_str())), limit);
-                batches(&trees_columns(), &rows, w, proj)
-            }
-            View::Afiss => {
-                let rows = tree_rows(
-                    &views.afiss_current,
-                    &keys,
-                    |a| contains(&second, Some(a.assessment.agent_id.as_str())),
-                    limit,
-                );
-                batches(&afiss_columns(), &rows, w, proj)
-            }
-            View::Windows => {
-                batches(&windows_columns(), &tree_rows(&views.sensor_windows, &keys, |_| true, limit), w, proj)
-            }
-            View::Scores => {
-                let rows = tree_rows(&views.tree_scores, &keys, |s| contains(&second, Some(s.region.as_str())), limit);
-                batches(&scores_columns(), &rows, w, proj)
-            }
-            View::Regions => {
-                let rows: Vec<_> = views
-                    .region_summary
-                    .iter()
-                    .filter(|(r, _)| contains(&keys, Some(r.as_str())))
-                    .take(limit)
-                    .collect();
-                batches(&regions_columns(), &rows, w, proj)
-            }
-            View::Agents => {
-                let map = &views.agent_activity;
-                let rows: Vec<_> = match &keys {
-                    Some(agents) => agents
-                        .iter()
-                        .flat_map(|a| {
-                            let a = treeai_dataflows::event::Id::from(a.as_str());
-                            map.range((a.clone(), i32::MIN)..=(a, i32::MAX))
-                        })
-                        .take(limit)
-                        .collect(),
-                    None => map.iter().take(limit).collect(),
-                };
-                batches(&agents_columns(), &rows, w, proj)
-            }
-        };
+        let secondary = secondary_column(self.view)
+            .and_then(|column| restriction(filters, Some(column)).map(|values| (column, values)));
         let schema = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
-        let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&[parts], schema, None)?;
-        Ok(exec)
+        let metrics = state.config().get_extension::<crate::metrics::Metrics>();
+        Ok(Arc::new(ViewScanExec::new(
+            snapshot,
+            self.view,
+            schema,
+            projection.cloned(),
+            keys,
+            secondary,
+            limit,
+            metrics.as_deref(),
+        )))
     }
 }
 

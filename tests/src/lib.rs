@@ -10,6 +10,8 @@
 //! - `lifecycle`: SIGTERM, a second signal, a worker panic, a stalled dataflow and `/healthz`.
 //! - `sql`: the SQL endpoint of `treeai run` with psql, psycopg and HTTP.
 //! - `sqllogic`: SQL behaviour from `data/sql/*.slt` files through the engine.
+//! - `sql_stream`: scans of a 1M-row view stream (memory, the memory pool,
+//!   cancel, `EXPLAIN`), on a catalog built without the dataflow.
 
 pub mod common;
 pub mod naive;
@@ -26,6 +28,8 @@ mod lake;
 mod lifecycle;
 #[cfg(test)]
 mod sql;
+#[cfg(test)]
+mod sql_stream;
 #[cfg(test)]
 mod sqllogic;
 #[cfg(test)]
