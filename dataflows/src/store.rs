@@ -143,7 +143,7 @@ impl Catalog {
     /// Applies a completed round and publishes the result. The new snapshot is
     /// prepared outside the lock (a persistent-map copy of the current one,
     /// sharing everything the round does not change) and swapped in, so readers
-    /// never wait behind ingest. Called by the egress thread only.
+    /// never wait behind ingest. Called by the egress only (one round at a time).
     pub fn publish(&self, round: &Completed) {
         let mut next = Snapshot::clone(&self.snapshot());
         for completed in &round.times {
@@ -154,6 +154,10 @@ impl Catalog {
         next.frontier = round.frontier;
         next.watermark = round.watermark;
         let next = Arc::new(next);
-        *self.snapshot.write().unwrap_or_else(|poison| poison.into_inner()) = next;
+        let previous =
+            std::mem::replace(&mut *self.snapshot.write().unwrap_or_else(|poison| poison.into_inner()), next);
+        // Freeing the previous version (the map nodes this round replaced) happens here,
+        // after the lock is released, so readers never wait for it.
+        drop(previous);
     }
 }

@@ -3,11 +3,11 @@
 //! Every worker hands the egress, in the manner of differential's `capture`,
 //! an explicit protocol of [`Message`]s: the view updates it has produced (at
 //! times it may not have completed yet) and its progress (its frontier: no
-//! update at a time before it will follow). One egress thread per process
+//! update at a time before it will follow). The one [`Egress`] of a process
 //! merges the workers' messages and, whenever the least worker frontier
 //! advances, emits the completed times in time order, each exactly once, as
 //! one [`Completed`] round — the single ordered stream of completed changes.
-//! From it, on the egress thread and in this order:
+//! From it, in this order:
 //!
 //! 1. the [`Catalog`] publishes the views at the new time (prepared outside
 //!    its lock, swapped in);
@@ -17,8 +17,14 @@
 //!    alert topic, collectors) receives every score change and every alert,
 //!    then `flush`.
 //!
-//! A bounded channel sits between the workers and the egress thread: a slow
-//! consumer slows the workers down rather than growing memory.
+//! The egress is a consumer *role*, not a thread: the worker whose message
+//! completes a time does the work, under the egress's lock, so consumers run
+//! one at a time and in order. (A dedicated thread was tried: on 2 cores its
+//! wake-ups, two per round, preempted the timely workers, which wait for each
+//! other every round, and the p50 of a 10k-event update round went from ~6 ms
+//! to ~25 ms.) A slow consumer slows the workers down rather than growing
+//! memory, and the catalog is never behind the dataflow by more than the
+//! round being published.
 
 use crate::alerts::alerts_of;
 use crate::source::{ScoreChange, Sink};
@@ -26,8 +32,7 @@ use crate::store::{Catalog, ViewChange};
 use crate::time::DataflowTime;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::Stats;
 
@@ -45,12 +50,6 @@ pub enum Message {
         input_watermark: Option<i64>,
     },
 }
-
-/// The sending side of the egress, one clone per worker.
-pub type EgressSender = SyncSender<(usize, Message)>;
-
-/// Messages waiting for the egress thread before workers block.
-pub const EGRESS_QUEUE: usize = 1024;
 
 /// The changes of one completed dataflow time.
 #[derive(Clone, Debug)]
@@ -180,25 +179,45 @@ fn derive(round: &Completed, sink: &mut dyn Sink, stats: &Stats) {
     sink.flush();
 }
 
-/// The egress thread: runs until every worker's sender is gone.
-pub(super) fn run(
-    workers: usize,
-    messages: Receiver<(usize, Message)>,
+/// The egress of one process: the merge and its consumers, behind one lock.
+pub struct Egress {
+    state: Mutex<EgressState>,
     catalog: Arc<Catalog>,
-    mut sink: Box<dyn Sink>,
     stats: Arc<Stats>,
-) {
-    let mut merge = Merge::new(workers);
-    while let Ok((worker, message)) = messages.recv() {
-        merge.accept(worker, message);
-        // Take everything already queued, so one round publishes many workers' steps.
-        while let Ok((worker, message)) = messages.try_recv() {
-            merge.accept(worker, message);
+}
+
+struct EgressState {
+    merge: Merge,
+    /// `None` once closed.
+    sink: Option<Box<dyn Sink>>,
+}
+
+impl Egress {
+    /// The egress of `workers` workers, publishing to `catalog` and `sink`.
+    pub fn new(workers: usize, catalog: Arc<Catalog>, sink: Box<dyn Sink>, stats: Arc<Stats>) -> Self {
+        Egress { state: Mutex::new(EgressState { merge: Merge::new(workers), sink: Some(sink) }), catalog, stats }
+    }
+
+    /// Takes one worker's messages; if they complete times, publishes them
+    /// to the catalog, derives the alerts and feeds the sink, before returning.
+    pub fn deliver(&self, worker: usize, messages: impl IntoIterator<Item = Message>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for message in messages {
+            state.merge.accept(worker, message);
         }
-        if let Some(round) = merge.completed() {
-            catalog.publish(&round);
-            derive(&round, sink.as_mut(), &stats);
+        if let Some(round) = state.merge.completed() {
+            self.catalog.publish(&round);
+            if let Some(sink) = state.sink.as_mut() {
+                derive(&round, sink.as_mut(), &self.stats);
+            }
         }
     }
-    sink.close();
+
+    /// Closes the sink (writes out what it buffers); later rounds only reach the catalog.
+    pub fn close(&self) {
+        let sink = self.state.lock().unwrap_or_else(|p| p.into_inner()).sink.take();
+        if let Some(mut sink) = sink {
+            sink.close();
+        }
+    }
 }

@@ -32,7 +32,7 @@ use crate::source::{SinkFactory, SinkRole, SourceFactory};
 use crate::store::Catalog;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Errors of the runtime.
@@ -197,10 +197,10 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A started runtime: timely workers and the egress thread.
+/// A started runtime: timely workers and their egress.
 pub struct Running {
     workers: timely::communication::WorkerGuards<Result<(), RuntimeError>>,
-    egress: std::thread::JoinHandle<()>,
+    egress: Arc<egress::Egress>,
     stats: Arc<Stats>,
 }
 
@@ -229,9 +229,7 @@ impl Running {
                 Err(panic) => first_error = first_error.or(Some(RuntimeError::Worker(panic))),
             }
         }
-        if self.egress.join().is_err() {
-            first_error = first_error.or(Some(RuntimeError::Worker("the egress thread panicked".into())));
-        }
+        self.egress.close();
         self.stats.stopped.store(true, Ordering::SeqCst);
         first_error.map_or(Ok(()), Err)
     }
@@ -250,17 +248,10 @@ pub fn start(
     shutdown: Arc<AtomicBool>,
 ) -> Result<Running, RuntimeError> {
     let workers = config.workers.max(1);
-    let (sender, receiver) = mpsc::sync_channel(egress::EGRESS_QUEUE);
-    let egress = {
-        let (sink, stats) = (sinks(SinkRole::Egress), stats.clone());
-        std::thread::Builder::new()
-            .name("treeai-egress".into())
-            .spawn(move || egress::run(workers, receiver, catalog, sink, stats))
-            .map_err(|e| RuntimeError::Start(e.to_string()))?
-    };
-    let worker_stats = stats.clone();
+    let egress = Arc::new(egress::Egress::new(workers, catalog, sinks(SinkRole::Egress), stats.clone()));
+    let (worker_stats, worker_egress) = (stats.clone(), egress.clone());
     let workers = timely::execute(timely::Config::process(workers), move |worker| {
-        let egress = sender.clone();
+        let egress = worker_egress.clone();
         let mut guard = StopPeersOnFailure(shutdown.clone(), false);
         let result = worker::worker_main(worker, &config, &sources, &sinks, egress, &worker_stats, &shutdown);
         guard.1 = result.is_ok();

@@ -2,7 +2,7 @@
 //! loops — read a round, agree on the watermark, advance time, step, hand the
 //! view changes and the frontier to the egress.
 
-use super::egress::{EgressSender, Message};
+use super::egress::{Egress, Message};
 use super::ingest::{read_round, Inputs};
 use super::watermark::{global_watermark, PartitionTracker, Report};
 use super::window::WindowDriver;
@@ -63,25 +63,25 @@ fn build_views(worker: &mut timely::worker::Worker, inputs: &mut Inputs, changes
 }
 
 /// Hands this round's view changes and the worker's frontier to the egress.
-struct Egress {
+struct ToEgress {
     index: usize,
-    sender: EgressSender,
+    egress: Arc<Egress>,
     changes: ChangeBuffer,
     last: Option<(Option<DataflowTime>, Option<i64>)>,
 }
 
-impl Egress {
+impl ToEgress {
     fn send(&mut self, probe: &ProbeHandle<u64>, input_watermark: Option<i64>) {
         let updates = std::mem::take(&mut *self.changes.borrow_mut());
-        if !updates.is_empty() {
-            // A closed egress means the process is going down; nothing to do but go on.
-            let _ = self.sender.send((self.index, Message::Updates(updates)));
-        }
         let frontier = probe.with_frontier(|f| f.first().copied()).map(DataflowTime);
-        if self.last != Some((frontier, input_watermark)) {
-            self.last = Some((frontier, input_watermark));
-            let _ = self.sender.send((self.index, Message::Progress { frontier, input_watermark }));
+        let progressed = self.last != Some((frontier, input_watermark));
+        if updates.is_empty() && !progressed {
+            return;
         }
+        self.last = Some((frontier, input_watermark));
+        let updates = (!updates.is_empty()).then_some(Message::Updates(updates));
+        let progress = progressed.then_some(Message::Progress { frontier, input_watermark });
+        self.egress.deliver(self.index, updates.into_iter().chain(progress));
     }
 }
 
@@ -91,7 +91,7 @@ pub(super) fn worker_main(
     config: &RuntimeConfig,
     sources: &SourceFactory,
     sinks: &SinkFactory,
-    egress: EgressSender,
+    egress: Arc<Egress>,
     stats: &Arc<Stats>,
     shutdown: &Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
@@ -103,7 +103,7 @@ pub(super) fn worker_main(
     let changes: ChangeBuffer = Rc::default();
     let mut inputs = Inputs::new();
     let probe = build_views(worker, &mut inputs, &changes);
-    let mut egress = Egress { index, sender: egress, changes, last: None };
+    let mut egress = ToEgress { index, egress, changes, last: None };
 
     // The control dataflow: every worker's report reaches every worker.
     let reports: Rc<RefCell<Vec<Option<Report>>>> = Rc::new(RefCell::new(vec![None; peers]));
