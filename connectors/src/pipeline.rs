@@ -180,11 +180,6 @@ impl Pipeline {
         self.kafka_stats.as_ref()
     }
 
-    /// The flag that stops the pipeline.
-    pub fn shutdown_flag(&self) -> &Arc<AtomicBool> {
-        &self.shutdown
-    }
-
     /// Set once the dataflow has stopped (its input ended, or it was stopped).
     pub fn finished_flag(&self) -> &Arc<AtomicBool> {
         &self.finished
@@ -192,8 +187,7 @@ impl Pipeline {
 
     /// Ready to serve: the views have a watermark, or the input is finished.
     pub fn is_ready(&self) -> bool {
-        let snapshot = self.catalog.snapshot();
-        snapshot.watermark.is_some() || snapshot.frontier.is_none()
+        self.catalog.snapshot().is_ready()
     }
 
     /// Asks the pipeline to stop.

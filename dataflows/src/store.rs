@@ -111,6 +111,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Ready to serve: the views have a watermark, or the input is finished
+    /// (nothing more will come). `/readyz` and the pipeline handle say this.
+    pub fn is_ready(&self) -> bool {
+        self.watermark.is_some() || self.frontier.is_none()
+    }
+
     /// The dataflow time the views are at: the last time before the frontier.
     pub fn time(&self) -> Option<DataflowTime> {
         self.frontier.map(|f| DataflowTime(f.0.saturating_sub(1)))

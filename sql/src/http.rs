@@ -78,8 +78,7 @@ async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
 }
 
 async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
-    let snap = engine.catalog().snapshot();
-    if snap.watermark.is_some() || snap.frontier.is_none() {
+    if engine.catalog().snapshot().is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: the views have no watermark yet\n").into_response()
