@@ -16,6 +16,12 @@
 //! shutdown_timeout_ms = 25000 # SIGTERM: drain and flush, exit 0 within this
 //! liveness_timeout_ms = 30000 # /healthz fails without a dataflow round for this long
 //!
+//! [checkpoint]                # consistent checkpoints (OPERATIONS.md)
+//! url = "./lake/_checkpoints"  # flag --checkpoint-url; default <lake>/_checkpoints
+//! interval_ms = 30000         # flag --checkpoint-interval-ms
+//! kept = 3                    # flag --checkpoints-kept
+//! enabled = true              # false = --no-checkpoint
+//!
 //! [generator]                 # the embedded default source
 //! trees = 10000
 //! agents = 30
@@ -82,6 +88,26 @@ pub struct FileConfig {
     /// Kafka: the input topics (instead of the generator) and the alert and dead-letter topics.
     #[serde(default)]
     pub kafka: KafkaFile,
+    /// Checkpoints.
+    #[serde(default)]
+    pub checkpoint: CheckpointFile,
+}
+
+/// `[checkpoint]`: where and how often `treeai run` writes checkpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointFile {
+    /// Where checkpoints go (flag `--checkpoint-url`, env `TREEAI_CHECKPOINT_URL`); default
+    /// `<lake>/_checkpoints`, or `./checkpoints` without a lake.
+    pub url: Option<String>,
+    /// Time between checkpoints, ms (flag `--checkpoint-interval-ms`); default 30000.
+    pub interval_ms: Option<u64>,
+    /// Checkpoints kept (flag `--checkpoints-kept`); default 3.
+    pub kept: Option<usize>,
+    /// `false`: no checkpoints (flag `--no-checkpoint`); default true.
+    pub enabled: Option<bool>,
+    /// `object_store` options of the checkpoint store; default the lake's.
+    pub options: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `[kafka]`: a Kafka cluster as the source, and the alert and dead-letter topics.

@@ -1,5 +1,6 @@
 //! `treeai`: the TreeAI pipeline's one binary.
 
+mod checkpoint_args;
 mod config;
 mod kafka_args;
 mod lake_args;
@@ -91,8 +92,11 @@ struct RunArgs {
     lake: lake_args::LakeArgs,
     #[command(flatten)]
     kafka: kafka_args::KafkaArgs,
-    /// SIGTERM, SIGINT or SIGHUP: stop the sources, drain, flush the lake and Kafka, exit 0 within
-    /// this many ms (else exit 1); a second signal exits at once [default: 25000].
+    #[command(flatten)]
+    checkpoint: checkpoint_args::CheckpointArgs,
+    /// SIGTERM, SIGINT or SIGHUP: stop the sources, drain, flush the lake and Kafka, write a final
+    /// checkpoint, exit 0 within this many ms (else exit 1); a second signal exits at once
+    /// [default: 25000].
     #[arg(long, env = "TREEAI_SHUTDOWN_TIMEOUT_MS")]
     shutdown_timeout_ms: Option<u64>,
     /// GET /healthz fails (503) when no dataflow round has completed for this many ms while the
@@ -327,14 +331,40 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // Kafka: a backlog is worked off in large rounds (a live stream's rounds hold what arrived).
     let config = if kafka.is_some() { RuntimeConfig { batch: KAFKA_ROUND, ..config } } else { config };
+    let checkpoints = args.checkpoint.config(&file.checkpoint, lake_config.as_ref());
+    match &checkpoints {
+        Some(c) => {
+            eprintln!("treeai run: checkpoints every {} ms to {} (keeping {})", c.interval.as_millis(), c.url, c.kept)
+        }
+        None => eprintln!("treeai run: no checkpoints (a restart replays the sources)"),
+    }
     let pipeline = PipelineBuilder::new(source, config)
         .lake(lake_config.clone())
         .kafka_output(kafka.clone())
+        .checkpoints(checkpoints)
         .shutdown(shutdown.clone())
         .start()?;
+    if let Some(restore) = pipeline.checkpoints().as_ref().and_then(|h| h.restore().cloned()) {
+        let rows: usize = restore.workers.iter().map(|w| w.rows()).sum();
+        eprintln!(
+            "treeai run: resumed from checkpoint {} ({} workers, {rows} rows of state)",
+            restore.number,
+            restore.workers.len()
+        );
+    }
     let (catalog, stats) = (pipeline.catalog().clone(), pipeline.stats().clone());
     let liveness = Duration::from_millis(args.liveness_timeout_ms.or(file.liveness_timeout_ms).unwrap_or(30_000));
-    let server = sql::start(&args.sql, &file, &catalog, &stats, source_label, lake_config.as_ref(), liveness)?;
+    let server = sql::start(
+        &args.sql,
+        &file,
+        &catalog,
+        &stats,
+        source_label,
+        lake_config.as_ref(),
+        liveness,
+        pipeline.checkpoints(),
+    )
+    .inspect_err(|_| pipeline.stop())?;
     eprintln!(
         "treeai run: SQL on postgres://treeai@{} (psql -h {} -p {} -U treeai), HTTP on http://{}",
         server.pg_addr,

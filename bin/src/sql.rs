@@ -31,6 +31,7 @@ pub struct SqlArgs {
 }
 
 /// Starts the SQL servers over `catalog`; they serve until the process ends.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     args: &SqlArgs,
     file: &FileConfig,
@@ -39,6 +40,7 @@ pub fn start(
     source: &str,
     lake: Option<&treeai_connectors::lake::LakeConfig>,
     liveness_timeout: Duration,
+    checkpoints: Option<Arc<treeai_dataflows::checkpoint::Checkpoints>>,
 ) -> anyhow::Result<treeai_sql::server::SqlServer> {
     let d = SqlConfig::default();
     let config = SqlConfig {
@@ -53,6 +55,9 @@ pub fn start(
     let mut engine = Engine::new(catalog.clone(), config, metrics.clone()).context("starting the SQL engine")?;
     if let Some(lake) = lake {
         engine = engine.with_lake(&lake.url, &lake.options).context("opening the lake for SQL")?;
+    }
+    if let Some(hub) = checkpoints {
+        engine = engine.with_checkpoints(hub);
     }
     let engine = Arc::new(engine);
     treeai_sql::server::start(engine).context("starting the SQL servers")

@@ -125,8 +125,9 @@ pub struct LakeStats {
 enum EncodeJob {
     /// More rows of file `file` of `table` (opened by its first chunk).
     Append { file: u64, table: Table, batch: RecordBatch },
-    /// File `file` is complete: close it and hand its bytes to the upload thread as `path`.
-    Finish { file: u64, path: StorePath },
+    /// File `file` is complete: close it and hand its bytes to the upload thread as `path`
+    /// (staged for checkpoint `epoch`'s commit, when given).
+    Finish { file: u64, path: StorePath, staged: Option<Staged> },
     /// File `file` is abandoned (its sink went away without closing).
     Discard { file: u64 },
     /// Acknowledged once everything before it is encoded and written.
@@ -135,8 +136,75 @@ enum EncodeJob {
 
 /// Work for the upload thread.
 enum UploadJob {
-    Put(StorePath, Vec<u8>),
+    Put(StorePath, Vec<u8>, Option<Staged>),
     Barrier(mpsc::Sender<()>),
+}
+
+/// A file written to the staging area, to be published by checkpoint `epoch`'s commit.
+#[derive(Clone, Debug)]
+struct Staged {
+    epoch: u64,
+    /// Where it is published, relative to the lake root.
+    path: String,
+}
+
+/// A staged file of a sealed checkpoint: published by moving `staged` to `path`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StagedFile {
+    /// Where it was written, relative to the lake root (under [`STAGING`]).
+    pub staged: String,
+    /// Where it is published, relative to the lake root.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// The folder under the lake root where files wait for their checkpoint's commit.
+pub const STAGING: &str = "_staging";
+
+/// The checkpoint that published a lake file, from its name (`part-e<epoch>-...`); `None` for
+/// files written without checkpoints.
+pub fn file_epoch(name: &str) -> Option<u64> {
+    let rest = name.rsplit('/').next()?.strip_prefix("part-e")?;
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Files per checkpoint epoch: written, waiting to be written, failed.
+#[derive(Default)]
+struct Epochs {
+    outstanding: std::collections::BTreeMap<u64, usize>,
+    files: std::collections::BTreeMap<u64, Vec<StagedFile>>,
+    failed: Vec<String>,
+}
+
+/// The staging bookkeeping shared by the sinks, the encoders and the upload thread.
+struct Commits {
+    epochs: Mutex<Epochs>,
+    changed: std::sync::Condvar,
+    first_epoch: u64,
+}
+
+impl Commits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Epochs> {
+        self.epochs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn begin(&self, epoch: u64) {
+        *self.lock().outstanding.entry(epoch).or_default() += 1;
+    }
+    fn end(&self, epoch: u64, result: Result<StagedFile, String>) {
+        let mut e = self.lock();
+        if let Some(n) = e.outstanding.get_mut(&epoch) {
+            *n -= 1;
+            if *n == 0 {
+                e.outstanding.remove(&epoch);
+            }
+        }
+        match result {
+            Ok(file) => e.files.entry(epoch).or_default().push(file),
+            Err(error) => e.failed.push(error),
+        }
+        self.changed.notify_all();
+    }
 }
 
 /// The background threads of one process's lake: encoders and the upload thread.
@@ -147,19 +215,60 @@ pub struct Lake {
     /// Rows handed to each encoder and not yet encoded (to give a new file to the least busy one).
     pending: Vec<Arc<AtomicUsize>>,
     next_file: AtomicU64,
+    store: Arc<dyn ObjectStore>,
+    /// With checkpoints: files are staged and published by each checkpoint's commit.
+    commits: Option<Arc<Commits>>,
     /// Counters.
     pub stats: Arc<LakeStats>,
 }
 
 impl Lake {
-    /// Opens the lake and starts its encoder and upload threads.
+    /// Opens the lake and starts its encoder and upload threads. Files are
+    /// published as they are written.
     pub fn open(config: LakeConfig) -> Result<Arc<Lake>, ConnectorError> {
+        Lake::open_with(config, None)
+    }
+
+    /// Opens the lake; with `first_epoch`, files go to the staging area
+    /// ([`STAGING`]) and are published by the checkpoint they belong to
+    /// ([`Lake::seal`]), the first being `first_epoch`.
+    pub fn open_with(config: LakeConfig, first_epoch: Option<u64>) -> Result<Arc<Lake>, ConnectorError> {
         let (store, prefix) = open_store(&config.url, &config.options)?;
-        Lake::start(config, store, prefix)
+        let commits = first_epoch.map(|first_epoch| {
+            Arc::new(Commits { epochs: Mutex::default(), changed: std::sync::Condvar::new(), first_epoch })
+        });
+        Lake::start(config, store, prefix, commits)
+    }
+
+    /// The lake's store and the root's path in it.
+    pub fn store(&self) -> (Arc<dyn ObjectStore>, StorePath) {
+        (self.store.clone(), self.prefix.clone())
+    }
+
+    /// Waits until every file of the checkpoints up to `epoch` is staged (every sink has
+    /// cut `epoch` before this is called) and returns them, to be published by its commit.
+    /// `Err` if a file could not be encoded: the lake cannot commit that checkpoint.
+    pub fn seal(&self, epoch: u64) -> Result<Vec<StagedFile>, String> {
+        let Some(commits) = &self.commits else { return Ok(Vec::new()) };
+        let mut e = commits.lock();
+        while e.outstanding.range(..=epoch).next().is_some() && e.failed.is_empty() {
+            e = commits.changed.wait(e).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(error) = e.failed.first() {
+            return Err(error.clone());
+        }
+        let later = e.files.split_off(&(epoch + 1));
+        let sealed = std::mem::replace(&mut e.files, later);
+        Ok(sealed.into_values().flatten().collect())
     }
 
     /// Starts the threads of a lake on `store` under `prefix`.
-    fn start(config: LakeConfig, store: Arc<dyn ObjectStore>, prefix: StorePath) -> Result<Arc<Lake>, ConnectorError> {
+    fn start(
+        config: LakeConfig,
+        store: Arc<dyn ObjectStore>,
+        prefix: StorePath,
+        commits: Option<Arc<Commits>>,
+    ) -> Result<Arc<Lake>, ConnectorError> {
         let thread_error = |what: &str, e: std::io::Error| ConnectorError::Output(format!("lake {what} thread: {e}"));
         let stats = Arc::new(LakeStats::default());
         let (upload_tx, upload_rx) = mpsc::sync_channel::<UploadJob>(UPLOAD_QUEUE);
@@ -168,6 +277,7 @@ impl Lake {
             .build()
             .map_err(|e| ConnectorError::Output(format!("lake runtime: {e}")))?;
         let upload_stats = stats.clone();
+        let (upload_store, upload_commits, upload_prefix) = (store.clone(), commits.clone(), prefix.clone());
         std::thread::Builder::new()
             .name("treeai-lake".into())
             .spawn(move || {
@@ -176,8 +286,18 @@ impl Lake {
                         UploadJob::Barrier(done) => {
                             let _ = done.send(());
                         }
-                        UploadJob::Put(path, bytes) => {
-                            runtime.block_on(put_with_retry(&*store, &path, bytes, &upload_stats))
+                        UploadJob::Put(path, bytes, None) => {
+                            runtime.block_on(put_with_retry(&*upload_store, &path, bytes, &upload_stats, 20));
+                        }
+                        UploadJob::Put(path, bytes, Some(staged)) => {
+                            // A staged file is retried until it lands: its checkpoint waits for it.
+                            let len = bytes.len() as u64;
+                            runtime.block_on(put_with_retry(&*upload_store, &path, bytes, &upload_stats, u32::MAX));
+                            let relative = relative_to(&upload_prefix, &path);
+                            if let Some(commits) = &upload_commits {
+                                let file = StagedFile { staged: relative, path: staged.path, bytes: len };
+                                commits.end(staged.epoch, Ok(file));
+                            }
                         }
                     }
                 }
@@ -189,6 +309,7 @@ impl Lake {
         for i in 0..count {
             let (tx, rx) = mpsc::sync_channel::<EncodeJob>(ENCODE_QUEUE);
             let encoder = Encoder {
+                commits: commits.clone(),
                 codec: config.compression,
                 uploads: upload_tx.clone(),
                 pending: Arc::new(AtomicUsize::new(0)),
@@ -212,6 +333,8 @@ impl Lake {
             encoders: Mutex::new(encoders),
             pending,
             next_file: AtomicU64::new(0),
+            store,
+            commits,
             stats,
         }))
     }
@@ -318,8 +441,15 @@ fn yield_to_dataflow() {
     }
 }
 
+/// `path` relative to the lake root `prefix`.
+fn relative_to(prefix: &StorePath, path: &StorePath) -> String {
+    path.prefix_match(prefix)
+        .map_or_else(|| path.to_string(), |parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+}
+
 /// One encoder thread: the `ArrowWriter`s of the files given to it.
 struct Encoder {
+    commits: Option<Arc<Commits>>,
     codec: Codec,
     uploads: mpsc::SyncSender<UploadJob>,
     pending: Arc<AtomicUsize>,
@@ -338,7 +468,7 @@ impl Encoder {
                     self.append(file, table, &batch);
                     self.pending.fetch_sub(rows, Ordering::Relaxed);
                 }
-                EncodeJob::Finish { file, path } => self.finish(file, path),
+                EncodeJob::Finish { file, path, staged } => self.finish(file, path, staged),
                 EncodeJob::Discard { file } => {
                     self.open.remove(&file);
                     self.failed.remove(&file);
@@ -369,29 +499,38 @@ impl Encoder {
         }
     }
 
-    fn finish(&mut self, file: u64, path: StorePath) {
+    fn finish(&mut self, file: u64, path: StorePath, staged: Option<Staged>) {
         let bytes = match self.failed.remove(&file) {
             Some(e) => Err(e),
             None => match self.open.remove(&file) {
                 Some(writer) => writer.into_inner().map_err(|e| e.to_string()),
-                None => return,
+                None => Err("no rows were handed over".to_string()),
             },
+        };
+        let fail = |commits: &Option<Arc<Commits>>, staged: Option<Staged>, error: String| {
+            if let (Some(commits), Some(staged)) = (commits, staged) {
+                commits.end(staged.epoch, Err(error));
+            }
         };
         match bytes {
             Ok(bytes) => {
-                if self.uploads.send(UploadJob::Put(path, bytes)).is_err() {
+                if let Err(mpsc::SendError(job)) = self.uploads.send(UploadJob::Put(path.clone(), bytes, staged)) {
                     tracing::error!("lake upload thread is gone; a file was not written");
+                    if let UploadJob::Put(_, _, staged) = job {
+                        fail(&self.commits, staged, format!("{path}: the upload thread is gone"));
+                    }
                 }
             }
             Err(e) => {
                 self.stats.encode_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("lake: encoding {path} failed, file not written: {e}");
+                fail(&self.commits, staged, format!("encoding {path} failed: {e}"));
             }
         }
     }
 }
 
-async fn put_with_retry(store: &dyn ObjectStore, path: &StorePath, bytes: Vec<u8>, stats: &LakeStats) {
+async fn put_with_retry(store: &dyn ObjectStore, path: &StorePath, bytes: Vec<u8>, stats: &LakeStats, attempts: u32) {
     let len = bytes.len() as u64;
     let payload = PutPayload::from(bytes);
     let mut delay = Duration::from_millis(100);
@@ -404,7 +543,7 @@ async fn put_with_retry(store: &dyn ObjectStore, path: &StorePath, bytes: Vec<u8
             }
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                if attempt >= 20 {
+                if attempt >= attempts {
                     tracing::error!("lake: giving up on {path} after {attempt} attempts: {e}");
                     return;
                 }
@@ -657,8 +796,10 @@ struct OpenFile<C> {
     /// Its id at the encoder.
     file: u64,
     encoder: usize,
-    /// Where it lands.
+    /// Where it is written.
     path: StorePath,
+    /// With checkpoints: its epoch and where it is published.
+    staged: Option<Staged>,
     /// Input bytes in the whole file (the roll rule) and in the rows not handed over yet.
     bytes: usize,
     chunk_bytes: usize,
@@ -726,6 +867,7 @@ impl<C: Columns> Files<C> {
         bucket: Option<i64>,
         lake: &Lake,
         worker: usize,
+        epoch: Option<u64>,
         partition: impl FnOnce() -> String,
         name: impl FnOnce() -> String,
     ) -> &mut OpenFile<C> {
@@ -734,8 +876,16 @@ impl<C: Columns> Files<C> {
             _ => match self.index.get(&bucket) {
                 Some(&i) => i,
                 None => {
-                    let path = format!("{}/{}/{}", self.table.name(), partition(), name());
-                    let path = lake.prefix.parts().chain(StorePath::from(path.as_str()).parts()).collect();
+                    let (name, partition) = (name(), partition());
+                    let (written, staged) = match epoch {
+                        None => (format!("{}/{partition}/{name}", self.table.name()), None),
+                        Some(epoch) => {
+                            let name = format!("part-e{epoch:08}-{}", name.strip_prefix("part-").unwrap_or(&name));
+                            let path = format!("{}/{partition}/{name}", self.table.name());
+                            (format!("{STAGING}/{path}"), Some(Staged { epoch, path }))
+                        }
+                    };
+                    let path = lake.prefix.parts().chain(StorePath::from(written.as_str()).parts()).collect();
                     self.open.push(OpenFile {
                         bucket,
                         table: self.table,
@@ -744,6 +894,7 @@ impl<C: Columns> Files<C> {
                         file: lake.next_file.fetch_add(1, Ordering::Relaxed),
                         encoder: lake.pick_encoder(worker),
                         path,
+                        staged,
                         bytes: 0,
                         chunk_bytes: 0,
                         opened: Instant::now(),
@@ -769,7 +920,10 @@ impl<C: Columns> Files<C> {
             self.index = self.open.iter().enumerate().map(|(i, f)| (f.bucket, i)).collect();
             for mut f in rolled {
                 f.hand_over(lake, encoders);
-                f.send(EncodeJob::Finish { file: f.file, path: f.path.clone() }, encoders);
+                if let (Some(commits), Some(staged)) = (&lake.commits, &f.staged) {
+                    commits.begin(staged.epoch);
+                }
+                f.send(EncodeJob::Finish { file: f.file, path: f.path.clone(), staged: f.staged.clone() }, encoders);
             }
         }
         for f in self.open.iter_mut().filter(|f| f.columns.len() >= ROUND_ROWS) {
@@ -792,6 +946,8 @@ impl<C: Columns> Files<C> {
 pub struct LakeSink {
     lake: Arc<Lake>,
     worker: usize,
+    /// With checkpoints: the checkpoint the rows received now belong to.
+    epoch: Option<u64>,
     encoders: Vec<mpsc::SyncSender<EncodeJob>>,
     readings: Files<ReadingColumns>,
     assessments: Files<AssessmentColumns>,
@@ -809,6 +965,7 @@ impl LakeSink {
             SinkRole::Egress => 0,
         };
         LakeSink {
+            epoch: lake.commits.as_ref().map(|c| c.first_epoch),
             encoders: lake.senders(),
             lake,
             worker,
@@ -846,23 +1003,24 @@ fn day_bucket(ms: Option<i64>) -> Option<i64> {
 
 impl Sink for LakeSink {
     fn event(&mut self, event: &Event, pos: Position, _arrival_ms: i64) {
-        let (lake, worker, encoders) = (&*self.lake, self.worker, &self.encoders[..]);
+        let (lake, worker, encoders, epoch) = (&*self.lake, self.worker, &self.encoders[..], self.epoch);
         let name = || event_name(pos);
         match event {
             Event::Reading(r) => {
-                let f = self.readings.get(Some(r.ts.div_euclid(HOUR_MS)), lake, worker, || hour_part(r.ts), name);
+                let hour = Some(r.ts.div_euclid(HOUR_MS));
+                let f = self.readings.get(hour, lake, worker, epoch, || hour_part(r.ts), name);
                 f.columns.push(r, pos);
                 f.added(96, lake, encoders);
             }
             Event::Assessment(a, notes) => {
                 let at = Some(a.observed_at);
-                let f = self.assessments.get(day_bucket(at), lake, worker, || date_part(at), name);
+                let f = self.assessments.get(day_bucket(at), lake, worker, epoch, || date_part(at), name);
                 f.columns.push(a, notes.as_deref(), pos);
                 f.added(256 + notes.as_ref().map_or(0, String::len), lake, encoders);
             }
             Event::Tree(t) => {
                 let at = Some(t.updated_at);
-                let f = self.trees.get(day_bucket(at), lake, worker, || date_part(at), name);
+                let f = self.trees.get(day_bucket(at), lake, worker, epoch, || date_part(at), name);
                 f.columns.push(t, pos);
                 f.added(192, lake, encoders);
             }
@@ -870,34 +1028,42 @@ impl Sink for LakeSink {
     }
 
     fn score_change(&mut self, change: &ScoreChange) {
-        let (lake, worker, encoders) = (&*self.lake, self.worker, &self.encoders[..]);
+        let (lake, worker, encoders, epoch) = (&*self.lake, self.worker, &self.encoders[..], self.epoch);
         let w = change.watermark;
-        let f =
-            self.score_changes.get(day_bucket(w), lake, worker, || date_part(w), || derived_name(worker, change.time));
+        let name = || derived_name(worker, change.time);
+        let f = self.score_changes.get(day_bucket(w), lake, worker, epoch, || date_part(w), name);
         f.columns.push(change);
         f.added(128, lake, encoders);
     }
 
     fn alert(&mut self, alert: Alert) {
-        let (lake, worker, encoders) = (&*self.lake, self.worker, &self.encoders[..]);
+        let (lake, worker, encoders, epoch) = (&*self.lake, self.worker, &self.encoders[..], self.epoch);
         let w = alert.watermark;
         let time = DataflowTime::new(w, 0).0;
-        let f = self.alerts.get(day_bucket(w), lake, worker, || date_part(w), || derived_name(worker, time));
+        let f = self.alerts.get(day_bucket(w), lake, worker, epoch, || date_part(w), || derived_name(worker, time));
         f.columns.push(&alert);
         f.added(128, lake, encoders);
     }
 
     fn dead_letter(&mut self, letter: DeadLetter) {
-        let (lake, worker, encoders) = (&*self.lake, self.worker, &self.encoders[..]);
+        let (lake, worker, encoders, epoch) = (&*self.lake, self.worker, &self.encoders[..], self.epoch);
         let at = Some(letter.arrival_ms);
         let pos = letter.pos;
-        let f = self.deadletter.get(day_bucket(at), lake, worker, || date_part(at), || event_name(pos));
+        let f = self.deadletter.get(day_bucket(at), lake, worker, epoch, || date_part(at), || event_name(pos));
         f.columns.push(&letter);
         f.added(letter.raw.len() + 64, lake, encoders);
     }
 
     fn flush(&mut self) {
         self.roll(false);
+    }
+
+    /// Rolls every open file: they hold rows of checkpoint `number` only; later rows go to new files.
+    fn checkpoint(&mut self, number: u64) {
+        if self.epoch.is_some() {
+            self.roll(true);
+            self.epoch = Some(number + 1);
+        }
     }
 
     fn close(&mut self) {

@@ -3,6 +3,7 @@
 //! [`SourceSpec`], the one place that turns a configuration into per-worker
 //! sources.
 
+pub mod checkpoint;
 pub mod file;
 pub mod generated;
 pub mod generator;
@@ -34,6 +35,9 @@ pub enum ConnectorError {
     /// A Kafka client could not be created or a request failed.
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaClientError),
+    /// Checkpoints could not be read, written or resumed.
+    #[error(transparent)]
+    Checkpoint(checkpoint::CheckpointError),
 }
 
 impl ConnectorError {
@@ -44,6 +48,7 @@ impl ConnectorError {
             ConnectorError::Output(_) => Fault::Environment,
             ConnectorError::Runtime(e) => e.fault(),
             ConnectorError::Kafka(e) => e.fault(),
+            ConnectorError::Checkpoint(e) => e.fault(),
         }
     }
 

@@ -12,6 +12,9 @@
 //!             dead letters (lake, Kafka, collect)    and alerts, Kafka alerts, collect
 //! ```
 
+use crate::checkpoint::{
+    restore_lake, CheckpointConfig, CheckpointMetrics, CheckpointStore, Checkpointer, RestoreFrom,
+};
 use crate::kafka::sink::KafkaOutput;
 use crate::kafka::{KafkaConfig, KafkaStats};
 use crate::lake::{Lake, LakeConfig};
@@ -21,7 +24,7 @@ use crate::{ConnectorError, SourceSpec};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use treeai_dataflows::runtime::{self, Running, RuntimeConfig, Stats};
 use treeai_dataflows::source::{NullSink, Sink, SinkFactory};
 use treeai_dataflows::store::{Catalog, Views};
@@ -44,12 +47,28 @@ pub struct PipelineBuilder {
     kafka_output: Option<KafkaConfig>,
     collect: bool,
     shutdown: Option<Arc<AtomicBool>>,
+    checkpoints: Option<CheckpointConfig>,
 }
 
 impl PipelineBuilder {
     /// A pipeline reading `source` with `runtime`'s settings, without sinks.
     pub fn new(source: SourceSpec, runtime: RuntimeConfig) -> Self {
-        PipelineBuilder { source, runtime, lake: None, kafka_output: None, collect: false, shutdown: None }
+        PipelineBuilder {
+            source,
+            runtime,
+            lake: None,
+            kafka_output: None,
+            collect: false,
+            shutdown: None,
+            checkpoints: None,
+        }
+    }
+
+    /// Takes checkpoints (and resumes from one) as `config` says (when given); the lake
+    /// then publishes its files with each checkpoint (see [`crate::checkpoint`]).
+    pub fn checkpoints(mut self, config: Option<CheckpointConfig>) -> Self {
+        self.checkpoints = config;
+        self
     }
 
     /// Lands events, score changes, alerts and dead letters in the lake (when given).
@@ -79,9 +98,60 @@ impl PipelineBuilder {
     /// Starts the workers, the egress and every sink. The catalog is sized and
     /// the sinks' counters registered here.
     pub fn start(self) -> Result<Pipeline, ConnectorError> {
+        let started = Instant::now();
         let stats = Arc::new(Stats::new());
         let catalog = Arc::new(Catalog::new());
         let shutdown = self.shutdown.unwrap_or_default();
+        let source_kind = match &self.source {
+            SourceSpec::Files(_) => "files",
+            SourceSpec::Generator { .. } => "generator",
+            SourceSpec::Kafka { .. } => "kafka",
+            SourceSpec::Custom(_) => "custom",
+        };
+        // The checkpoint to resume from, checked against this run.
+        let checkpoint_metrics = Arc::new(CheckpointMetrics::default());
+        let (checkpoint_store, loaded) = match &self.checkpoints {
+            None => (None, None),
+            Some(config) => {
+                let store = CheckpointStore::open(&config.url, &config.options)?;
+                let loaded = match &config.restore {
+                    RestoreFrom::Nothing => None,
+                    RestoreFrom::Newest => store.load_newest(&checkpoint_metrics.skipped)?,
+                    RestoreFrom::Folder(url) => Some(CheckpointStore::open(url, &config.options)?.load_here()?),
+                };
+                if let Some(loaded) = &loaded {
+                    let m = &loaded.manifest;
+                    let incompatible = |message: String| {
+                        ConnectorError::Checkpoint(crate::checkpoint::CheckpointError::Incompatible {
+                            number: m.number,
+                            message,
+                        })
+                    };
+                    if m.source != source_kind {
+                        return Err(incompatible(format!(
+                            "it was written reading {}, this run reads {source_kind}",
+                            m.source
+                        )));
+                    }
+                    let workers = self.runtime.workers.max(1);
+                    if matches!(source_kind, "files" | "generator") && m.workers != workers {
+                        return Err(incompatible(format!(
+                            "{} input is split by worker count: it resumes only with --workers {} (not {workers})",
+                            source_kind, m.workers
+                        )));
+                    }
+                    store.drop_after(m.number)?;
+                    tracing::info!(
+                        "resuming from checkpoint {} ({}, {} workers, {} rows of state)",
+                        m.number,
+                        loaded.folder,
+                        m.workers,
+                        m.parts.iter().map(|p| p.rows).sum::<u64>()
+                    );
+                }
+                (Some(store), loaded)
+            }
+        };
         let mut sinks: Vec<SinkFactory> = Vec::new();
         let collected = self.collect.then(|| Arc::new(Mutex::new(Collected::default())));
         if let Some(collected) = &collected {
@@ -89,7 +159,24 @@ impl PipelineBuilder {
         }
         let lake = match self.lake {
             Some(config) => {
-                let lake = Lake::open(config)?;
+                let lake = match &checkpoint_store {
+                    None => Lake::open(config)?,
+                    Some(_) => {
+                        // Files are staged and published by the checkpoints; the first one this
+                        // run writes follows the restored one (or every one already there).
+                        let base = match &loaded {
+                            Some(l) => l.manifest.number,
+                            None => checkpoint_store
+                                .as_ref()
+                                .and_then(|s| s.numbers().ok())
+                                .and_then(|n| n.last().copied())
+                                .unwrap_or(0),
+                        };
+                        let lake = Lake::open_with(config, Some(base + 1))?;
+                        restore_lake(&lake, loaded.as_ref().map(|l| &l.manifest))?;
+                        lake
+                    }
+                };
                 lake.register_metrics(&stats.components);
                 sinks.push(lake.sink_factory());
                 Some(lake)
@@ -117,6 +204,26 @@ impl PipelineBuilder {
             1 => sinks.remove(0),
             _ => Tee::factory(sinks),
         };
+        let checkpointer = match (checkpoint_store, &self.checkpoints) {
+            (Some(store), Some(config)) => {
+                let restore = loaded.map(|l| l.restore());
+                if restore.is_some() {
+                    stats.catching_up.store(self.runtime.workers.max(1), Ordering::SeqCst);
+                }
+                let checkpointer = Checkpointer::start(
+                    config,
+                    store,
+                    restore,
+                    lake.clone(),
+                    source_kind,
+                    checkpoint_metrics.clone(),
+                    shutdown.clone(),
+                );
+                checkpointer.register_metrics(&stats.components);
+                Some(checkpointer)
+            }
+            _ => None,
+        };
         let running = runtime::start(
             self.runtime,
             self.source.factory(),
@@ -124,13 +231,28 @@ impl PipelineBuilder {
             catalog.clone(),
             stats.clone(),
             shutdown.clone(),
+            checkpointer.as_ref().map(|c| c.hub.clone()),
         )?;
+        if checkpointer.as_ref().is_some_and(|c| c.hub.restore().is_some()) {
+            // treeai_restore_seconds: from the start to the restored views published and caught up.
+            let (catalog, stats, metrics) = (catalog.clone(), stats.clone(), checkpoint_metrics.clone());
+            let _ = std::thread::Builder::new().name("treeai-restore-watch".into()).spawn(move || {
+                let done =
+                    || stats.stopped.load(Ordering::SeqCst) || (stats.restored() && catalog.snapshot().is_ready());
+                while !done() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                metrics.restored(started.elapsed());
+                tracing::info!("restored and caught up in {:.2} s", started.elapsed().as_secs_f64());
+            });
+        }
         Ok(Pipeline {
             catalog,
             stats,
             shutdown,
             running,
             finished: Arc::new(AtomicBool::new(false)),
+            checkpointer,
             lake,
             kafka_output,
             kafka_stats,
@@ -146,6 +268,7 @@ pub struct Pipeline {
     shutdown: Arc<AtomicBool>,
     running: Running,
     finished: Arc<AtomicBool>,
+    checkpointer: Option<Checkpointer>,
     lake: Option<Arc<Lake>>,
     kafka_output: Option<KafkaOutput>,
     kafka_stats: Option<Arc<KafkaStats>>,
@@ -185,9 +308,15 @@ impl Pipeline {
         &self.finished
     }
 
-    /// Ready to serve: the views have a watermark, or the input is finished.
+    /// Ready to serve: the views have a watermark, or the input is finished; after a
+    /// restore, once every worker has caught up with its source.
     pub fn is_ready(&self) -> bool {
-        self.catalog.snapshot().is_ready()
+        self.stats.restored() && self.catalog.snapshot().is_ready()
+    }
+
+    /// The checkpoint coordinator, when checkpoints are on (`POST /v1/admin/checkpoint`).
+    pub fn checkpoints(&self) -> Option<Arc<treeai_dataflows::checkpoint::Checkpoints>> {
+        self.checkpointer.as_ref().map(|c| c.hub.clone())
     }
 
     /// Asks the pipeline to stop.
@@ -206,7 +335,12 @@ impl Pipeline {
         if let Some(output) = &self.kafka_output {
             output.flush(Duration::from_secs(10));
         }
+        let checkpointed = match self.checkpointer {
+            Some(c) => c.finish(Duration::from_secs(600)),
+            None => Ok(()),
+        };
         result?;
+        checkpointed.map_err(|e| ConnectorError::Output(format!("final checkpoint: {e}")))?;
         let snapshot = self.catalog.snapshot();
         let collected = match &self.collected {
             Some(c) => std::mem::take(&mut *c.lock().unwrap_or_else(|p| p.into_inner())),

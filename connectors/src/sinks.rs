@@ -81,6 +81,11 @@ impl Sink for Tee {
             s.flush();
         }
     }
+    fn checkpoint(&mut self, number: u64) {
+        for s in &mut self.0 {
+            s.checkpoint(number);
+        }
+    }
     fn close(&mut self) {
         for s in &mut self.0 {
             s.close();

@@ -3,6 +3,7 @@
 //! that drives them. Depends on no other crate of the project.
 
 pub mod alerts;
+pub mod checkpoint;
 pub mod event;
 pub mod parse;
 pub mod rating;

@@ -233,6 +233,10 @@ pub trait Sink: Send {
     fn score_change(&mut self, _change: &ScoreChange) {}
     /// Called at the end of every round.
     fn flush(&mut self) {}
+    /// Everything received so far belongs to checkpoint `number` (and nothing
+    /// received later does): make it ready to commit with that checkpoint
+    /// (roll the open files, deliver what is queued).
+    fn checkpoint(&mut self, _number: u64) {}
     /// Called once when the worker stops: write out everything buffered.
     fn close(&mut self) {}
 }

@@ -30,7 +30,12 @@
 //! write, bad JSON), 408 (time limit), 413 (memory limit) or 500 (ours).
 //!
 //! `GET /readyz` answers 200 once the views have a watermark, or the bounded
-//! input is finished (nothing more will come), else 503.
+//! input is finished (nothing more will come), and — after a restore from a
+//! checkpoint — every worker has caught up with its source; else 503.
+//!
+//! `POST /v1/admin/checkpoint` asks for a checkpoint and answers once it is
+//! durable: 200 `{"checkpoint": N}`; 503 with the reason if it failed or took
+//! longer than two minutes; 409 when checkpoints are off.
 
 use crate::{Engine, QueryOutput, SqlError};
 use arrow::array::{
@@ -43,7 +48,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
@@ -66,6 +71,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/sql", post(sql))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/admin/checkpoint", post(checkpoint))
         .route("/metrics", get(metrics))
         .with_state(engine)
 }
@@ -78,10 +84,25 @@ async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
 }
 
 async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
-    if engine.catalog().snapshot().is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the views have no watermark yet\n").into_response()
+    match engine.metrics.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
+async fn checkpoint(State(engine): State<Arc<Engine>>) -> Response {
+    let Some(hub) = engine.checkpoints.clone() else {
+        return (StatusCode::CONFLICT, "checkpoints are off (--no-checkpoint)\n").into_response();
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let n = hub.request();
+        hub.wait_durable(n, std::time::Duration::from_secs(120)).map(|()| n)
+    })
+    .await;
+    match result {
+        Ok(Ok(n)) => Json(serde_json::json!({ "checkpoint": n })).into_response(),
+        Ok(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("checkpoint failed: {why}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("checkpoint: {e}\n")).into_response(),
     }
 }
 

@@ -179,6 +179,8 @@ pub struct Engine {
     pub config: SqlConfig,
     /// Metrics of the process.
     pub metrics: Arc<metrics::Metrics>,
+    /// The checkpoint coordinator (`POST /v1/admin/checkpoint`), when checkpoints are on.
+    pub checkpoints: Option<Arc<treeai_dataflows::checkpoint::Checkpoints>>,
 }
 
 impl Engine {
@@ -217,7 +219,14 @@ impl Engine {
             compat: PostgresCompatibilityParser::new(),
             config,
             metrics,
+            checkpoints: None,
         })
+    }
+
+    /// Serves `POST /v1/admin/checkpoint` with `hub`.
+    pub fn with_checkpoints(mut self, hub: Arc<treeai_dataflows::checkpoint::Checkpoints>) -> Self {
+        self.checkpoints = Some(hub);
+        self
     }
 
     /// Adds the lake tables as schema `lake` (see [`lake`]).

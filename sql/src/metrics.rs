@@ -46,6 +46,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Readiness (`/readyz`): the views have a watermark (or the bounded input is finished)
+    /// and, after a restore, every worker has caught up with its source.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.stats.restored() {
+            return Err("restoring from a checkpoint: catching up with the sources");
+        }
+        if !self.catalog.snapshot().is_ready() {
+            return Err("the views have no watermark yet");
+        }
+        Ok(())
+    }
+
     /// Metrics reading `stats` and `catalog`; `source` labels the event counters (`file`, `generator`).
     pub fn new(stats: Arc<Stats>, catalog: Arc<Catalog>, source: &str) -> Self {
         let registry = Registry::new();
@@ -182,6 +194,7 @@ impl Metrics {
             counter(&mut out, name, help);
             let _ = writeln!(out, "{name} {value}");
         });
+        out.push_str(&s.components.texts());
         let mut buf = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_ok() {
             out.push_str(&String::from_utf8_lossy(&buf));

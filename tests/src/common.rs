@@ -144,6 +144,8 @@ pub struct Running {
     pub pg: String,
     /// Its HTTP address.
     pub http: String,
+    /// Where its checkpoints go when it runs without a lake (not the working directory).
+    _checkpoints: Option<tempfile::TempDir>,
 }
 
 impl Running {
@@ -156,7 +158,14 @@ impl Running {
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Running {
         use std::io::BufRead;
         let (pg, http) = (free_addr(), free_addr());
-        let mut child = std::process::Command::new(treeai_bin())
+        // Without a lake, checkpoints would go to ./checkpoints: give each process its own.
+        let checkpoints = (args.contains(&"--no-lake") && !args.contains(&"--checkpoint-url"))
+            .then(|| tempfile::tempdir().expect("tempdir"));
+        let mut command = std::process::Command::new(treeai_bin());
+        if let Some(dir) = &checkpoints {
+            command.env("TREEAI_CHECKPOINT_URL", dir.path());
+        }
+        let mut child = command
             .args(args)
             .envs(envs.iter().copied())
             .args(["--sql-addr", &pg, "--http-addr", &http])
@@ -173,7 +182,7 @@ impl Running {
                 }
             }
         });
-        Running { child, lines, pg, http }
+        Running { child, lines, pg, http, _checkpoints: checkpoints }
     }
 
     /// Waits for a stderr line that satisfies `want`, for at most `secs`.

@@ -145,6 +145,11 @@ impl Sink for KafkaSink {
         self.0.send(BaseRecord::to(&topic).key(alert.tree_id.as_bytes()).payload(value.as_bytes()));
     }
 
+    /// Everything sent before the cut is delivered before the checkpoint is taken.
+    fn checkpoint(&mut self, _number: u64) {
+        self.0.flush(Duration::from_secs(30));
+    }
+
     fn close(&mut self) {
         self.0.flush(Duration::from_secs(30));
     }

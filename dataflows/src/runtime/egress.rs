@@ -27,6 +27,7 @@
 //! round being published.
 
 use crate::alerts::alerts_of;
+use crate::checkpoint::Checkpoints;
 use crate::source::{ScoreChange, Sink};
 use crate::store::{Catalog, ViewChange};
 use crate::time::DataflowTime;
@@ -84,6 +85,22 @@ pub struct Merge {
     watermark: Option<i64>,
     /// The frontier emitted last.
     emitted: Option<Option<DataflowTime>>,
+}
+
+impl Merge {
+    /// Whether every time before `t` has been emitted.
+    pub fn emitted_before(&self, t: DataflowTime) -> bool {
+        match self.emitted {
+            Some(None) => true,
+            Some(Some(f)) => f >= t,
+            None => false,
+        }
+    }
+
+    /// The watermark of the views emitted so far.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
 }
 
 impl Merge {
@@ -153,9 +170,9 @@ impl Merge {
     }
 }
 
-/// Passes a completed round to the derived-data sink: every score change, then the alerts.
-fn derive(round: &Completed, sink: &mut dyn Sink, stats: &Stats) {
-    for completed in &round.times {
+/// Passes completed times to the derived-data sink: every score change, then the alerts.
+fn derive(times: &[CompletedTime], sink: &mut dyn Sink, stats: &Stats) {
+    for completed in times {
         let t = completed.time;
         let watermark = t.watermark();
         let mut scores = Vec::new();
@@ -184,6 +201,10 @@ pub struct Egress {
     state: Mutex<EgressState>,
     catalog: Arc<Catalog>,
     stats: Arc<Stats>,
+    checkpoints: Option<Arc<Checkpoints>>,
+    /// Times before this are a restored checkpoint's state: published, but
+    /// their score changes and alerts were sent before the checkpoint.
+    restored_before: Option<DataflowTime>,
 }
 
 struct EgressState {
@@ -193,23 +214,62 @@ struct EgressState {
 }
 
 impl Egress {
-    /// The egress of `workers` workers, publishing to `catalog` and `sink`.
-    pub fn new(workers: usize, catalog: Arc<Catalog>, sink: Box<dyn Sink>, stats: Arc<Stats>) -> Self {
-        Egress { state: Mutex::new(EgressState { merge: Merge::new(workers), sink: Some(sink) }), catalog, stats }
+    /// The egress of `workers` workers, publishing to `catalog` and `sink`,
+    /// cutting `sink` at the checkpoints of `checkpoints`.
+    pub fn new(
+        workers: usize,
+        catalog: Arc<Catalog>,
+        sink: Box<dyn Sink>,
+        stats: Arc<Stats>,
+        checkpoints: Option<Arc<Checkpoints>>,
+    ) -> Self {
+        let restored_before = checkpoints.as_ref().and_then(|c| c.restore()).map(|r| r.time.next_seq());
+        Egress {
+            state: Mutex::new(EgressState { merge: Merge::new(workers), sink: Some(sink) }),
+            catalog,
+            stats,
+            checkpoints,
+            restored_before,
+        }
     }
 
     /// Takes one worker's messages; if they complete times, publishes them
     /// to the catalog, derives the alerts and feeds the sink, before returning.
+    /// A checkpoint's cut `T` is closed here: the times before `T` go to the
+    /// sink, then the sink is cut, then the later times.
     pub fn deliver(&self, worker: usize, messages: impl IntoIterator<Item = Message>) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *guard;
         for message in messages {
             state.merge.accept(worker, message);
         }
-        if let Some(round) = state.merge.completed() {
-            self.catalog.publish(&round);
-            if let Some(sink) = state.sink.as_mut() {
-                derive(&round, sink.as_mut(), &self.stats);
+        let round = state.merge.completed();
+        if let Some(round) = &round {
+            self.catalog.publish(round);
+        }
+        let mut times = round.as_ref().map_or(&[][..], |r| &r.times[..]);
+        if let Some(before) = self.restored_before {
+            times = &times[times.partition_point(|c| c.time < before)..];
+        }
+        if let Some(hub) = &self.checkpoints {
+            // Close every cut whose times are all emitted, oldest first.
+            while let Some((number, cut)) = hub.awaiting_egress() {
+                let split = times.partition_point(|c| c.time < cut);
+                if let Some(sink) = state.sink.as_mut() {
+                    derive(&times[..split], sink.as_mut(), &self.stats);
+                }
+                times = &times[split..];
+                if !state.merge.emitted_before(cut) {
+                    break;
+                }
+                if let Some(sink) = state.sink.as_mut() {
+                    sink.checkpoint(number);
+                }
+                hub.egress_done(number, state.merge.watermark());
             }
+        }
+        if let (Some(sink), Some(_)) = (state.sink.as_mut(), &round) {
+            derive(times, sink.as_mut(), &self.stats);
         }
     }
 

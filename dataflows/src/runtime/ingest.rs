@@ -16,18 +16,59 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// The dataflow's three inputs on one worker.
+///
+/// Registry versions and assessment revisions are upserts: the worker keeps
+/// the newest one it has read per tree (per assessment id), and a newer one
+/// retracts it from the input, so the input holds one row per key and worker
+/// however long the history. (The views still take the newest over all
+/// workers' rows, so a key read by several workers is right too.) An older
+/// version than the one kept changes nothing and is not inserted.
 pub(super) struct Inputs {
-    /// Every tree version.
+    /// The newest tree version per tree read by this worker.
     pub(super) trees: InputSession<u64, (Id, TreeEvent), isize>,
-    /// Every assessment revision.
+    /// The newest assessment revision per assessment id read by this worker.
     pub(super) assessments: InputSession<u64, (Id, AssessmentEvent), isize>,
     /// The readings in the window.
     pub(super) readings: WindowInput,
+    /// What `trees` holds, by tree (persistent: a checkpoint takes it in O(1)).
+    pub(super) tree_versions: imbl::HashMap<Id, TreeEvent>,
+    /// What `assessments` holds, by assessment id.
+    pub(super) revisions: imbl::HashMap<Id, AssessmentEvent>,
 }
 
 impl Inputs {
     pub(super) fn new() -> Self {
-        Inputs { trees: InputSession::new(), assessments: InputSession::new(), readings: InputSession::new() }
+        Inputs {
+            trees: InputSession::new(),
+            assessments: InputSession::new(),
+            readings: InputSession::new(),
+            tree_versions: imbl::HashMap::new(),
+            revisions: imbl::HashMap::new(),
+        }
+    }
+
+    /// Applies a tree version; returns whether the input changed.
+    pub(super) fn upsert_tree(&mut self, t: TreeEvent) -> bool {
+        match self.tree_versions.get(&t.tree_id) {
+            Some(old) if *old >= t => return false,
+            Some(old) => self.trees.update((old.tree_id.clone(), old.clone()), -1),
+            None => {}
+        }
+        self.trees.update((t.tree_id.clone(), t.clone()), 1);
+        self.tree_versions.insert(t.tree_id.clone(), t);
+        true
+    }
+
+    /// Applies an assessment revision; returns whether the input changed.
+    pub(super) fn upsert_assessment(&mut self, a: AssessmentEvent) -> bool {
+        match self.revisions.get(&a.assessment_id) {
+            Some(old) if *old >= a => return false,
+            Some(old) => self.assessments.update((old.assessment_id.clone(), old.clone()), -1),
+            None => {}
+        }
+        self.assessments.update((a.assessment_id.clone(), a.clone()), 1);
+        self.revisions.insert(a.assessment_id.clone(), a);
+        true
     }
 
     /// Moves every input to `time` (a no-op if already there).
@@ -80,13 +121,11 @@ pub(super) fn read_round(
                 match event {
                     Event::Tree(t) => {
                         valid[0] += 1;
-                        inputs.trees.update((t.tree_id.clone(), t), 1);
-                        round.dirty = true;
+                        round.dirty |= inputs.upsert_tree(t);
                     }
                     Event::Assessment(a, _notes) => {
                         valid[1] += 1;
-                        inputs.assessments.update((a.assessment_id.clone(), a), 1);
-                        round.dirty = true;
+                        round.dirty |= inputs.upsert_assessment(a);
                     }
                     Event::Reading(r) => {
                         valid[2] += 1;

@@ -28,6 +28,7 @@ mod watermark;
 mod window;
 mod worker;
 
+use crate::checkpoint::Checkpoints;
 use crate::source::{SinkFactory, SinkRole, SourceFactory};
 use crate::store::Catalog;
 use std::collections::HashMap;
@@ -131,6 +132,9 @@ pub struct Stats {
     pub last_round_ms: AtomicI64,
     /// Set once every worker has stopped (input done, stopped, or failed).
     pub stopped: AtomicBool,
+    /// After a restore: workers that have not yet caught up with their source (read less
+    /// than a full batch in a round). `/readyz` waits for none.
+    pub catching_up: std::sync::atomic::AtomicUsize,
     /// Rejections per `field:rule` label.
     pub rejected_by_label: Mutex<HashMap<String, u64>>,
     /// Counters other components keep (the lake, Kafka), registered by each
@@ -141,9 +145,13 @@ pub struct Stats {
 /// Reads a counter kept by a component.
 pub type CounterFn = Box<dyn Fn() -> u64 + Send + Sync>;
 
-/// Counters registered by components: name, help, value read at scrape time.
+/// Renders a component's metrics in Prometheus' text format.
+pub type TextFn = Box<dyn Fn() -> String + Send + Sync>;
+
+/// Counters registered by components: name, help, value read at scrape time;
+/// and components' own metrics (histograms, gauges) in Prometheus' text format.
 #[derive(Default)]
-pub struct Counters(Mutex<Vec<(String, String, CounterFn)>>);
+pub struct Counters(Mutex<Vec<(String, String, CounterFn)>>, Mutex<Vec<TextFn>>);
 
 impl std::fmt::Debug for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +163,16 @@ impl Counters {
     /// Registers a counter (a Prometheus counter named `name`).
     pub fn add(&self, name: &str, help: &str, value: impl Fn() -> u64 + Send + Sync + 'static) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push((name.to_string(), help.to_string(), Box::new(value)));
+    }
+
+    /// Registers metrics a component renders itself, in Prometheus' text format.
+    pub fn add_text(&self, render: impl Fn() -> String + Send + Sync + 'static) {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(render));
+    }
+
+    /// Every component's own metrics, in Prometheus' text format.
+    pub fn texts(&self) -> String {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|f| f()).collect()
     }
 
     /// Calls `f` with every counter's name, help and current value, in registration order.
@@ -186,6 +204,11 @@ impl Stats {
         }
     }
 
+    /// Whether no worker is still catching up after a restore.
+    pub fn restored(&self) -> bool {
+        self.catching_up.load(Ordering::Relaxed) == 0
+    }
+
     /// The watermark, if any.
     pub fn watermark(&self) -> Option<i64> {
         let w = self.watermark.load(Ordering::Relaxed);
@@ -205,12 +228,16 @@ pub struct Running {
 }
 
 /// Sets the shutdown flag when dropped unless disarmed: a worker that fails
-/// or panics stops its peers instead of leaving them waiting for it.
-struct StopPeersOnFailure(Arc<AtomicBool>, bool);
+/// or panics stops its peers instead of leaving them waiting for it (and no
+/// final checkpoint is attempted).
+struct StopPeersOnFailure(Arc<AtomicBool>, Option<Arc<Checkpoints>>, bool);
 
 impl Drop for StopPeersOnFailure {
     fn drop(&mut self) {
-        if !self.1 {
+        if !self.2 {
+            if let Some(hub) = &self.1 {
+                hub.fail();
+            }
             self.0.store(true, Ordering::SeqCst);
         }
     }
@@ -238,7 +265,9 @@ impl Running {
 /// Starts the pipeline's workers and its egress; they run until every source
 /// is done (bounded input) or `shutdown` is set. The catalog receives the
 /// views of every completed time; `sinks` gives each worker's sink and the
-/// egress sink.
+/// egress sink. With `checkpoints`, the run resumes from its restore point
+/// (if any), takes the checkpoints asked of it, and ends (input done or
+/// `shutdown`) with a final one (see [`crate::checkpoint`]).
 pub fn start(
     config: RuntimeConfig,
     sources: SourceFactory,
@@ -246,15 +275,26 @@ pub fn start(
     catalog: Arc<Catalog>,
     stats: Arc<Stats>,
     shutdown: Arc<AtomicBool>,
+    checkpoints: Option<Arc<Checkpoints>>,
 ) -> Result<Running, RuntimeError> {
     let workers = config.workers.max(1);
-    let egress = Arc::new(egress::Egress::new(workers, catalog, sinks(SinkRole::Egress), stats.clone()));
+    let egress =
+        Arc::new(egress::Egress::new(workers, catalog, sinks(SinkRole::Egress), stats.clone(), checkpoints.clone()));
     let (worker_stats, worker_egress) = (stats.clone(), egress.clone());
     let workers = timely::execute(timely::Config::process(workers), move |worker| {
         let egress = worker_egress.clone();
-        let mut guard = StopPeersOnFailure(shutdown.clone(), false);
-        let result = worker::worker_main(worker, &config, &sources, &sinks, egress, &worker_stats, &shutdown);
-        guard.1 = result.is_ok();
+        let mut guard = StopPeersOnFailure(shutdown.clone(), checkpoints.clone(), false);
+        let result = worker::worker_main(
+            worker,
+            &config,
+            &sources,
+            &sinks,
+            egress,
+            &worker_stats,
+            &shutdown,
+            checkpoints.as_ref(),
+        );
+        guard.2 = result.is_ok();
         result
     })
     .map_err(RuntimeError::Start)?;

@@ -26,6 +26,12 @@ pub(super) struct Report {
     pub(super) done: bool,
     /// This worker's input time.
     pub(super) time: u64,
+    /// The newest checkpoint number this worker knows was asked for.
+    pub(super) asked: u64,
+    /// The newest checkpoint this worker has captured.
+    pub(super) captured: u64,
+    /// This worker's input is done and the final watermark applied.
+    pub(super) finished: bool,
 }
 
 /// The global watermark from every worker's latest report (`None` until all reported).
@@ -73,7 +79,7 @@ mod tests {
     use super::*;
 
     fn report(worker: usize, active_min: Option<i64>, max_ts: Option<i64>, done: bool) -> Option<Report> {
-        Some(Report { worker, round: 1, active_min, max_ts, done, time: 0 })
+        Some(Report { worker, round: 1, active_min, max_ts, done, time: 0, asked: 0, captured: 0, finished: false })
     }
 
     #[test]

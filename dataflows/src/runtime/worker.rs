@@ -7,9 +7,11 @@ use super::ingest::{read_round, Inputs};
 use super::watermark::{global_watermark, PartitionTracker, Report};
 use super::window::WindowDriver;
 use super::{InjectedFault, RuntimeConfig, RuntimeError, Stats};
+use crate::checkpoint::{owner, Captured, Checkpoints, WorkerState};
 use crate::source::{Sink, SinkFactory, SinkRole, SourceFactory};
 use crate::store::ViewChange;
 use crate::time::DataflowTime;
+use crate::time::HOUR_MS;
 use crate::views;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -94,6 +96,7 @@ pub(super) fn worker_main(
     egress: Arc<Egress>,
     stats: &Arc<Stats>,
     shutdown: &Arc<AtomicBool>,
+    hub: Option<&Arc<Checkpoints>>,
 ) -> Result<(), RuntimeError> {
     let index = worker.index();
     let peers = worker.peers();
@@ -127,6 +130,51 @@ pub(super) fn worker_main(
     let mut done = false;
     let mut round = 0u64;
     let mut lag_target = time;
+    // Checkpoints: the newest this worker captured; paused until every worker has captured it.
+    let mut captured = hub.map_or(0, |h| h.base());
+    let mut paused = false;
+    // A stop with a final checkpoint is under way: read nothing, apply no watermark.
+    let mut frozen = false;
+    // This worker's input is done and the final watermark applied (reported to the peers).
+    let mut finished = false;
+    let mut catching_up = hub.is_some_and(|h| h.restore().is_some());
+
+    if let Some(restore) = hub.and_then(|h| h.restore()) {
+        source.seek(&restore.workers.iter().flat_map(|w| w.positions.iter().copied()).collect::<Vec<_>>())?;
+        // The restored state goes in at the cut's time; the watermark is applied at the next one.
+        time = restore.time;
+        inputs.advance_to(time.0);
+        let now = Instant::now();
+        let reads: Vec<u32> = source.positions().iter().map(|p| p.source).collect();
+        for w in &restore.workers {
+            for t in w.trees.iter().filter(|t| owner(&t.tree_id, peers) == index) {
+                inputs.upsert_tree(t.clone());
+            }
+            for a in w.assessments.iter().filter(|a| owner(&a.assessment_id, peers) == index) {
+                inputs.upsert_assessment(a.clone());
+            }
+            for (r, live) in w.window.iter().map(|r| (r, true)).chain(w.pending.iter().map(|r| (r, false))) {
+                if owner(&r.tree, peers) == index {
+                    driver.restore(r.clone(), live, &mut inputs.readings);
+                }
+            }
+            // Watermark trackers: a worker's own with the same number of workers, else those
+            // of the partitions (Kafka's are global) this worker's source reads.
+            for &(partition, ts) in &w.trackers {
+                if (w.peers == peers && w.worker == index) || (w.peers != peers && reads.contains(&partition)) {
+                    tracker.partitions.insert(partition, (ts, now));
+                    tracker.max_ts = tracker.max_ts.max(Some(ts));
+                }
+            }
+            if w.peers == peers && w.worker == index {
+                tracker.max_ts = tracker.max_ts.max(w.max_ts);
+            }
+        }
+        time = time.next_seq();
+        lag_target = time;
+        inputs.advance_to(time.0);
+        inputs.flush();
+    }
 
     loop {
         round += 1;
@@ -144,8 +192,35 @@ pub(super) fn worker_main(
             }
         }
 
+        // 0. A checkpoint asked for: capture this worker's part and pause until every worker has.
+        if let Some(hub) = hub {
+            let asked = hub.requested().max(reports.borrow().iter().flatten().map(|r| r.asked).max().unwrap_or(0));
+            if !paused && asked > captured && !hub.failed() {
+                captured += 1;
+                let state = WorkerState {
+                    worker: index,
+                    peers,
+                    time: time.0,
+                    watermark,
+                    positions: source.positions(),
+                    trackers: tracker.partitions.iter().map(|(p, (ts, _))| (*p, *ts)).collect(),
+                    max_ts: tracker.max_ts,
+                    ..Default::default()
+                };
+                let (live, pending) = driver.share();
+                let window = Box::new(move || (live.readings(HOUR_MS).collect(), pending.readings(0).collect()));
+                sink.checkpoint(captured);
+                hub.captured(
+                    captured,
+                    Captured::new(state, inputs.tree_versions.clone(), inputs.revisions.clone(), window),
+                );
+                paused = true;
+            }
+        }
+
         // 1. Read a batch and apply it at the current time.
-        let read = if done {
+        frozen |= hub.is_some_and(|h| h.stop_after() > 0 && !h.failed());
+        let read = if done || paused || frozen {
             Default::default()
         } else {
             read_round(
@@ -160,29 +235,49 @@ pub(super) fn worker_main(
             )
         };
         done |= read.done;
+        if catching_up && !paused && (read.read < config.batch as u64 || done) {
+            catching_up = false;
+            stats.catching_up.fetch_sub(1, Ordering::SeqCst);
+        }
 
         // 2. Tell the peers where we are; learn the global watermark and the greatest peer time.
         let active_min = if done { None } else { tracker.active_min(now, config.idle_timeout) };
-        control.send(Report { worker: index, round, active_min, max_ts: tracker.max_ts, done, time: time.0 });
+        let asked = hub.map_or(0, |h| h.requested()).max(captured);
+        control.send(Report {
+            worker: index,
+            round,
+            active_min,
+            max_ts: tracker.max_ts,
+            done,
+            time: time.0,
+            asked,
+            captured,
+            finished,
+        });
         control.advance_to(round);
         worker.step();
-        let (global, peer_time, all_done) = {
+        let (global, peer_time, all_done, all_captured, all_finished) = {
             let reports = reports.borrow();
             let global = global_watermark(&reports, config.allowed_lateness_ms);
             let peer_time = reports.iter().flatten().map(|r| r.time).max().unwrap_or(0);
             let all_done = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.done));
-            (global, peer_time, all_done)
+            let all_captured = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.captured >= captured));
+            let all_finished = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.finished));
+            (global, peer_time, all_done, all_captured, all_finished)
         };
+        // Every worker has captured: the cut is complete (the peer time below is past it), resume.
+        paused &= !all_captured;
 
         // 3. Advance the watermark: release readings that became visible, retract expired ones.
+        //    (Not while paused: a paused worker inserts nothing.)
         let mut target = if read.dirty { time.next_seq() } else { time };
         if let Some(Some(w)) = global {
-            if watermark.is_none_or(|old| w > old) {
+            if !paused && !frozen && watermark.is_none_or(|old| w > old) {
                 target = target.max(DataflowTime::new(Some(w), 0));
             }
         }
         target = target.max(DataflowTime(peer_time));
-        if target.watermark() > watermark {
+        if !paused && !frozen && target.watermark() > watermark {
             watermark = target.watermark();
             if let Some(w) = watermark {
                 stats.watermark.fetch_max(w, Ordering::Relaxed);
@@ -196,10 +291,26 @@ pub(super) fn worker_main(
         inputs.advance_to(time.0);
         inputs.flush();
 
-        // 4. Finished: every worker is done and the final watermark is applied.
+        // 4. Finished: every worker is done and the final watermark is applied, or asked to
+        //    stop; with checkpoints, once a final checkpoint is captured by every worker.
+        //    A final checkpoint is asked for once every worker has finished (nothing more will be
+        //    inserted), or at once on a stop (inputs are frozen from then on); workers stop when
+        //    every one has captured it.
         let final_w = global.flatten();
-        if (done && all_done && watermark >= final_w) || shutdown.load(Ordering::Relaxed) {
-            break;
+        finished = done && all_done && watermark >= final_w;
+        let stopping = shutdown.load(Ordering::Relaxed);
+        match hub {
+            Some(hub) if !hub.failed() => {
+                if stopping || (finished && all_finished) {
+                    hub.request_final();
+                }
+                let last = hub.stop_after();
+                if last > 0 && captured >= last && !paused {
+                    break;
+                }
+            }
+            _ if finished || stopping => break,
+            _ => {}
         }
 
         // 5. Step, keeping at most one round in flight; hand the changes to the egress.
@@ -221,8 +332,10 @@ pub(super) fn worker_main(
     while probe.with_frontier(|f| !f.is_empty()) {
         worker.step_or_park(Some(Duration::from_millis(1)));
         egress.send(&probe, watermark);
-        if shutdown.load(Ordering::Relaxed) && probe.with_frontier(|f| !f.is_empty()) {
-            // On shutdown the peers may be gone; do not wait forever.
+        let failed = hub.is_none_or(|h| h.failed());
+        if failed && shutdown.load(Ordering::Relaxed) && probe.with_frontier(|f| !f.is_empty()) {
+            // After a failure the peers may be gone; do not wait forever. (A clean stop drains:
+            // the egress must see every time before the final checkpoint's cut.)
             break;
         }
     }

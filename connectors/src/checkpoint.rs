@@ -1,0 +1,713 @@
+//! Checkpoints, the connectors' half: writing cuts to an object store,
+//! committing the lake with them, and finding the checkpoint to resume from.
+//! (The runtime's half — taking a consistent cut — is
+//! [`treeai_dataflows::checkpoint`].)
+//!
+//! # Layout
+//!
+//! Under the checkpoint URL (default `<lake>/_checkpoints`), one folder per
+//! checkpoint, named by its number (20 digits, so names sort by number):
+//!
+//! ```text
+//! 00000000000000000007/worker-0.bin.zst   a worker's state (bincode, zstd)
+//! 00000000000000000007/worker-1.bin.zst
+//! 00000000000000000007/MANIFEST.json      written last: format, number, cut, parts and their CRC-32s, lake files
+//! ```
+//!
+//! A folder without a manifest is an incomplete checkpoint and is never
+//! restored; a part whose size or CRC-32 does not match its manifest makes
+//! the checkpoint corrupt, and the previous one is restored instead. A
+//! manifest of another format version stops the start with an error.
+//!
+//! # Writing one (the writer thread, off the workers)
+//!
+//! 1. wait until the lake has staged every file of the checkpoint
+//!    ([`Lake::seal`]);
+//! 2. encode and put each worker's part;
+//! 3. put the manifest, which lists the staged lake files: from here on the
+//!    checkpoint is durable and the lake files are committed;
+//! 4. publish the lake files (move them out of `_staging/` into their
+//!    partitions) — a restore repeats this, so a crash here loses nothing;
+//! 5. delete all but the newest `kept` checkpoints.
+//!
+//! # Exactly-once lake
+//!
+//! Lake files written with checkpoints on are named `part-e<checkpoint>-…`
+//! and are staged until their checkpoint's manifest is written. Restoring
+//! checkpoint `n` publishes what `n` lists (if a crash came first), deletes
+//! published files of checkpoints after `n` (a restore of an older one) and
+//! clears the staging area: what the lake shows is exactly what the restored
+//! state has counted, and the replay from `n`'s positions adds the rest once.
+
+use crate::lake::{file_epoch, Lake, StagedFile, STAGING};
+use crate::ConnectorError;
+use futures::TryStreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use treeai_dataflows::checkpoint::{Checkpoints, Cut, Persist, Restore, WorkerState, FORMAT_VERSION};
+use treeai_dataflows::runtime::Counters;
+use treeai_dataflows::time::DataflowTime;
+use treeai_schema::lake::open_store;
+
+/// Errors of checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The checkpoint store cannot be opened (its URL or options): the user's to fix.
+    #[error("checkpoint store {url}: {message}")]
+    Open {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// A read or write of the store failed (retrying may help).
+    #[error("checkpoint store: {0}")]
+    Store(String),
+    /// The checkpoint was written by another format version.
+    #[error(
+        "checkpoint {folder} has format version {found}; this treeai reads version {FORMAT_VERSION} (start with --no-restore, or --restore-from another checkpoint)"
+    )]
+    Version {
+        /// The checkpoint's folder.
+        folder: String,
+        /// Its version.
+        found: u32,
+    },
+    /// The checkpoint is incomplete or damaged.
+    #[error("checkpoint {folder} is unusable: {message}")]
+    Corrupt {
+        /// The checkpoint's folder.
+        folder: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The checkpoint cannot be resumed by this run (another source, other workers for a
+    /// source partitioned by worker count).
+    #[error("cannot resume checkpoint {number}: {message}")]
+    Incompatible {
+        /// Its number.
+        number: u64,
+        /// Why.
+        message: String,
+    },
+}
+
+impl CheckpointError {
+    /// Whose fault the error is.
+    pub fn fault(&self) -> treeai_dataflows::source::Fault {
+        use treeai_dataflows::source::Fault;
+        match self {
+            CheckpointError::Store(_) => Fault::Environment,
+            _ => Fault::User,
+        }
+    }
+}
+
+/// Checkpoint settings.
+#[derive(Clone, Debug)]
+pub struct CheckpointConfig {
+    /// Where checkpoints go: a local path or an object store URL (default `<lake>/_checkpoints`).
+    pub url: String,
+    /// `object_store` options (as the lake's).
+    pub options: Vec<(String, String)>,
+    /// Time between checkpoints (default 30 s).
+    pub interval: Duration,
+    /// Checkpoints kept (default 3).
+    pub kept: usize,
+    /// Which checkpoint to resume from.
+    pub restore: RestoreFrom,
+}
+
+/// Which checkpoint a run resumes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// The newest complete one under the checkpoint URL (`--restore-from` not given).
+    Newest,
+    /// The checkpoint in this folder (`--restore-from URL`).
+    Folder(String),
+    /// None: start from the sources' beginning (`--no-restore`).
+    Nothing,
+}
+
+/// A part's entry in the manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartEntry {
+    /// File name in the checkpoint's folder.
+    pub file: String,
+    /// Its size.
+    pub bytes: u64,
+    /// CRC-32 of its bytes.
+    pub crc32: u32,
+    /// Rows of state in it.
+    pub rows: u64,
+}
+
+/// A checkpoint's manifest (`MANIFEST.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The format version ([`FORMAT_VERSION`]).
+    pub format: u32,
+    /// The checkpoint number.
+    pub number: u64,
+    /// When it was written, epoch ms.
+    pub created_ms: i64,
+    /// The cut's dataflow time.
+    pub time: u64,
+    /// The views' watermark at the cut, epoch ms.
+    pub watermark: Option<i64>,
+    /// Workers that wrote it.
+    pub workers: usize,
+    /// The kind of source (`files`, `generator`, `kafka`, `custom`).
+    pub source: String,
+    /// One part per worker.
+    pub parts: Vec<PartEntry>,
+    /// Lake files this checkpoint commits (relative to the lake root).
+    pub lake_files: Vec<StagedFile>,
+}
+
+/// A loaded checkpoint.
+pub struct Loaded {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its folder, as a URL or path.
+    pub folder: String,
+    /// Every worker's state.
+    pub states: Vec<WorkerState>,
+}
+
+impl Loaded {
+    /// What the runtime resumes from.
+    pub fn restore(self) -> Restore {
+        Restore { number: self.manifest.number, time: DataflowTime(self.manifest.time), workers: self.states }
+    }
+}
+
+const MANIFEST: &str = "MANIFEST.json";
+
+fn folder_name(number: u64) -> String {
+    format!("{number:020}")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A checkpoint location: an object store and a prefix, with a runtime for its calls.
+pub struct CheckpointStore {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: StorePath,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl CheckpointStore {
+    /// Opens the checkpoint location `url` (a path or object store URL).
+    pub fn open(url: &str, options: &[(String, String)]) -> Result<Self, CheckpointError> {
+        let open_error = |message: String| CheckpointError::Open { url: url.to_string(), message };
+        if !url.contains("://") || url.starts_with("file://") {
+            let dir = url.strip_prefix("file://").unwrap_or(url);
+            std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+        }
+        let (store, prefix) = open_store(url, options).map_err(|e| open_error(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(CheckpointStore { url: url.to_string(), store, prefix, runtime })
+    }
+
+    fn path(&self, rel: &str) -> StorePath {
+        self.prefix.parts().chain(StorePath::from(rel).parts()).collect()
+    }
+
+    fn folder_url(&self, number: u64) -> String {
+        format!("{}/{}", self.url.trim_end_matches('/'), folder_name(number))
+    }
+
+    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
+        let path = self.path(rel);
+        self.runtime.block_on(async {
+            match self.store.get(&path).await {
+                Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())).map_err(|e| CheckpointError::Store(e.to_string())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(CheckpointError::Store(e.to_string())),
+            }
+        })
+    }
+
+    fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<(), CheckpointError> {
+        let path = self.path(rel);
+        self.runtime
+            .block_on(self.store.put(&path, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| CheckpointError::Store(format!("{path}: {e}")))
+    }
+
+    /// Numbers of the checkpoint folders (complete or not), ascending.
+    pub fn numbers(&self) -> Result<Vec<u64>, CheckpointError> {
+        let listed = self
+            .runtime
+            .block_on(self.store.list_with_delimiter(Some(&self.prefix)))
+            .map_err(|e| CheckpointError::Store(e.to_string()))?;
+        let mut numbers: Vec<u64> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().filter(|n| n.len() == 20).and_then(|n| n.parse().ok()))
+            .collect();
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    /// Loads the checkpoint in folder `rel` ("" for the store's root), verifying every part.
+    fn load_folder(&self, rel: &str, folder: String) -> Result<Loaded, CheckpointError> {
+        let corrupt = |message: String| CheckpointError::Corrupt { folder: folder.clone(), message };
+        let join = |name: &str| if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+        let bytes = self.get(&join(MANIFEST))?.ok_or_else(|| corrupt("no MANIFEST.json (incomplete)".into()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("MANIFEST.json: {e}")))?;
+        let format = value.get("format").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if format != FORMAT_VERSION {
+            return Err(CheckpointError::Version { folder, found: format });
+        }
+        let manifest: Manifest = serde_json::from_value(value).map_err(|e| corrupt(format!("MANIFEST.json: {e}")))?;
+        let mut states = Vec::with_capacity(manifest.parts.len());
+        for part in &manifest.parts {
+            let bytes = self.get(&join(&part.file))?.ok_or_else(|| corrupt(format!("{} is missing", part.file)))?;
+            if bytes.len() as u64 != part.bytes || crc32fast::hash(&bytes) != part.crc32 {
+                return Err(corrupt(format!("{}: size or CRC-32 does not match the manifest", part.file)));
+            }
+            let raw = zstd::decode_all(&bytes[..]).map_err(|e| corrupt(format!("{}: {e}", part.file)))?;
+            let state: WorkerState = bincode::deserialize(&raw).map_err(|e| corrupt(format!("{}: {e}", part.file)))?;
+            states.push(state);
+        }
+        if states.len() != manifest.workers {
+            return Err(corrupt(format!("{} parts for {} workers", states.len(), manifest.workers)));
+        }
+        Ok(Loaded { manifest, folder, states })
+    }
+
+    /// The newest checkpoint that loads; damaged or incomplete ones are skipped (and counted
+    /// in `skipped`), a checkpoint of another format version is an error.
+    pub fn load_newest(&self, skipped: &AtomicU64) -> Result<Option<Loaded>, CheckpointError> {
+        for number in self.numbers()?.into_iter().rev() {
+            match self.load_folder(&folder_name(number), self.folder_url(number)) {
+                Ok(loaded) => return Ok(Some(loaded)),
+                Err(e @ CheckpointError::Corrupt { .. }) => {
+                    tracing::warn!("{e}; trying the previous checkpoint");
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes the checkpoints after `number` (a run resumed from an older checkpoint
+    /// continues from it; the later ones belong to a history it replaces).
+    pub fn drop_after(&self, number: u64) -> Result<(), CheckpointError> {
+        for later in self.numbers()?.into_iter().filter(|n| *n > number) {
+            self.delete_folder(later)?;
+        }
+        Ok(())
+    }
+
+    fn delete_folder(&self, number: u64) -> Result<(), CheckpointError> {
+        let prefix = self.path(&folder_name(number));
+        self.runtime
+            .block_on(async {
+                let files: Vec<_> = self.store.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await?;
+                // The manifest first, so a folder half deleted is incomplete, never corrupt.
+                let (manifest, rest): (Vec<_>, Vec<_>) =
+                    files.into_iter().partition(|f| f.filename() == Some(MANIFEST));
+                for f in manifest.into_iter().chain(rest) {
+                    self.store.delete(&f).await?;
+                }
+                Ok::<_, object_store::Error>(())
+            })
+            .map_err(|e| CheckpointError::Store(e.to_string()))
+    }
+
+    /// Loads the checkpoint whose folder is this store's root (`--restore-from URL`).
+    pub fn load_here(&self) -> Result<Loaded, CheckpointError> {
+        self.load_folder("", self.url.clone())
+    }
+
+    /// Writes a cut and its lake files; returns the bytes written. The manifest goes last.
+    fn write(
+        &self,
+        number: u64,
+        cut: Cut,
+        source: &str,
+        lake_files: Vec<StagedFile>,
+    ) -> Result<(u64, Manifest), CheckpointError> {
+        let folder = folder_name(number);
+        let mut parts = Vec::with_capacity(cut.workers.len());
+        let mut total = 0;
+        let workers = cut.workers.len();
+        for captured in cut.workers {
+            let state = captured.materialize();
+            let rows = state.rows() as u64;
+            let raw = bincode::serialize(&state).map_err(|e| CheckpointError::Store(e.to_string()))?;
+            drop(state);
+            let bytes = zstd::encode_all(&raw[..], 1).map_err(|e| CheckpointError::Store(e.to_string()))?;
+            drop(raw);
+            let file = format!("worker-{}.bin.zst", parts.len());
+            let entry =
+                PartEntry { file: file.clone(), bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes), rows };
+            total += entry.bytes;
+            self.put(&format!("{folder}/{file}"), bytes)?;
+            parts.push(entry);
+        }
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            number,
+            created_ms: now_ms(),
+            time: cut.time.0,
+            watermark: cut.watermark,
+            workers,
+            source: source.to_string(),
+            parts,
+            lake_files,
+        };
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Store(e.to_string()))?;
+        total += json.len() as u64;
+        self.put(&format!("{folder}/{MANIFEST}"), json)?;
+        Ok((total, manifest))
+    }
+
+    /// Deletes every checkpoint folder but the newest `kept` complete ones (and incomplete
+    /// folders older than the oldest kept).
+    fn retain(&self, kept: usize) -> Result<(), CheckpointError> {
+        let numbers = self.numbers()?;
+        let complete: Vec<u64> = numbers
+            .iter()
+            .copied()
+            .filter(|n| matches!(self.get(&format!("{}/{MANIFEST}", folder_name(*n))), Ok(Some(_))))
+            .collect();
+        let Some(&oldest_kept) = complete.iter().rev().nth(kept.max(1) - 1).or(complete.first()) else { return Ok(()) };
+        for number in numbers.into_iter().filter(|n| *n < oldest_kept) {
+            self.delete_folder(number)?;
+        }
+        Ok(())
+    }
+}
+
+/// Publishes staged lake files (moves them into their partitions); a file already moved is
+/// skipped, so this can be repeated.
+pub fn publish(lake: &Lake, files: &[StagedFile], runtime: &tokio::runtime::Runtime) -> Result<(), CheckpointError> {
+    let (store, prefix) = lake.store();
+    let path = |rel: &str| -> StorePath { prefix.parts().chain(StorePath::from(rel).parts()).collect() };
+    runtime.block_on(async {
+        for f in files {
+            match store.rename(&path(&f.staged), &path(&f.path)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(CheckpointError::Store(format!("publishing {}: {e}", f.path))),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Brings the lake to exactly what the restored checkpoint committed: publishes its files
+/// (if a crash came before), deletes published files of later checkpoints (a restore of an
+/// older one) and clears the staging area. Without a restored checkpoint (`None`), only the
+/// staging area is cleared.
+pub fn restore_lake(lake: &Lake, restored: Option<&Manifest>) -> Result<(), CheckpointError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CheckpointError::Store(e.to_string()))?;
+    if let Some(m) = restored {
+        publish(lake, &m.lake_files, &runtime)?;
+    }
+    let (store, prefix) = lake.store();
+    let base = restored.map(|m| m.number);
+    runtime
+        .block_on(async {
+            let all: Vec<StorePath> = store.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await?;
+            let staging: StorePath = prefix.parts().chain(StorePath::from(STAGING).parts()).collect();
+            let checkpoints: StorePath = prefix.parts().chain(StorePath::from("_checkpoints").parts()).collect();
+            let mut removed = 0usize;
+            for path in all {
+                if path.prefix_matches(&checkpoints) {
+                    continue;
+                }
+                let stale = path.prefix_matches(&staging)
+                    || base.is_some_and(|base| path.filename().and_then(file_epoch).is_some_and(|epoch| epoch > base));
+                if stale {
+                    store.delete(&path).await?;
+                    removed += 1;
+                }
+            }
+            if removed > 0 {
+                tracing::info!("lake: removed {removed} files no checkpoint committed");
+            }
+            Ok::<_, object_store::Error>(())
+        })
+        .map_err(|e| CheckpointError::Store(e.to_string()))
+}
+
+/// Checkpoint metrics, rendered in Prometheus' text format.
+#[derive(Default)]
+pub struct CheckpointMetrics {
+    /// Duration histogram: counts per bucket of [`BUCKETS`], sum in µs, count.
+    seconds: Mutex<(Vec<u64>, u64, u64)>,
+    bytes: AtomicU64,
+    last_success_ms: AtomicI64,
+    failures: AtomicU64,
+    restore_ms: AtomicI64,
+    /// Checkpoints skipped at restore because they were damaged or incomplete.
+    pub skipped: AtomicU64,
+    /// The newest durable checkpoint.
+    last_number: AtomicU64,
+}
+
+const BUCKETS: [f64; 12] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+impl CheckpointMetrics {
+    fn observe(&self, d: Duration) {
+        let mut h = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        if h.0.is_empty() {
+            h.0 = vec![0; BUCKETS.len()];
+        }
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                h.0[i] += 1;
+            }
+        }
+        h.1 += d.as_micros() as u64;
+        h.2 += 1;
+    }
+
+    /// Sets the restore duration.
+    pub fn restored(&self, d: Duration) {
+        self.restore_ms.store(d.as_millis() as i64, Ordering::Relaxed);
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let (buckets, sum_us, count) = self.seconds.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _ = writeln!(out, "# HELP treeai_checkpoint_seconds Time from a checkpoint's cut to it being durable.");
+        let _ = writeln!(out, "# TYPE treeai_checkpoint_seconds histogram");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "treeai_checkpoint_seconds_bucket{{le=\"{b}\"}} {}",
+                buckets.get(i).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(out, "treeai_checkpoint_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "treeai_checkpoint_seconds_sum {}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "treeai_checkpoint_seconds_count {count}");
+        let gauges = [
+            ("treeai_checkpoint_bytes", "Size of the newest checkpoint.", self.bytes.load(Ordering::Relaxed) as f64),
+            (
+                "treeai_checkpoint_last_success_timestamp_seconds",
+                "When the newest checkpoint became durable, epoch seconds.",
+                self.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            ),
+            (
+                "treeai_restore_seconds",
+                "Time this run took to load and apply its restore point.",
+                self.restore_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            ),
+            (
+                "treeai_checkpoint_number",
+                "Number of the newest durable checkpoint.",
+                self.last_number.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP treeai_checkpoint_failures_total Checkpoints that could not be written.\n# TYPE treeai_checkpoint_failures_total counter\ntreeai_checkpoint_failures_total {}",
+            self.failures.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+/// Sends cuts to the writer thread.
+struct ToWriter(Mutex<mpsc::Sender<Cut>>);
+
+impl Persist for ToWriter {
+    fn persist(&self, cut: Cut) {
+        if self.0.lock().unwrap_or_else(|p| p.into_inner()).send(cut).is_err() {
+            tracing::error!("checkpoint writer is gone; a checkpoint is not written");
+        }
+    }
+}
+
+/// The checkpointing of one pipeline: the coordinator, the writer thread and the timer.
+pub struct Checkpointer {
+    /// The coordinator the runtime uses.
+    pub hub: Arc<Checkpoints>,
+    /// The metrics.
+    pub metrics: Arc<CheckpointMetrics>,
+    /// A fatal error of the writer (the lake could not commit): the pipeline stops.
+    pub fatal: Arc<Mutex<Option<String>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    timer_stop: Arc<AtomicBool>,
+    writer_stop: Arc<AtomicBool>,
+}
+
+impl Checkpointer {
+    /// Starts the writer (and, with a non-zero interval, the timer) for `hub`'s checkpoints.
+    /// `shutdown` is set when the writer fails fatally.
+    pub fn start(
+        config: &CheckpointConfig,
+        store: CheckpointStore,
+        restore: Option<Restore>,
+        lake: Option<Arc<Lake>>,
+        source: &str,
+        metrics: Arc<CheckpointMetrics>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Checkpointer {
+        let (tx, rx) = mpsc::channel::<Cut>();
+        let base = match &restore {
+            Some(r) => r.number,
+            // A fresh start numbers on after every checkpoint already there, so neither its
+            // checkpoints nor its lake files replace earlier ones.
+            None => store.numbers().ok().and_then(|n| n.last().copied()).unwrap_or(0),
+        };
+        let hub = Arc::new(Checkpoints::new(Box::new(ToWriter(Mutex::new(tx))), restore, base));
+        metrics.last_number.store(hub.base(), Ordering::Relaxed);
+        let fatal: Arc<Mutex<Option<String>>> = Arc::default();
+        let weak: Weak<Checkpoints> = Arc::downgrade(&hub);
+        let (kept, source) = (config.kept, source.to_string());
+        let (w_metrics, w_fatal) = (metrics.clone(), fatal.clone());
+        let w_shutdown = shutdown.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let w_stop = stop.clone();
+        let writer = std::thread::Builder::new()
+            .name("treeai-checkpoint".into())
+            .spawn(move || {
+                // Lake files sealed for a checkpoint that then failed go with the next one.
+                let mut carried = Vec::new();
+                loop {
+                    let cut = match rx.recv_timeout(Duration::from_millis(100)) {
+                        Ok(cut) => cut,
+                        Err(mpsc::RecvTimeoutError::Timeout) if !w_stop.load(Ordering::SeqCst) => continue,
+                        Err(_) => return,
+                    };
+                    let number = cut.number;
+                    let started = cut.started;
+                    let result = write_one(&store, cut, &source, lake.as_deref(), kept, &mut carried);
+                    let Some(hub) = weak.upgrade() else { return };
+                    match result {
+                        Ok(bytes) => {
+                            w_metrics.observe(started.elapsed());
+                            w_metrics.bytes.store(bytes, Ordering::Relaxed);
+                            w_metrics.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                            w_metrics.last_number.store(number, Ordering::Relaxed);
+                            tracing::info!(
+                                "checkpoint {number} durable: {bytes} bytes in {:.2} s",
+                                started.elapsed().as_secs_f64()
+                            );
+                            hub.written(number, None);
+                        }
+                        Err(e) => {
+                            w_metrics.failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!("checkpoint {number} failed: {e}");
+                            let fatal = matches!(e, WriteError::Lake(_));
+                            hub.written(number, Some(e.to_string()));
+                            if fatal {
+                                *w_fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                                hub.fail();
+                                w_shutdown.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                }
+            })
+            .ok();
+        let timer_stop = Arc::new(AtomicBool::new(false));
+        if !config.interval.is_zero() {
+            let (hub, stop, interval) = (Arc::downgrade(&hub), timer_stop.clone(), config.interval);
+            let _ = std::thread::Builder::new().name("treeai-checkpoint-timer".into()).spawn(move || {
+                let mut next = Instant::now() + interval;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50).min(next.saturating_duration_since(Instant::now())));
+                    if Instant::now() < next {
+                        continue;
+                    }
+                    let Some(hub) = hub.upgrade() else { return };
+                    // One at a time: the next interval starts when this checkpoint is durable.
+                    let n = hub.request();
+                    let _ = hub.wait_durable(n, Duration::from_secs(3600));
+                    next = Instant::now() + interval;
+                }
+            });
+        }
+        Checkpointer { hub, metrics, fatal, writer, timer_stop, writer_stop: stop }
+    }
+
+    /// Registers the checkpoint metrics for `/metrics`.
+    pub fn register_metrics(&self, counters: &Counters) {
+        let metrics = self.metrics.clone();
+        counters.add_text(move || metrics.render());
+    }
+
+    /// After the workers stopped: waits for the final checkpoint (if one was taken) to be
+    /// durable, then stops the timer and the writer. `Err` if it failed.
+    pub fn finish(mut self, timeout: Duration) -> Result<(), String> {
+        self.timer_stop.store(true, Ordering::SeqCst);
+        let last = self.hub.stop_after();
+        let result = if last > 0 && !self.hub.failed() { self.hub.wait_durable(last, timeout) } else { Ok(()) };
+        self.writer_stop.store(true, Ordering::SeqCst);
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        match self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(fatal) => Err(fatal),
+            None => result,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("the lake cannot commit: {0}")]
+    Lake(String),
+    #[error(transparent)]
+    Store(#[from] CheckpointError),
+}
+
+fn write_one(
+    store: &CheckpointStore,
+    cut: Cut,
+    source: &str,
+    lake: Option<&Lake>,
+    kept: usize,
+    carried: &mut Vec<StagedFile>,
+) -> Result<u64, WriteError> {
+    let number = cut.number;
+    if let Some(lake) = lake {
+        carried.extend(lake.seal(number).map_err(WriteError::Lake)?);
+    }
+    let (bytes, manifest) = store.write(number, cut, source, carried.clone())?;
+    carried.clear();
+    if let Some(lake) = lake {
+        publish(lake, &manifest.lake_files, &store.runtime)?;
+    }
+    if let Err(e) = store.retain(kept) {
+        tracing::warn!("deleting old checkpoints: {e}");
+    }
+    Ok(bytes)
+}
+
+impl From<CheckpointError> for ConnectorError {
+    fn from(e: CheckpointError) -> Self {
+        ConnectorError::Checkpoint(e)
+    }
+}

@@ -1,0 +1,441 @@
+//! Checkpoints, the runtime's half: how the workers take a consistent cut of
+//! their input state, and how a run resumes from one. Persisting a cut (the
+//! object store, the manifest, the lake commit) is the connectors' half, behind
+//! [`Persist`].
+//!
+//! # What a checkpoint is
+//!
+//! The views are a pure function of the input state — per tree its newest
+//! registry version, per assessment id its newest revision (deletions and
+//! withdrawals included, so an older version arriving later still loses),
+//! the readings in the window and those waiting for the watermark — and of
+//! the watermark. A checkpoint holds, per worker, that state, the source
+//! positions it corresponds to exactly, the per-partition watermark trackers,
+//! and the dataflow time of the cut ([`WorkerState`]).
+//!
+//! # Taking the cut (a barrier over the control dataflow)
+//!
+//! 1. Someone asks for checkpoint `n` ([`Checkpoints::request`]: the timer,
+//!    `POST /v1/admin/checkpoint`, a clean stop). Workers also learn of it
+//!    from their peers' reports.
+//! 2. At the start of a round — every input inserted so far is at a time
+//!    before the worker's current time — a worker that has not captured `n`
+//!    captures: it hands its [`WorkerState`] to the hub (an O(1) clone of
+//!    persistent maps and shared buckets; encoding happens elsewhere), tells
+//!    its sinks that everything so far belongs to `n` ([`Sink::checkpoint`]),
+//!    and *pauses*: it reads nothing and applies no watermark until every
+//!    worker has reported `n`. Paused workers insert nothing, so with `T` the
+//!    greatest capture time, every input before the cut is at a time `< T`
+//!    and every input after it at a time `>= T`.
+//! 3. The egress emits the completed times before `T`, then calls its sink's
+//!    [`Sink::checkpoint`] (the derived tables of the lake hold exactly the
+//!    changes up to the cut), and the hub hands the whole [`Cut`] to
+//!    [`Persist`], which writes it off the worker threads.
+//!
+//! # Resuming
+//!
+//! Every worker gets the states of all workers of the checkpoint; it takes
+//! the trees, assessments and readings whose tree (assessment) id hashes to
+//! it — so a run with another number of workers re-shards by key — and seeks
+//! its source to the recorded positions. The restored state is inserted at
+//! the cut's time `T`; the egress publishes it to the catalog but sends no
+//! score change or alert for it (they were sent before the cut). Readings a
+//! worker had not released yet are released at the next time, as the old run
+//! would have done after the cut.
+//!
+//! [`Sink::checkpoint`]: crate::source::Sink::checkpoint
+
+use crate::event::{AssessmentEvent, Id, Metric, TreeEvent, F64};
+use crate::source::PartitionPosition;
+use crate::time::DataflowTime;
+use serde::{Deserialize, Serialize};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The version of the checkpoint format; a checkpoint of another version is refused at start-up.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A reading in a worker's window or waiting for the watermark.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowReading {
+    /// Event time, epoch ms.
+    pub ts: i64,
+    /// The tree.
+    pub tree: Id,
+    /// The metric.
+    pub metric: Metric,
+    /// The value.
+    pub value: F64,
+}
+
+/// One worker's part of a checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WorkerState {
+    /// The worker's index and how many workers there were.
+    pub worker: usize,
+    /// Workers of the run that wrote the checkpoint.
+    pub peers: usize,
+    /// The worker's input time at the cut: everything it inserted is before it.
+    pub time: u64,
+    /// The watermark the worker had applied.
+    pub watermark: Option<i64>,
+    /// Its source's positions: everything before them is in this state.
+    pub positions: Vec<PartitionPosition>,
+    /// Per watermark partition, the greatest reading `ts` seen.
+    pub trackers: Vec<(u32, i64)>,
+    /// The greatest reading `ts` this worker has seen.
+    pub max_ts: Option<i64>,
+    /// The newest version of every tree this worker has read (deletions too).
+    pub trees: Vec<TreeEvent>,
+    /// The newest revision of every assessment this worker has read (withdrawals too).
+    pub assessments: Vec<AssessmentEvent>,
+    /// The readings in the window.
+    pub window: Vec<WindowReading>,
+    /// The readings waiting for the watermark.
+    pub pending: Vec<WindowReading>,
+}
+
+impl WorkerState {
+    /// Rows of state (trees, assessments, readings), for logs and metrics.
+    pub fn rows(&self) -> usize {
+        self.trees.len() + self.assessments.len() + self.window.len() + self.pending.len()
+    }
+}
+
+/// A worker's part as captured: the small fields of its [`WorkerState`] and
+/// its input state still shared with the worker (persistent maps, shared
+/// window buckets); [`Captured::materialize`] builds the full state, off the
+/// worker thread.
+pub struct Captured {
+    /// The state without its rows.
+    pub state: WorkerState,
+    trees: imbl::HashMap<Id, TreeEvent>,
+    revisions: imbl::HashMap<Id, AssessmentEvent>,
+    window: Box<dyn FnOnce() -> (Vec<WindowReading>, Vec<WindowReading>) + Send>,
+}
+
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Captured").field("state", &self.state).field("trees", &self.trees.len()).finish()
+    }
+}
+
+impl Captured {
+    /// A part of `state`'s small fields and the shared input state.
+    pub fn new(
+        state: WorkerState,
+        trees: imbl::HashMap<Id, TreeEvent>,
+        revisions: imbl::HashMap<Id, AssessmentEvent>,
+        window: Box<dyn FnOnce() -> (Vec<WindowReading>, Vec<WindowReading>) + Send>,
+    ) -> Self {
+        Captured { state, trees, revisions, window }
+    }
+
+    /// A part that is already complete.
+    pub fn complete(state: WorkerState) -> Self {
+        Captured::new(state, imbl::HashMap::new(), imbl::HashMap::new(), Box::new(|| (Vec::new(), Vec::new())))
+    }
+
+    /// The full state.
+    pub fn materialize(self) -> WorkerState {
+        let mut state = self.state;
+        state.trees.extend(self.trees.into_iter().map(|(_, t)| t));
+        state.assessments.extend(self.revisions.into_iter().map(|(_, a)| a));
+        let (window, pending) = (self.window)();
+        state.window.extend(window);
+        state.pending.extend(pending);
+        state
+    }
+}
+
+/// A complete cut: every worker's state and the time the views were at.
+#[derive(Debug)]
+pub struct Cut {
+    /// The checkpoint number (increasing; a resumed run continues from the restored one).
+    pub number: u64,
+    /// The cut's time `T`: every input before it is in the state, every one after is not.
+    pub time: DataflowTime,
+    /// The watermark of the views at the cut.
+    pub watermark: Option<i64>,
+    /// Every worker's part, by worker index.
+    pub workers: Vec<Captured>,
+    /// When the first worker captured (for the duration metric).
+    pub started: Instant,
+}
+
+/// A checkpoint to resume from.
+#[derive(Clone, Debug)]
+pub struct Restore {
+    /// Its number.
+    pub number: u64,
+    /// Its cut time.
+    pub time: DataflowTime,
+    /// Every worker's state.
+    pub workers: Vec<WorkerState>,
+}
+
+/// Where complete cuts go (the connectors' checkpoint writer).
+pub trait Persist: Send + Sync {
+    /// Called once per complete cut, on a worker thread: must not block for long.
+    fn persist(&self, cut: Cut);
+}
+
+/// Which worker of `peers` owns `key` when a checkpoint is restored.
+pub fn owner(key: &str, peers: usize) -> usize {
+    // Any function every worker of one run computes the same way will do.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % peers.max(1) as u64) as usize
+}
+
+/// The checkpoint coordinator of one process, shared by its workers, its
+/// egress and whoever asks for checkpoints.
+pub struct Checkpoints {
+    persist: Box<dyn Persist>,
+    restore: Option<Restore>,
+    /// The newest checkpoint number asked for.
+    requested: AtomicU64,
+    /// Checkpoint number after which the workers stop (a clean stop's final checkpoint); 0: none.
+    stop_after: AtomicU64,
+    /// A worker failed: stop at once, take no more cuts.
+    failed: AtomicBool,
+    collecting: Mutex<Collecting>,
+    durable: Mutex<Durable>,
+    durable_changed: Condvar,
+}
+
+#[derive(Default)]
+struct Collecting {
+    /// The checkpoint whose parts are being collected.
+    number: u64,
+    parts: Vec<Captured>,
+    started: Option<Instant>,
+    /// Cuts whose worker parts are complete, waiting for the egress, oldest first.
+    awaiting_egress: std::collections::VecDeque<Cut>,
+}
+
+struct Durable {
+    /// The newest checkpoint written completely.
+    number: u64,
+    /// The newest checkpoint that failed to be written, with why.
+    failed: Option<(u64, String)>,
+}
+
+impl Checkpoints {
+    /// A coordinator handing cuts to `persist`, resuming from `restore` (if any); the
+    /// first checkpoint it takes is `base + 1` (`base` is the restored one's number, if any).
+    pub fn new(persist: Box<dyn Persist>, restore: Option<Restore>, base: u64) -> Self {
+        let base = restore.as_ref().map_or(base, |r| r.number);
+        Checkpoints {
+            persist,
+            requested: AtomicU64::new(base),
+            stop_after: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            collecting: Mutex::new(Collecting { number: base, ..Default::default() }),
+            durable: Mutex::new(Durable { number: base, failed: None }),
+            durable_changed: Condvar::new(),
+            restore,
+        }
+    }
+
+    /// The checkpoint this run resumes from.
+    pub fn restore(&self) -> Option<&Restore> {
+        self.restore.as_ref()
+    }
+
+    /// The number of the first checkpoint this run writes, minus one.
+    pub fn base(&self) -> u64 {
+        self.collecting.lock().unwrap_or_else(|p| p.into_inner()).number.min(self.durable_number())
+    }
+
+    /// Asks for a checkpoint; returns its number (wait for it with [`Checkpoints::wait_durable`]).
+    /// A checkpoint asked for while another is being taken is the next one.
+    pub fn request(&self) -> u64 {
+        let captured = self.collecting.lock().unwrap_or_else(|p| p.into_inner()).number;
+        let durable = self.durable_number();
+        let next = captured.max(durable) + 1;
+        self.requested.fetch_max(next, Ordering::SeqCst);
+        next
+    }
+
+    /// The newest checkpoint number asked for.
+    pub fn requested(&self) -> u64 {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// A clean stop: take a final checkpoint, then stop the workers. Returns its number.
+    pub fn request_final(&self) -> u64 {
+        let current = self.stop_after.load(Ordering::SeqCst);
+        if current > 0 {
+            return current;
+        }
+        let n = self.request();
+        match self.stop_after.compare_exchange(0, n, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => n,
+            Err(other) => other,
+        }
+    }
+
+    /// The checkpoint after which workers stop (0: none asked).
+    pub fn stop_after(&self) -> u64 {
+        self.stop_after.load(Ordering::SeqCst)
+    }
+
+    /// A worker failed: no more cuts; the workers stop without a final checkpoint.
+    pub fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.durable_changed.notify_all();
+    }
+
+    /// Whether a worker failed.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// A worker's part of checkpoint `number` (called by the worker as it captures).
+    pub fn captured(&self, number: u64, part: Captured) {
+        let mut c = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
+        if c.number != number {
+            c.number = number;
+            c.parts.clear();
+            c.started = Some(Instant::now());
+        }
+        let peers = part.state.peers;
+        c.parts.push(part);
+        if c.parts.len() == peers {
+            let mut workers = std::mem::take(&mut c.parts);
+            workers.sort_by_key(|w| w.state.worker);
+            let time = DataflowTime(workers.iter().map(|p| p.state.time).max().unwrap_or(0));
+            let started = c.started.take().unwrap_or_else(Instant::now);
+            c.awaiting_egress.push_back(Cut { number, time, watermark: None, workers, started });
+        }
+    }
+
+    /// For the egress: the oldest cut whose times it must close before emitting later ones.
+    pub fn awaiting_egress(&self) -> Option<(u64, DataflowTime)> {
+        self.collecting.lock().unwrap_or_else(|p| p.into_inner()).awaiting_egress.front().map(|c| (c.number, c.time))
+    }
+
+    /// The egress has emitted every time before the cut of `number` and cut its sink at
+    /// `watermark`: the cut is complete and goes to [`Persist`].
+    pub fn egress_done(&self, number: u64, watermark: Option<i64>) {
+        let cut = {
+            let mut c = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
+            match c.awaiting_egress.front() {
+                Some(cut) if cut.number == number => c.awaiting_egress.pop_front(),
+                _ => None,
+            }
+        };
+        if let Some(mut cut) = cut {
+            cut.watermark = watermark;
+            self.persist.persist(cut);
+        }
+    }
+
+    /// For the writer: checkpoint `number` is durable (or failed with `error`).
+    pub fn written(&self, number: u64, error: Option<String>) {
+        let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            None => d.number = d.number.max(number),
+            Some(e) => d.failed = Some((number, e)),
+        }
+        self.durable_changed.notify_all();
+    }
+
+    /// The newest durable checkpoint.
+    pub fn durable_number(&self) -> u64 {
+        self.durable.lock().unwrap_or_else(|p| p.into_inner()).number
+    }
+
+    /// Waits until checkpoint `number` is durable; `Err` if it failed, the
+    /// pipeline failed, or `timeout` passed.
+    pub fn wait_durable(&self, number: u64, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if d.number >= number {
+                return Ok(());
+            }
+            if let Some((n, e)) = &d.failed {
+                if *n >= number {
+                    return Err(format!("checkpoint {n} failed: {e}"));
+                }
+            }
+            if self.failed() {
+                return Err("the pipeline failed".into());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("checkpoint {number} not durable within {:.1} s", timeout.as_secs_f64()));
+            }
+            d = self
+                .durable_changed
+                .wait_timeout(d, left.min(Duration::from_millis(200)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Keep(Arc<Mutex<Vec<Cut>>>);
+    impl Persist for Keep {
+        fn persist(&self, cut: Cut) {
+            self.0.lock().unwrap().push(cut);
+        }
+    }
+
+    #[test]
+    fn a_cut_completes_when_every_worker_and_the_egress_have_cut() {
+        let cuts = Arc::new(Mutex::new(Vec::new()));
+        let hub = Checkpoints::new(Box::new(Keep(cuts.clone())), None, 0);
+        assert_eq!(hub.request(), 1);
+        // Asking again before anyone captured joins the same checkpoint.
+        assert_eq!(hub.request(), 1);
+        hub.captured(1, Captured::complete(WorkerState { worker: 1, peers: 2, time: 7, ..Default::default() }));
+        assert_eq!(hub.awaiting_egress(), None);
+        hub.captured(1, Captured::complete(WorkerState { worker: 0, peers: 2, time: 5, ..Default::default() }));
+        // T is the greatest capture time.
+        assert_eq!(hub.awaiting_egress(), Some((1, DataflowTime(7))));
+        hub.egress_done(2, None); // not this cut
+        assert!(cuts.lock().unwrap().is_empty());
+        hub.egress_done(1, Some(3));
+        let cut = cuts.lock().unwrap().pop().unwrap();
+        assert_eq!((cut.number, cut.time, cut.watermark), (1, DataflowTime(7), Some(3)));
+        assert_eq!(cut.workers.iter().map(|w| w.state.worker).collect::<Vec<_>>(), vec![0, 1]);
+        // Now the next request is 2; durability is reported by the writer.
+        assert_eq!(hub.request(), 2);
+        // Cut 2 completes and cut 3 starts before the egress closes 2: neither takes the other's parts.
+        hub.captured(2, Captured::complete(WorkerState { worker: 0, peers: 2, time: 9, ..Default::default() }));
+        hub.captured(2, Captured::complete(WorkerState { worker: 1, peers: 2, time: 8, ..Default::default() }));
+        hub.captured(3, Captured::complete(WorkerState { worker: 0, peers: 2, time: 12, ..Default::default() }));
+        assert_eq!(hub.awaiting_egress(), Some((2, DataflowTime(9))));
+        hub.egress_done(2, None);
+        hub.captured(3, Captured::complete(WorkerState { worker: 1, peers: 2, time: 11, ..Default::default() }));
+        assert_eq!(hub.awaiting_egress(), Some((3, DataflowTime(12))));
+        hub.egress_done(3, None);
+        let cuts: Vec<_> = cuts.lock().unwrap().drain(..).map(|c| (c.number, c.workers.len())).collect();
+        assert_eq!(cuts, vec![(2, 2), (3, 2)]);
+        assert!(hub.wait_durable(1, Duration::from_millis(10)).is_err());
+        hub.written(1, None);
+        assert!(hub.wait_durable(1, Duration::from_millis(10)).is_ok());
+        hub.written(2, Some("store down".into()));
+        assert_eq!(hub.wait_durable(2, Duration::from_secs(5)), Err("checkpoint 2 failed: store down".into()));
+    }
+
+    #[test]
+    fn owners_spread_keys_over_every_worker() {
+        let mut seen = [0usize; 4];
+        for i in 0..1000 {
+            seen[owner(&format!("T-{i}"), 4)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
+        assert_eq!(owner("T-1", 1), 0);
+    }
+}
