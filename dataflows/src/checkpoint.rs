@@ -201,6 +201,8 @@ pub struct Checkpoints {
     stop_after: AtomicU64,
     /// A worker failed: stop at once, take no more cuts.
     failed: AtomicBool,
+    /// The workers have stopped: the last checkpoint is the final one.
+    stopped: AtomicBool,
     collecting: Mutex<Collecting>,
     durable: Mutex<Durable>,
     durable_changed: Condvar,
@@ -233,6 +235,7 @@ impl Checkpoints {
             requested: AtomicU64::new(base),
             stop_after: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             collecting: Mutex::new(Collecting { number: base, ..Default::default() }),
             durable: Mutex::new(Durable { number: base, failed: None }),
             durable_changed: Condvar::new(),
@@ -253,6 +256,10 @@ impl Checkpoints {
     /// Asks for a checkpoint; returns its number (wait for it with [`Checkpoints::wait_durable`]).
     /// A checkpoint asked for while another is being taken is the next one.
     pub fn request(&self) -> u64 {
+        if self.stopped.load(Ordering::SeqCst) {
+            // Nothing changes any more: the final checkpoint holds the state.
+            return self.durable_number().max(self.stop_after());
+        }
         let captured = self.collecting.lock().unwrap_or_else(|p| p.into_inner()).number;
         let durable = self.durable_number();
         let next = captured.max(durable) + 1;
@@ -286,6 +293,12 @@ impl Checkpoints {
     /// A worker failed: no more cuts; the workers stop without a final checkpoint.
     pub fn fail(&self) {
         self.failed.store(true, Ordering::SeqCst);
+        self.durable_changed.notify_all();
+    }
+
+    /// The workers have stopped (called by the runtime once they all have).
+    pub fn workers_stopped(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         self.durable_changed.notify_all();
     }
 
@@ -365,6 +378,9 @@ impl Checkpoints {
             }
             if self.failed() {
                 return Err("the pipeline failed".into());
+            }
+            if self.stopped.load(Ordering::SeqCst) && number > self.stop_after() {
+                return Err(format!("the pipeline stopped before checkpoint {number}"));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -188,14 +188,21 @@ impl Running {
     /// Waits for a stderr line that satisfies `want`, for at most `secs`.
     pub fn wait_for(&mut self, secs: u64, want: impl Fn(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let mut seen = std::collections::VecDeque::new();
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(line) if want(&line) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    seen.push_back(line);
+                    if seen.len() > 10 {
+                        seen.pop_front();
+                    }
+                }
                 Err(_) => break,
             }
         }
-        panic!("no matching line from treeai within {secs}s");
+        let seen: Vec<_> = seen.into();
+        panic!("no matching line from treeai within {secs}s; its last lines:\n{}", seen.join("\n"));
     }
 
     /// Sends SIGINT and waits (at most 20 s) for the exit status.

@@ -113,9 +113,10 @@ fn start(input: &Path, lake: &Path, extra: &[&str]) -> Running {
         lake.to_str().unwrap(),
         "--lake-roll-ms",
         "1000",
-        "--checkpoint-interval-ms",
-        "400",
     ];
+    if !extra.contains(&"--checkpoint-interval-ms") {
+        args.extend_from_slice(&["--checkpoint-interval-ms", "400"]);
+    }
     args.extend_from_slice(extra);
     Running::start(&args)
 }
@@ -188,4 +189,121 @@ fn kill_9_at_random_moments_then_restart_ends_as_an_uninterrupted_run() {
         assert_eq!(got.events, reference.events, "seed {seed}: lake event tables");
         run.interrupt();
     }
+}
+
+fn checkpoint_folders(lake: &Path) -> Vec<std::path::PathBuf> {
+    let mut folders: Vec<_> = std::fs::read_dir(lake.join("_checkpoints"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    folders.sort();
+    folders
+}
+
+/// The number in a "events N (rejected ..." summary line.
+fn events_in(line: &str) -> u64 {
+    let rest = line.split("events ").nth(1).expect("events in the summary");
+    rest.split_whitespace().next().unwrap().parse().expect("event count")
+}
+
+#[test]
+fn sigterm_writes_a_final_checkpoint_and_a_restart_resumes_exactly_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.ndjson");
+    produce(&input, 400_000, 5);
+    let lines = std::fs::read_to_string(&input).unwrap().lines().filter(|l| !l.trim().is_empty()).count() as u64;
+
+    let reference = {
+        let mut run = start(&input, &dir.path().join("reference"), &["--checkpoint-interval-ms", "0"]);
+        run.wait_for(300, |l| l.contains("input complete"));
+        let outcome = finish(&mut run);
+        run.interrupt();
+        outcome
+    };
+
+    // Only the final checkpoint: no timer.
+    let lake = dir.path().join("lake");
+    let mut run = start(&input, &lake, &["--checkpoint-interval-ms", "0"]);
+    run.wait_for(120, |l| l.contains("ev/s") && !l.contains("events 0 "));
+    run.signal("TERM");
+    let status = run.wait_exit(25).expect("treeai did not exit within its shutdown timeout");
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    let stopped = run.wait_for(5, |l| l.contains("treeai run: stopped"));
+    let before = events_in(&stopped);
+    assert!(before > 0 && before < lines, "the stop came mid-input: {before} of {lines}");
+    let folders = checkpoint_folders(&lake);
+    assert_eq!(folders.len(), 1, "one (final) checkpoint: {folders:?}");
+    assert!(folders[0].join("MANIFEST.json").exists());
+    assert!(
+        crate::common::files_under(&lake.join("_staging")).is_empty(),
+        "every staged file published by the final checkpoint"
+    );
+
+    // The restart reads only what the first run had not: no replay beyond the checkpoint.
+    let mut run = start(&input, &lake, &["--checkpoint-interval-ms", "0"]);
+    run.wait_for(60, |l| l.contains("resumed from checkpoint 1"));
+    let complete = run.wait_for(300, |l| l.contains("input complete"));
+    assert_eq!(before + events_in(&complete), lines, "events read before the stop and after the restart");
+    let got = finish(&mut run);
+    assert_eq!(got, reference, "views and lake after stop + restart");
+    run.interrupt();
+}
+
+#[test]
+fn a_damaged_or_incomplete_newest_checkpoint_falls_back_and_another_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.ndjson");
+    produce(&input, 200_000, 7);
+    let lake = dir.path().join("lake");
+    let mut run = start(&input, &lake, &["--checkpoint-interval-ms", "200", "--checkpoints-kept", "10"]);
+    run.wait_for(300, |l| l.contains("input complete"));
+    let reference = finish(&mut run);
+    // An operator's checkpoint: answered once durable.
+    let (status, _, body) = http(&run.http, "POST", "/v1/admin/checkpoint", &[], b"").expect("POST checkpoint");
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{body}");
+    let asked = body["checkpoint"].as_u64().expect("checkpoint number");
+    assert!(checkpoint_folders(&lake).last().unwrap().ends_with(format!("{asked:020}")));
+    let (_, _, metrics) = http(&run.http, "GET", "/metrics", &[], b"").expect("GET /metrics");
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    for name in [
+        "treeai_checkpoint_seconds_count",
+        "treeai_checkpoint_bytes",
+        "treeai_checkpoint_last_success_timestamp_seconds",
+        "treeai_checkpoint_failures_total 0",
+        "treeai_restore_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+    run.interrupt();
+
+    let folders = checkpoint_folders(&lake);
+    assert!(folders.len() >= 2, "{folders:?}");
+    let newest = folders[folders.len() - 1].clone();
+    let previous = folders[folders.len() - 2].clone();
+    // A damaged newest part (a byte flipped) and a newer folder without a manifest (a crash
+    // during its upload): both skipped.
+    let part = newest.join("worker-0.bin.zst");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&part, bytes).unwrap();
+    let incomplete = lake.join("_checkpoints").join(format!("{:020}", asked + 5));
+    std::fs::create_dir_all(&incomplete).unwrap();
+    std::fs::write(incomplete.join("worker-0.bin.zst"), b"partial").unwrap();
+    let number = |p: &Path| p.file_name().unwrap().to_string_lossy().parse::<u64>().unwrap();
+    let mut run = start(&input, &lake, &[]);
+    run.wait_for(60, |l| l.contains(&format!("resumed from checkpoint {} ", number(&previous))));
+    run.wait_for(300, |l| l.contains("input complete"));
+    assert_eq!(finish(&mut run), reference, "views and lake restored from the previous checkpoint");
+    run.interrupt();
+
+    // A checkpoint of another format version stops the start with a clear error.
+    let newest = checkpoint_folders(&lake).into_iter().filter(|f| f.join("MANIFEST.json").exists()).last().unwrap();
+    let manifest = std::fs::read_to_string(newest.join("MANIFEST.json")).unwrap();
+    std::fs::write(newest.join("MANIFEST.json"), manifest.replacen("\"format\": 1", "\"format\": 99", 1)).unwrap();
+    let mut run = start(&input, &lake, &[]);
+    let line = run.wait_for(60, |l| l.contains("format version"));
+    assert!(line.contains("version 99") && line.contains("--no-restore"), "{line}");
+    let status = run.wait_exit(10).expect("treeai should stop on a checkpoint of another version");
+    assert!(!status.success());
 }

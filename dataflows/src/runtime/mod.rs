@@ -225,6 +225,7 @@ pub struct Running {
     workers: timely::communication::WorkerGuards<Result<(), RuntimeError>>,
     egress: Arc<egress::Egress>,
     stats: Arc<Stats>,
+    checkpoints: Option<Arc<Checkpoints>>,
 }
 
 /// Sets the shutdown flag when dropped unless disarmed: a worker that fails
@@ -257,6 +258,9 @@ impl Running {
             }
         }
         self.egress.close();
+        if let Some(hub) = &self.checkpoints {
+            hub.workers_stopped();
+        }
         self.stats.stopped.store(true, Ordering::SeqCst);
         first_error.map_or(Ok(()), Err)
     }
@@ -281,6 +285,7 @@ pub fn start(
     let egress =
         Arc::new(egress::Egress::new(workers, catalog, sinks(SinkRole::Egress), stats.clone(), checkpoints.clone()));
     let (worker_stats, worker_egress) = (stats.clone(), egress.clone());
+    let hub = checkpoints.clone();
     let workers = timely::execute(timely::Config::process(workers), move |worker| {
         let egress = worker_egress.clone();
         let mut guard = StopPeersOnFailure(shutdown.clone(), checkpoints.clone(), false);
@@ -298,5 +303,5 @@ pub fn start(
         result
     })
     .map_err(RuntimeError::Start)?;
-    Ok(Running { workers, egress, stats })
+    Ok(Running { workers, egress, stats, checkpoints: hub })
 }
