@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use treeai_dataflows::checkpoint::{Checkpoints, Cut, Persist, Restore, WorkerState, FORMAT_VERSION};
+use treeai_dataflows::checkpoint::{Checkpoints, Cut, EgressState, Persist, Restore, WorkerState, FORMAT_VERSION};
 use treeai_dataflows::runtime::Counters;
 use treeai_dataflows::time::DataflowTime;
 use treeai_schema::lake::open_store;
@@ -166,6 +166,8 @@ pub struct Manifest {
     pub source: String,
     /// One part per worker.
     pub parts: Vec<PartEntry>,
+    /// The egress's part (alert numbers, output offsets).
+    pub egress: PartEntry,
     /// Lake files this checkpoint commits (relative to the lake root).
     pub lake_files: Vec<StagedFile>,
 }
@@ -178,13 +180,35 @@ pub struct Loaded {
     pub folder: String,
     /// Every worker's state.
     pub states: Vec<WorkerState>,
+    /// The egress's state.
+    pub egress: EgressState,
 }
 
 impl Loaded {
+    /// The least recorded end offset per output topic-partition.
+    pub fn sink_offsets(&self) -> std::collections::BTreeMap<String, i64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (key, offset) in self.states.iter().flat_map(|w| &w.sink_offsets).chain(&self.egress.sink_offsets) {
+            let e = out.entry(key.clone()).or_insert(*offset);
+            *e = (*e).min(*offset);
+        }
+        out
+    }
+
     /// What the runtime resumes from.
     pub fn restore(self) -> Restore {
-        Restore { number: self.manifest.number, time: DataflowTime(self.manifest.time), workers: self.states }
+        Restore {
+            number: self.manifest.number,
+            time: DataflowTime(self.manifest.time),
+            workers: self.states,
+            egress: self.egress,
+        }
     }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CheckpointError> {
+    let raw = bincode::serialize(value).map_err(|e| CheckpointError::Store(e.to_string()))?;
+    zstd::encode_all(&raw[..], 1).map_err(|e| CheckpointError::Store(e.to_string()))
 }
 
 const MANIFEST: &str = "MANIFEST.json";
@@ -275,34 +299,51 @@ impl CheckpointStore {
             return Err(CheckpointError::Version { folder, found: format });
         }
         let manifest: Manifest = serde_json::from_value(value).map_err(|e| corrupt(format!("MANIFEST.json: {e}")))?;
-        let mut states = Vec::with_capacity(manifest.parts.len());
-        for part in &manifest.parts {
+        let read = |part: &PartEntry| -> Result<Vec<u8>, CheckpointError> {
             let bytes = self.get(&join(&part.file))?.ok_or_else(|| corrupt(format!("{} is missing", part.file)))?;
             if bytes.len() as u64 != part.bytes || crc32fast::hash(&bytes) != part.crc32 {
                 return Err(corrupt(format!("{}: size or CRC-32 does not match the manifest", part.file)));
             }
-            let raw = zstd::decode_all(&bytes[..]).map_err(|e| corrupt(format!("{}: {e}", part.file)))?;
-            let state: WorkerState = bincode::deserialize(&raw).map_err(|e| corrupt(format!("{}: {e}", part.file)))?;
+            zstd::decode_all(&bytes[..]).map_err(|e| corrupt(format!("{}: {e}", part.file)))
+        };
+        let mut states = Vec::with_capacity(manifest.parts.len());
+        for part in &manifest.parts {
+            let state: WorkerState =
+                bincode::deserialize(&read(part)?).map_err(|e| corrupt(format!("{}: {e}", part.file)))?;
             states.push(state);
         }
+        let egress: EgressState = bincode::deserialize(&read(&manifest.egress)?)
+            .map_err(|e| corrupt(format!("{}: {e}", manifest.egress.file)))?;
         if states.len() != manifest.workers {
             return Err(corrupt(format!("{} parts for {} workers", states.len(), manifest.workers)));
         }
-        Ok(Loaded { manifest, folder, states })
+        Ok(Loaded { manifest, folder, states, egress })
     }
 
     /// The newest checkpoint that loads; damaged or incomplete ones are skipped (and counted
     /// in `skipped`), a checkpoint of another format version is an error.
     pub fn load_newest(&self, skipped: &AtomicU64) -> Result<Option<Loaded>, CheckpointError> {
+        let mut damaged = 0;
         for number in self.numbers()?.into_iter().rev() {
             match self.load_folder(&folder_name(number), self.folder_url(number)) {
                 Ok(loaded) => return Ok(Some(loaded)),
                 Err(e @ CheckpointError::Corrupt { .. }) => {
                     tracing::warn!("{e}; trying the previous checkpoint");
                     skipped.fetch_add(1, Ordering::Relaxed);
+                    // A folder without a manifest committed nothing; one with a manifest did.
+                    damaged +=
+                        usize::from(matches!(self.get(&format!("{}/{MANIFEST}", folder_name(number))), Ok(Some(_))));
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if damaged > 0 {
+            // Starting over would count again what the lake already holds.
+            return Err(CheckpointError::Corrupt {
+                folder: self.url.clone(),
+                message: "no checkpoint there is usable; start with --no-restore to start over, or --restore-from one"
+                    .into(),
+            });
         }
         Ok(None)
     }
@@ -352,10 +393,8 @@ impl CheckpointStore {
         for captured in cut.workers {
             let state = captured.materialize();
             let rows = state.rows() as u64;
-            let raw = bincode::serialize(&state).map_err(|e| CheckpointError::Store(e.to_string()))?;
+            let bytes = encode(&state)?;
             drop(state);
-            let bytes = zstd::encode_all(&raw[..], 1).map_err(|e| CheckpointError::Store(e.to_string()))?;
-            drop(raw);
             let file = format!("worker-{}.bin.zst", parts.len());
             let entry =
                 PartEntry { file: file.clone(), bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes), rows };
@@ -363,6 +402,15 @@ impl CheckpointStore {
             self.put(&format!("{folder}/{file}"), bytes)?;
             parts.push(entry);
         }
+        let bytes = encode(&cut.egress)?;
+        let egress = PartEntry {
+            file: "egress.bin.zst".into(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+            rows: cut.egress.alert_seqs.len() as u64,
+        };
+        total += egress.bytes;
+        self.put(&format!("{folder}/{}", egress.file), bytes)?;
         let manifest = Manifest {
             format: FORMAT_VERSION,
             number,
@@ -372,6 +420,7 @@ impl CheckpointStore {
             workers,
             source: source.to_string(),
             parts,
+            egress,
             lake_files,
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Store(e.to_string()))?;
@@ -594,6 +643,8 @@ impl Checkpointer {
             .spawn(move || {
                 // Lake files sealed for a checkpoint that then failed go with the next one.
                 let mut carried = Vec::new();
+                // Files of durable checkpoints whose move into the lake failed, retried.
+                let mut unpublished = Vec::new();
                 loop {
                     let cut = match rx.recv_timeout(Duration::from_millis(100)) {
                         Ok(cut) => cut,
@@ -602,7 +653,7 @@ impl Checkpointer {
                     };
                     let number = cut.number;
                     let started = cut.started;
-                    let result = write_one(&store, cut, &source, lake.as_deref(), kept, &mut carried);
+                    let result = write_one(&store, cut, &source, lake.as_deref(), kept, &mut carried, &mut unpublished);
                     let Some(hub) = weak.upgrade() else { return };
                     match result {
                         Ok(bytes) => {
@@ -690,6 +741,7 @@ fn write_one(
     lake: Option<&Lake>,
     kept: usize,
     carried: &mut Vec<StagedFile>,
+    unpublished: &mut Vec<StagedFile>,
 ) -> Result<u64, WriteError> {
     let number = cut.number;
     if let Some(lake) = lake {
@@ -698,7 +750,13 @@ fn write_one(
     let (bytes, manifest) = store.write(number, cut, source, carried.clone())?;
     carried.clear();
     if let Some(lake) = lake {
-        publish(lake, &manifest.lake_files, &store.runtime)?;
+        // The checkpoint is durable: files it lists but cannot move yet are published by a later
+        // checkpoint (or by the restore of this one); moving twice is harmless.
+        unpublished.extend(manifest.lake_files.iter().cloned());
+        match publish(lake, unpublished, &store.runtime) {
+            Ok(()) => unpublished.clear(),
+            Err(e) => tracing::warn!("lake: {e}; retried with the next checkpoint"),
+        }
     }
     if let Err(e) = store.retain(kept) {
         tracing::warn!("deleting old checkpoints: {e}");

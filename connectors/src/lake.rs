@@ -880,7 +880,11 @@ impl<C: Columns> Files<C> {
                     let (written, staged) = match epoch {
                         None => (format!("{}/{partition}/{name}", self.table.name()), None),
                         Some(epoch) => {
-                            let name = format!("part-e{epoch:08}-{}", name.strip_prefix("part-").unwrap_or(&name));
+                            // The file's id keeps names unique within a checkpoint even when two
+                            // files start at the same row key (alerts at one watermark).
+                            let id = lake.next_file.load(Ordering::Relaxed);
+                            let rest = name.strip_prefix("part-").unwrap_or(&name).trim_end_matches(".parquet");
+                            let name = format!("part-e{epoch:08}-{rest}-f{id}.parquet");
                             let path = format!("{}/{partition}/{name}", self.table.name());
                             (format!("{STAGING}/{path}"), Some(Staged { epoch, path }))
                         }
@@ -1059,11 +1063,12 @@ impl Sink for LakeSink {
     }
 
     /// Rolls every open file: they hold rows of checkpoint `number` only; later rows go to new files.
-    fn checkpoint(&mut self, number: u64) {
+    fn checkpoint(&mut self, number: u64) -> Vec<(String, i64)> {
         if self.epoch.is_some() {
             self.roll(true);
             self.epoch = Some(number + 1);
         }
+        Vec::new()
     }
 
     fn close(&mut self) {
@@ -1179,6 +1184,7 @@ mod tests {
             previous_band: None,
             watermark: None,
             top_penalty: "tilt",
+            seq: 1,
         });
         sink.dead_letter(DeadLetter {
             raw: b"{oops".to_vec(),

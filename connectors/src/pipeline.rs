@@ -194,6 +194,15 @@ impl PipelineBuilder {
         let kafka_output = match (&self.kafka_output, &kafka_stats) {
             (Some(config), Some(kafka_stats)) => {
                 let output = KafkaOutput::new(config, kafka_stats.clone())?;
+                if let Some(loaded) = &loaded {
+                    // What the crashed run wrote after the checkpoint is not sent again.
+                    let offsets = loaded.sink_offsets();
+                    let found = output.suppress_written(&offsets)?;
+                    tracing::info!(
+                        "kafka: {found} alerts and dead letters written after checkpoint {}",
+                        loaded.manifest.number
+                    );
+                }
                 sinks.push(output.sink_factory());
                 Some(output)
             }

@@ -81,10 +81,8 @@ impl Sink for Tee {
             s.flush();
         }
     }
-    fn checkpoint(&mut self, number: u64) {
-        for s in &mut self.0 {
-            s.checkpoint(number);
-        }
+    fn checkpoint(&mut self, number: u64) -> Vec<(String, i64)> {
+        self.0.iter_mut().flat_map(|s| s.checkpoint(number)).collect()
     }
     fn close(&mut self) {
         for s in &mut self.0 {

@@ -43,6 +43,16 @@ pub struct Alert {
     pub watermark: Option<i64>,
     /// Name of the largest penalty of the new score (of the old one if unregistered).
     pub top_penalty: &'static str,
+    /// The tree's alert number (1, 2, ...): with `tree_id`, the alert's id, the same when a
+    /// restored run derives the alert again (Kafka's copy is then suppressed). Set by the egress.
+    pub seq: u32,
+}
+
+impl Alert {
+    /// The alert's id: `tree_id/seq`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.tree_id, self.seq)
+    }
 }
 
 impl Alert {
@@ -78,6 +88,7 @@ pub fn alerts_of(changes: &mut [(Id, ScoreRow, isize)], watermark: Option<i64>) 
             previous_band: was,
             watermark,
             top_penalty: basis.map_or("none", |r| r.score.top_penalty()),
+            seq: 0,
         });
     }
     out

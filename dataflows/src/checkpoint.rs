@@ -95,6 +95,17 @@ pub struct WorkerState {
     pub window: Vec<WindowReading>,
     /// The readings waiting for the watermark.
     pub pending: Vec<WindowReading>,
+    /// The worker's sinks' progress (output topic-partition, end offset).
+    pub sink_offsets: Vec<(String, i64)>,
+}
+
+/// The egress's part of a checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EgressState {
+    /// Per tree that has alerted, its number of alerts (alert ids are `tree_id/seq`).
+    pub alert_seqs: Vec<(Id, u32)>,
+    /// The egress sink's progress (output topic-partition, end offset).
+    pub sink_offsets: Vec<(String, i64)>,
 }
 
 impl WorkerState {
@@ -161,6 +172,8 @@ pub struct Cut {
     pub watermark: Option<i64>,
     /// Every worker's part, by worker index.
     pub workers: Vec<Captured>,
+    /// The egress's part.
+    pub egress: EgressState,
     /// When the first worker captured (for the duration metric).
     pub started: Instant,
 }
@@ -174,6 +187,8 @@ pub struct Restore {
     pub time: DataflowTime,
     /// Every worker's state.
     pub workers: Vec<WorkerState>,
+    /// The egress's state.
+    pub egress: EgressState,
 }
 
 /// Where complete cuts go (the connectors' checkpoint writer).
@@ -322,7 +337,14 @@ impl Checkpoints {
             workers.sort_by_key(|w| w.state.worker);
             let time = DataflowTime(workers.iter().map(|p| p.state.time).max().unwrap_or(0));
             let started = c.started.take().unwrap_or_else(Instant::now);
-            c.awaiting_egress.push_back(Cut { number, time, watermark: None, workers, started });
+            c.awaiting_egress.push_back(Cut {
+                number,
+                time,
+                watermark: None,
+                workers,
+                egress: EgressState::default(),
+                started,
+            });
         }
     }
 
@@ -333,7 +355,7 @@ impl Checkpoints {
 
     /// The egress has emitted every time before the cut of `number` and cut its sink at
     /// `watermark`: the cut is complete and goes to [`Persist`].
-    pub fn egress_done(&self, number: u64, watermark: Option<i64>) {
+    pub fn egress_done(&self, number: u64, watermark: Option<i64>, egress: EgressState) {
         let cut = {
             let mut c = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
             match c.awaiting_egress.front() {
@@ -343,6 +365,7 @@ impl Checkpoints {
         };
         if let Some(mut cut) = cut {
             cut.watermark = watermark;
+            cut.egress = egress;
             self.persist.persist(cut);
         }
     }
@@ -419,9 +442,9 @@ mod tests {
         hub.captured(1, Captured::complete(WorkerState { worker: 0, peers: 2, time: 5, ..Default::default() }));
         // T is the greatest capture time.
         assert_eq!(hub.awaiting_egress(), Some((1, DataflowTime(7))));
-        hub.egress_done(2, None); // not this cut
+        hub.egress_done(2, None, EgressState::default()); // not this cut
         assert!(cuts.lock().unwrap().is_empty());
-        hub.egress_done(1, Some(3));
+        hub.egress_done(1, Some(3), EgressState::default());
         let cut = cuts.lock().unwrap().pop().unwrap();
         assert_eq!((cut.number, cut.time, cut.watermark), (1, DataflowTime(7), Some(3)));
         assert_eq!(cut.workers.iter().map(|w| w.state.worker).collect::<Vec<_>>(), vec![0, 1]);
@@ -432,10 +455,10 @@ mod tests {
         hub.captured(2, Captured::complete(WorkerState { worker: 1, peers: 2, time: 8, ..Default::default() }));
         hub.captured(3, Captured::complete(WorkerState { worker: 0, peers: 2, time: 12, ..Default::default() }));
         assert_eq!(hub.awaiting_egress(), Some((2, DataflowTime(9))));
-        hub.egress_done(2, None);
+        hub.egress_done(2, None, EgressState::default());
         hub.captured(3, Captured::complete(WorkerState { worker: 1, peers: 2, time: 11, ..Default::default() }));
         assert_eq!(hub.awaiting_egress(), Some((3, DataflowTime(12))));
-        hub.egress_done(3, None);
+        hub.egress_done(3, None, EgressState::default());
         let cuts: Vec<_> = cuts.lock().unwrap().drain(..).map(|c| (c.number, c.workers.len())).collect();
         assert_eq!(cuts, vec![(2, 2), (3, 2)]);
         assert!(hub.wait_durable(1, Duration::from_millis(10)).is_err());

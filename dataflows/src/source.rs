@@ -235,8 +235,12 @@ pub trait Sink: Send {
     fn flush(&mut self) {}
     /// Everything received so far belongs to checkpoint `number` (and nothing
     /// received later does): make it ready to commit with that checkpoint
-    /// (roll the open files, deliver what is queued).
-    fn checkpoint(&mut self, _number: u64) {}
+    /// (roll the open files, deliver what is queued). Returns the sink's
+    /// progress to record with it (an output topic-partition and its end offset),
+    /// from which a restored run finds what it already wrote.
+    fn checkpoint(&mut self, _number: u64) -> Vec<(String, i64)> {
+        Vec::new()
+    }
     /// Called once when the worker stops: write out everything buffered.
     fn close(&mut self) {}
 }

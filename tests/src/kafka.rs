@@ -518,3 +518,116 @@ fn topics_created_after_start_are_picked_up() {
     }
     assert!(run.interrupt().success());
 }
+
+/// Copies a directory tree.
+fn copy_dir(from: &Path, to: &Path) {
+    for file in crate::common::files_under(from) {
+        let target = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+}
+
+/// Waits until the live views equal `want` at watermark `w`.
+fn wait_views(run: &Running, want: &Views, w: i64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if metric(&run.http, "treeai_watermark_ms") == Some(w as f64) {
+            match diff_views(&live_views(&run.http), want) {
+                None => return,
+                Some(diff) if Instant::now() > deadline => panic!("views differ from backfill:\n{diff}"),
+                Some(_) => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "watermark {:?}, want {w}", metric(&run.http, "treeai_watermark_ms"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Kill -9 of `treeai run` reading Kafka at random moments (seeds printed, `TREEAI_KILL_ROUNDS`
+/// rounds, `TREEAI_KILL_SEED` replays one), then a restart: the views equal backfill's, the lake
+/// holds every valid event and dead letter once, `score_changes` nets to `tree_scores`, alerts
+/// never repeat. Then the final checkpoint restores under 1, 2 and 4 workers to the same views.
+#[test]
+fn kill_9_while_reading_kafka_then_restart_and_restore_under_other_worker_counts() {
+    use rand::{Rng, SeedableRng};
+    let broker = Broker::for_test();
+    let text = generated(&["--count", "150000", "--trees", "2000", "--rate", "2000", "--bad-fraction", "0.01"]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.contains('\t')).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), &lines);
+    let summary = treeai(
+        &["backfill", "--workers", "2", "--input", input.to_str().unwrap(), "--output"]
+            .into_iter()
+            .chain([dir.path().join("bf").to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    let (want, w) = backfill_views(&input, &dir.path().join("backfill"));
+    let rejected: i64 = summary
+        .split(", ")
+        .find_map(|s| s.strip_suffix(" rejected")?.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    let valid = lines.len() as i64 - rejected;
+
+    let rounds = std::env::var("TREEAI_KILL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3u64);
+    let seeds: Vec<u64> = match std::env::var("TREEAI_KILL_SEED") {
+        Ok(seed) => vec![seed.parse().expect("TREEAI_KILL_SEED")],
+        Err(_) => (0..rounds).map(|_| rand::rng().random()).collect(),
+    };
+    for seed in seeds {
+        eprintln!("kafka kill -9 round: TREEAI_KILL_SEED={seed}");
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+        let prefix = format!("k9-{}-{seed}", std::process::id());
+        let flags = broker.topics(&prefix, 4);
+        kcat_produce(&broker.addr, &prefix, &lines, dir.path());
+        let lake = dir.path().join(format!("lake-{seed}"));
+        let start = |workers: &str, lake: &Path| {
+            let mut args = vec!["run", "--workers", workers, "--idle-timeout-ms", "1000", "--lake"];
+            args.extend([lake.to_str().unwrap(), "--lake-roll-ms", "1000", "--checkpoint-interval-ms", "400"]);
+            args.extend(flags.iter().map(String::as_str));
+            Running::start(&args)
+        };
+        for kill in 0..3 {
+            let mut run = start("2", &lake);
+            std::thread::sleep(Duration::from_millis(rng.random_range(500..3000)));
+            let _ = run.child.kill();
+            let _ = run.child.wait();
+            eprintln!("  kill {kill}");
+        }
+        let mut run = start("2", &lake);
+        wait_views(&run, &want, w, 300);
+        // The lake rows are visible once a checkpoint has committed them.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let count = |q: &str| crate::recovery::sql(&run, q)[0][0].as_i64().unwrap();
+        let events = "select (select count(*) from lake.readings) + (select count(*) from lake.assessments) + (select count(*) from lake.trees)";
+        while count(events) < valid && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(count(events), valid, "seed {seed}: valid events in the lake");
+        for (table, pos) in
+            [("readings", "source, \"offset\""), ("assessments", "source, \"offset\""), ("trees", "source, \"offset\"")]
+        {
+            let distinct = count(&format!("select count(*) from (select distinct {pos} from lake.{table})"));
+            assert_eq!(
+                distinct,
+                count(&format!("select count(*) from lake.{table}")),
+                "seed {seed}: {table} duplicated"
+            );
+        }
+        assert_eq!(count("select count(*) from (select distinct source, position from lake.deadletter)"), rejected);
+        assert_eq!(count("select count(*) from lake.deadletter"), rejected, "seed {seed}: dead letters");
+        crate::recovery::check_derived(&run);
+        run.signal("TERM");
+        assert_eq!(run.wait_exit(25).and_then(|s| s.code()), Some(0));
+
+        // One checkpoint, restored under 1, 2 and 4 workers: the same views.
+        for workers in ["1", "2", "4"] {
+            let copy = dir.path().join(format!("lake-{seed}-w{workers}"));
+            copy_dir(&lake, &copy);
+            let mut run = start(workers, &copy);
+            run.wait_for(60, |l| l.contains("resumed from checkpoint"));
+            wait_views(&run, &want, w, 120);
+            run.interrupt();
+        }
+    }
+}

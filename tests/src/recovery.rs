@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Rows of a query over HTTP, as JSON arrays.
-fn sql(run: &Running, query: &str) -> Vec<Vec<Value>> {
+pub(crate) fn sql(run: &Running, query: &str) -> Vec<Vec<Value>> {
     let body = serde_json::json!({ "sql": query }).to_string();
     let (status, _, body) =
         http(&run.http, "POST", "/v1/sql", &[("Content-Type", "application/json")], body.as_bytes())
@@ -72,7 +72,7 @@ fn outcome(run: &Running) -> Outcome {
 
 /// The lake's derived tables agree with the views: `score_changes` nets to exactly the final
 /// `tree_scores`, and per tree the alerts never repeat and end with the final band.
-fn check_derived(run: &Running) {
+pub(crate) fn check_derived(run: &Running) {
     let net = sql(
         run,
         "select tree_id, score, band, sum(diff) from lake.score_changes group by tree_id, score, band \

@@ -268,6 +268,15 @@ pub enum KafkaClientError {
         #[source]
         source: KafkaError,
     },
+    /// A request of a restore (reading back what an earlier run wrote) failed: retry later.
+    #[error("kafka {what}: {source}")]
+    Request {
+        /// The request.
+        what: String,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
     /// The brokers refused to create a topic.
     #[error("kafka: create topic {topic}: {code}")]
     Topic {
@@ -293,9 +302,10 @@ impl KafkaClientError {
         use treeai_dataflows::source::Fault;
         match self {
             KafkaClientError::Config { .. } => Fault::User,
-            KafkaClientError::Broker { .. } | KafkaClientError::Topic { .. } | KafkaClientError::Local { .. } => {
-                Fault::Environment
-            }
+            KafkaClientError::Broker { .. }
+            | KafkaClientError::Request { .. }
+            | KafkaClientError::Topic { .. }
+            | KafkaClientError::Local { .. } => Fault::Environment,
         }
     }
 }

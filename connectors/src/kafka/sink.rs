@@ -6,13 +6,24 @@
 //! queue makes the worker wait (backpressure), it never drops a message;
 //! librdkafka retries deliveries, and failures after its retries are counted
 //! in [`KafkaStats::delivery_errors`](super::KafkaStats).
+//!
+//! Exactly once across a crash (without Kafka transactions, which our test
+//! broker lacks): every alert carries a deterministic id (header
+//! `treeai.alert_id` = `tree_id/seq`, the tree's n-th alert) and every dead
+//! letter its source position. At a checkpoint the sinks wait for their
+//! deliveries and record the topics' end offsets; a restored run first reads
+//! both topics from those offsets to their end and does not send again what
+//! it finds there ([`KafkaOutput::suppress_written`]).
 
 use super::{Context, KafkaClientError, KafkaConfig, KafkaStats};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use treeai_dataflows::source::{Alert, DeadLetter, Sink, SinkFactory, SourceRef};
 use treeai_dataflows::time::format_ts;
@@ -33,6 +44,8 @@ pub mod headers {
     pub const RULE: &str = "treeai.rule";
     /// Arrival time, RFC 3339.
     pub const ARRIVAL: &str = "treeai.arrival";
+    /// An alert's id: `tree_id/seq` (alerts only).
+    pub const ALERT_ID: &str = "treeai.alert_id";
 }
 
 /// The shared producer of the alert and dead-letter topics.
@@ -41,6 +54,10 @@ pub struct KafkaOutput {
     producer: ThreadedProducer<Context>,
     alerts: Arc<str>,
     deadletter: Arc<str>,
+    /// Ids of alerts and dead letters already in the topics (written after the restored
+    /// checkpoint by the run that crashed): not sent again.
+    written: Arc<Mutex<HashSet<String>>>,
+    config: KafkaConfig,
 }
 
 impl KafkaOutput {
@@ -61,7 +78,113 @@ impl KafkaOutput {
             producer,
             alerts: config.topics.alerts.as_str().into(),
             deadletter: config.topics.deadletter.as_str().into(),
+            written: Arc::default(),
+            config: config.clone(),
         })
+    }
+
+    /// Reads the alert and dead-letter topics from `offsets` (`topic/partition` → offset, as
+    /// recorded by a checkpoint) to their current end and remembers the ids found, so that
+    /// the restored run does not send them again. Returns how many it found.
+    pub fn suppress_written(&self, offsets: &BTreeMap<String, i64>) -> Result<usize, KafkaClientError> {
+        let timeout = Duration::from_secs(30);
+        let consumer: BaseConsumer<Context> = self
+            .config
+            .client_config(&[
+                ("group.id", "treeai-restore"),
+                ("enable.auto.commit", "false"),
+                ("client.id", "treeai-restore"),
+            ])
+            .create_with_context(Context::new(Arc::default()))
+            .map_err(|source| KafkaClientError::Config { client: "consumer", source })?;
+        let mut list = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for (key, &from) in offsets {
+            let Some((topic, partition)) = key.rsplit_once('/') else { continue };
+            let Ok(partition) = partition.parse::<i32>() else { continue };
+            if *topic != *self.alerts && *topic != *self.deadletter {
+                continue;
+            }
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(|e| KafkaClientError::Request { what: format!("end offset of {key}"), source: e })?;
+            if high > from {
+                list.add_partition_offset(topic, partition, Offset::Offset(from))
+                    .map_err(|e| KafkaClientError::Request { what: format!("assign {key}"), source: e })?;
+                ends.insert((topic.to_string(), partition), high);
+            }
+        }
+        if ends.is_empty() {
+            return Ok(0);
+        }
+        consumer.assign(&list).map_err(|e| KafkaClientError::Request { what: "assign".into(), source: e })?;
+        let mut found = HashSet::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        while !ends.is_empty() && std::time::Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+            let message =
+                message.map_err(|e| KafkaClientError::Request { what: "reading the outputs".into(), source: e })?;
+            let header = |name: &str| {
+                message.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                })
+            };
+            let id = if message.topic() == &*self.alerts {
+                header(headers::ALERT_ID)
+            } else {
+                header(headers::SOURCE).zip(header(headers::OFFSET)).map(|(s, o)| format!("{s}#{o}"))
+            };
+            found.extend(id);
+            let key = (message.topic().to_string(), message.partition());
+            if ends.get(&key).is_some_and(|&end| message.offset() + 1 >= end) {
+                ends.remove(&key);
+            }
+        }
+        if !ends.is_empty() {
+            return Err(KafkaClientError::Request {
+                what: format!("reading the outputs to their end ({} partitions left)", ends.len()),
+                source: KafkaError::NoMessageReceived,
+            });
+        }
+        let n = found.len();
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
+        Ok(n)
+    }
+
+    /// Whether `id` was already written (then it is not sent again).
+    fn already_written(&self, id: &str) -> bool {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        !written.is_empty() && written.remove(id)
+    }
+
+    /// The end offsets of the output topics' partitions (`topic/partition` → offset).
+    fn end_offsets(&self) -> Vec<(String, i64)> {
+        let timeout = Duration::from_secs(10);
+        let client = self.producer.client();
+        let mut out = Vec::new();
+        for topic in [&*self.alerts, &*self.deadletter] {
+            let partitions = match client.fetch_metadata(Some(topic), timeout) {
+                Ok(m) => m.topics().first().map_or(0, |t| t.partitions().len()),
+                Err(e) => {
+                    tracing::warn!("kafka: partitions of {topic}: {e}");
+                    0
+                }
+            };
+            for p in 0..partitions as i32 {
+                match client.fetch_watermarks(topic, p, timeout) {
+                    Ok((_, high)) => out.push((format!("{topic}/{p}"), high)),
+                    // Without it the restored run reads from the topic's start (more work, same result).
+                    Err(e) => {
+                        tracing::warn!("kafka: end offset of {topic}/{p}: {e}");
+                        out.push((format!("{topic}/{p}"), 0));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// A sink per worker and one for the egress, all sharing this producer.
@@ -125,6 +248,9 @@ impl Sink for KafkaSink {
             .insert(Header { key: headers::REASON, value: Some(letter.reason.as_str()) })
             .insert(Header { key: headers::RULE, value: Some(letter.label.as_str()) })
             .insert(Header { key: headers::ARRIVAL, value: Some(arrival.as_str()) });
+        if self.0.already_written(&format!("{source}#{offset}")) {
+            return;
+        }
         if let SourceRef::Kafka { topic, partition, .. } = &letter.source {
             let partition = partition.to_string();
             h = h
@@ -140,14 +266,20 @@ impl Sink for KafkaSink {
     }
 
     fn alert(&mut self, alert: Alert) {
+        let id = alert.id();
+        if self.0.already_written(&id) {
+            return;
+        }
         let value = alert_json(&alert).to_string();
         let topic = self.0.alerts.clone();
-        self.0.send(BaseRecord::to(&topic).key(alert.tree_id.as_bytes()).payload(value.as_bytes()));
+        let h = OwnedHeaders::new().insert(Header { key: headers::ALERT_ID, value: Some(id.as_str()) });
+        self.0.send(BaseRecord::to(&topic).key(alert.tree_id.as_bytes()).payload(value.as_bytes()).headers(h));
     }
 
-    /// Everything sent before the cut is delivered before the checkpoint is taken.
-    fn checkpoint(&mut self, _number: u64) {
+    /// Everything sent before the cut is delivered, then the topics' end offsets are recorded.
+    fn checkpoint(&mut self, _number: u64) -> Vec<(String, i64)> {
         self.0.flush(Duration::from_secs(30));
+        self.0.end_offsets()
     }
 
     fn close(&mut self) {

@@ -117,11 +117,22 @@ impl KafkaSource {
                     continue;
                 }
                 // A partition with a recorded position resumes there; others present at start follow the
-                // configured start; later ones are new: read them whole.
+                // configured start; later ones (and, after a restore, any without a record: they
+                // appeared after the checkpoint) are new: read them whole. The start is made a
+                // concrete offset, so a checkpoint records every assigned partition.
+                let resuming = !self.resume.is_empty();
                 let (offset, next) = match (self.resume.get(&source_id(t, p)), self.start) {
                     (Some(&next), _) => (Offset::Offset(next as i64), next as i64),
-                    (None, StartOffset::Latest) if first_seen => (Offset::End, -1),
-                    (None, _) => (Offset::Beginning, -1),
+                    (None, StartOffset::Latest) if first_seen && !resuming => {
+                        match self.consumer.fetch_watermarks(&self.topics[t], p, Duration::from_secs(10)) {
+                            Ok((_, high)) => (Offset::Offset(high), high),
+                            Err(e) => {
+                                tracing::warn!("kafka: end of {}/{p}: {e}; reading from its end", self.topics[t]);
+                                (Offset::End, -1)
+                            }
+                        }
+                    }
+                    (None, _) => (Offset::Beginning, 0),
                 };
                 if added.add_partition_offset(&self.topics[t], p, offset).is_ok() {
                     self.next.insert((t, p), next);

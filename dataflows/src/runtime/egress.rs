@@ -27,11 +27,13 @@
 //! round being published.
 
 use crate::alerts::alerts_of;
-use crate::checkpoint::Checkpoints;
+use crate::checkpoint::{Checkpoints, EgressState as EgressPart};
+use crate::event::Id;
 use crate::source::{ScoreChange, Sink};
 use crate::store::{Catalog, ViewChange};
 use crate::time::DataflowTime;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -170,8 +172,9 @@ impl Merge {
     }
 }
 
-/// Passes completed times to the derived-data sink: every score change, then the alerts.
-fn derive(times: &[CompletedTime], sink: &mut dyn Sink, stats: &Stats) {
+/// Passes completed times to the derived-data sink: every score change, then the alerts,
+/// numbered per tree in `seqs`.
+fn derive(times: &[CompletedTime], sink: &mut dyn Sink, stats: &Stats, seqs: &mut HashMap<Id, u32>) {
     for completed in times {
         let t = completed.time;
         let watermark = t.watermark();
@@ -188,8 +191,11 @@ fn derive(times: &[CompletedTime], sink: &mut dyn Sink, stats: &Stats) {
                 scores.push((tree_id.clone(), row.clone(), *diff));
             }
         }
-        for alert in alerts_of(&mut scores, watermark) {
+        for mut alert in alerts_of(&mut scores, watermark) {
             stats.alerts.fetch_add(1, Ordering::Relaxed);
+            let seq = seqs.entry(Id::from(alert.tree_id.as_str())).or_insert(0);
+            *seq += 1;
+            alert.seq = *seq;
             sink.alert(alert);
         }
     }
@@ -211,6 +217,8 @@ struct EgressState {
     merge: Merge,
     /// `None` once closed.
     sink: Option<Box<dyn Sink>>,
+    /// Alerts so far per tree that has alerted (the `seq` of its next alert is one more).
+    seqs: HashMap<Id, u32>,
 }
 
 impl Egress {
@@ -225,7 +233,15 @@ impl Egress {
     ) -> Self {
         let restored_before = checkpoints.as_ref().and_then(|c| c.restore()).map(|r| r.time.next_seq());
         Egress {
-            state: Mutex::new(EgressState { merge: Merge::new(workers), sink: Some(sink) }),
+            state: Mutex::new(EgressState {
+                merge: Merge::new(workers),
+                sink: Some(sink),
+                seqs: checkpoints
+                    .as_ref()
+                    .and_then(|c| c.restore())
+                    .map(|r| r.egress.alert_seqs.iter().cloned().collect())
+                    .unwrap_or_default(),
+            }),
             catalog,
             stats,
             checkpoints,
@@ -256,20 +272,19 @@ impl Egress {
             while let Some((number, cut)) = hub.awaiting_egress() {
                 let split = times.partition_point(|c| c.time < cut);
                 if let Some(sink) = state.sink.as_mut() {
-                    derive(&times[..split], sink.as_mut(), &self.stats);
+                    derive(&times[..split], sink.as_mut(), &self.stats, &mut state.seqs);
                 }
                 times = &times[split..];
                 if !state.merge.emitted_before(cut) {
                     break;
                 }
-                if let Some(sink) = state.sink.as_mut() {
-                    sink.checkpoint(number);
-                }
-                hub.egress_done(number, state.merge.watermark());
+                let sink_offsets = state.sink.as_mut().map(|s| s.checkpoint(number)).unwrap_or_default();
+                let alert_seqs = state.seqs.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                hub.egress_done(number, state.merge.watermark(), EgressPart { alert_seqs, sink_offsets });
             }
         }
         if let (Some(sink), Some(_)) = (state.sink.as_mut(), &round) {
-            derive(times, sink.as_mut(), &self.stats);
+            derive(times, sink.as_mut(), &self.stats, &mut state.seqs);
         }
     }
 

@@ -194,7 +194,11 @@ pub(super) fn worker_main(
 
         // 0. A checkpoint asked for: capture this worker's part and pause until every worker has.
         if let Some(hub) = hub {
-            let asked = hub.requested().max(reports.borrow().iter().flatten().map(|r| r.asked).max().unwrap_or(0));
+            let mut asked = hub.requested().max(reports.borrow().iter().flatten().map(|r| r.asked).max().unwrap_or(0));
+            if hub.stop_after() > 0 {
+                // Stopping: the final checkpoint is the last one.
+                asked = asked.min(hub.stop_after());
+            }
             if !paused && asked > captured && !hub.failed() {
                 captured += 1;
                 let state = WorkerState {
@@ -209,7 +213,10 @@ pub(super) fn worker_main(
                 };
                 let (live, pending) = driver.share();
                 let window = Box::new(move || (live.readings(HOUR_MS).collect(), pending.readings(0).collect()));
-                sink.checkpoint(captured);
+                let mut state = state;
+                state.sink_offsets = sink.checkpoint(captured);
+                // Report progress even if nothing changed, so an idle pipeline closes the cut too.
+                egress.last = None;
                 hub.captured(
                     captured,
                     Captured::new(state, inputs.tree_versions.clone(), inputs.revisions.clone(), window),
@@ -305,7 +312,8 @@ pub(super) fn worker_main(
                     hub.request_final();
                 }
                 let last = hub.stop_after();
-                if last > 0 && captured >= last && !paused {
+                // (A worker that captured a later cut before the stop was decided is not waited for.)
+                if last > 0 && captured >= last && (!paused || captured > last) {
                     break;
                 }
             }
