@@ -202,7 +202,7 @@ fn main() -> anyhow::Result<()> {
     // 4. The pipeline from the generator.
     let t = Instant::now();
     let result = run_bounded(
-        SourceSpec::Generator { config: gen_config.clone(), paced: false, count: Some(events) },
+        SourceSpec::Generator { config: gen_config.clone(), paced: false, count: Some(events), speedup: 1.0 },
         config.clone(),
     )?;
     let gen_rate = events as f64 / t.elapsed().as_secs_f64();

@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let pipeline = PipelineBuilder::new(
-        SourceSpec::Generator { config: gen, paced: true, count: None },
+        SourceSpec::Generator { config: gen, paced: true, count: None, speedup: 1.0 },
         RuntimeConfig { workers: 2, ..Default::default() },
     )
     .start()?;

@@ -179,6 +179,8 @@ pub struct GeneratorFile {
     pub bad_fraction: Option<f64>,
     /// Random seed (default 1).
     pub seed: Option<u64>,
+    /// Event time runs this many times faster than the wall clock (flag `--speedup`); default 1.
+    pub speedup: Option<f64>,
 }
 
 impl FileConfig {

@@ -86,6 +86,10 @@ struct RunArgs {
     /// Generator: random seed [default: 1].
     #[arg(long)]
     seed: Option<u64>,
+    /// Generator: event time runs this many times faster than the wall clock (60: one
+    /// event-time hour per minute), at --rate events per wall-clock second [default: 1].
+    #[arg(long)]
+    speedup: Option<f64>,
     #[command(flatten)]
     sql: sql::SqlArgs,
     #[command(flatten)]
@@ -294,10 +298,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             (None, Some(s)) => s.parse().map_err(|e| anyhow::anyhow!("config generator.season: {e:?}"))?,
             (None, None) => Season::Moderate,
         };
+        let speedup = args.speedup.or(g.speedup).unwrap_or(1.0);
+        if !(speedup.is_finite() && speedup > 0.0) {
+            bail!("--speedup must be a positive number");
+        }
         let gen = GeneratorConfig {
             trees: args.trees.or(g.trees).unwrap_or(10_000),
             agents: args.agents.or(g.agents).unwrap_or(30),
-            rate: args.rate.or(g.rate).unwrap_or(10_000.0),
+            // Events per second of event time: the wall-clock rate spread over `speedup` times the time.
+            rate: args.rate.or(g.rate).unwrap_or(10_000.0) / speedup,
             season,
             bad_fraction: args.bad_fraction.or(g.bad_fraction).unwrap_or(0.001),
             seed: args.seed.or(g.seed).unwrap_or(1),
@@ -307,10 +316,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             bail!("--rate must be a positive number");
         }
         eprintln!(
-            "treeai run: embedded default — generator of {} trees, {} agents, {} events/s ({} season), {} workers; Ctrl-C stops",
-            gen.trees, gen.agents, gen.rate, gen.season, config.workers
+            "treeai run: embedded default — generator of {} trees, {} agents, {} events/s ({} season){}, {} workers; Ctrl-C stops",
+            gen.trees,
+            gen.agents,
+            gen.rate * speedup,
+            gen.season,
+            if speedup == 1.0 { String::new() } else { format!(", event time ×{speedup}") },
+            config.workers
         );
-        SourceSpec::Generator { config: gen, paced: true, count: None }
+        SourceSpec::Generator { config: gen, paced: true, count: None, speedup }
     } else {
         for p in &input {
             std::fs::metadata(p).with_context(|| format!("input {}", p.display()))?;

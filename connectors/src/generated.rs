@@ -47,6 +47,17 @@ impl GeneratorSource {
     }
 }
 
+impl GeneratorSource {
+    /// Paced: event time runs `speedup` times faster than the wall clock (events are
+    /// produced `speedup` times faster than `config.rate`).
+    pub fn with_speedup(mut self, speedup: f64) -> Self {
+        if speedup.is_finite() && speedup > 0.0 {
+            self.paced_rate = self.paced_rate.map(|r| r * speedup);
+        }
+        self
+    }
+}
+
 impl Source for GeneratorSource {
     fn poll(&mut self, max: usize, emit: &mut dyn FnMut(RawMessage<'_>)) -> Poll {
         let mut budget = max as u64;

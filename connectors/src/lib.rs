@@ -71,6 +71,9 @@ pub enum SourceSpec {
         paced: bool,
         /// Stop after this many events (a bounded input); `None` = forever.
         count: Option<u64>,
+        /// Paced: event time runs this many times faster than the wall clock (`--speedup`);
+        /// events are produced at `config.rate × speedup` per wall-clock second.
+        speedup: f64,
     },
     /// The three input topics of a Kafka cluster, an unbounded input.
     Kafka {
@@ -87,9 +90,13 @@ impl std::fmt::Debug for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SourceSpec::Files(paths) => f.debug_tuple("Files").field(paths).finish(),
-            SourceSpec::Generator { config, paced, count } => {
-                f.debug_struct("Generator").field("config", config).field("paced", paced).field("count", count).finish()
-            }
+            SourceSpec::Generator { config, paced, count, speedup } => f
+                .debug_struct("Generator")
+                .field("config", config)
+                .field("paced", paced)
+                .field("count", count)
+                .field("speedup", speedup)
+                .finish(),
             SourceSpec::Kafka { config, .. } => f.debug_struct("Kafka").field("config", config).finish(),
             SourceSpec::Custom(_) => f.write_str("Custom"),
         }
@@ -107,9 +114,10 @@ impl SourceSpec {
                 SourceSpec::Files(paths) => {
                     file::FileSource::new(paths.clone(), worker, peers).map(|s| Box::new(s) as Box<dyn Source>)
                 }
-                SourceSpec::Generator { config, paced, count } => {
-                    Ok(Box::new(generated::GeneratorSource::new(config.clone(), worker, peers, *paced, *count)))
-                }
+                SourceSpec::Generator { config, paced, count, speedup } => Ok(Box::new(
+                    generated::GeneratorSource::new(config.clone(), worker, peers, *paced, *count)
+                        .with_speedup(*speedup),
+                )),
                 SourceSpec::Kafka { config, stats } => {
                     kafka::source::KafkaSource::new(config, stats.clone(), worker, peers)
                         .map(|s| Box::new(s) as Box<dyn Source>)

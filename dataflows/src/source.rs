@@ -194,6 +194,13 @@ pub trait Source {
     fn positions(&self) -> Vec<PartitionPosition>;
     /// Continues every partition this worker reads at its entry in `positions`.
     fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError>;
+    /// Whether this worker reads partition `source` under any number of workers (Kafka
+    /// partitions are owned by a function of the worker count); `false` for sources split
+    /// by worker count. A restore under another worker count gives the partition's
+    /// watermark tracker to its owner.
+    fn owns(&self, _source: u32) -> bool {
+        false
+    }
 }
 
 /// Builds the source of worker `index` of `peers`.

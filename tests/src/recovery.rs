@@ -103,17 +103,18 @@ pub(crate) fn check_derived(run: &Running) {
 }
 
 fn start(input: &Path, lake: &Path, extra: &[&str]) -> Running {
-    let mut args = vec![
-        "run",
-        "--workers",
-        "2",
+    let mut args = vec!["run"];
+    if !extra.contains(&"--workers") {
+        args.extend_from_slice(&["--workers", "2"]);
+    }
+    args.extend_from_slice(&[
         "--input",
         input.to_str().unwrap(),
         "--lake",
         lake.to_str().unwrap(),
         "--lake-roll-ms",
         "1000",
-    ];
+    ]);
     if !extra.contains(&"--checkpoint-interval-ms") {
         args.extend_from_slice(&["--checkpoint-interval-ms", "400"]);
     }
@@ -306,4 +307,73 @@ fn a_damaged_or_incomplete_newest_checkpoint_falls_back_and_another_version_is_r
     assert!(line.contains("version 99") && line.contains("--no-restore"), "{line}");
     let status = run.wait_exit(10).expect("treeai should stop on a checkpoint of another version");
     assert!(!status.success());
+}
+
+/// The state rows and bytes of the newest checkpoint under `lake`.
+fn newest_checkpoint_size(lake: &Path) -> (u64, u64) {
+    let folder = checkpoint_folders(lake).pop().expect("a checkpoint");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("MANIFEST.json")).unwrap()).unwrap();
+    let parts = manifest["parts"].as_array().unwrap();
+    let rows = parts.iter().map(|p| p["rows"].as_u64().unwrap()).sum();
+    let bytes = parts.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
+    (rows, bytes)
+}
+
+/// State follows what is live, not the history: 50 versions per tree and 20 revisions per
+/// assessment leave the same state (rows of the checkpoint, its size within 10 %) and the
+/// same views as one of each.
+#[test]
+fn history_does_not_grow_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trees, t0) = (400, 1_795_564_800_000i64);
+    let tree = |i: usize, v: i64| {
+        format!(
+            r#"{{"type":"tree","tree_id":"T-{i:06}","region":"eu-west","species":"Quercus robur","lat":48.8,"lon":2.3,"dbh_cm":{}.5,"height_m":9.0,"target_occupancy":"rare","updated_at":{}}}"#,
+            10 + v % 40,
+            t0 + v * 1000
+        )
+    };
+    let assessment = |i: usize, r: i64| {
+        format!(
+            r#"{{"type":"assessment","assessment_id":"A-{i:06}","revision":{r},"tree_id":"T-{i:06}","agent_id":"agent-01","observed_at":{},"likelihood_of_failure":"{}","likelihood_of_impact":"low","consequences":"minor","defects":[]}}"#,
+            t0 + r * 1000,
+            if r % 2 == 0 { "possible" } else { "improbable" }
+        )
+    };
+    let reading = |i: usize| {
+        format!(
+            r#"{{"type":"reading","tree_id":"T-{i:06}","sensor_id":"S-{i:06}-1","metric":"tilt_deg","value":1.5,"ts":{}}}"#,
+            t0 + 60_000
+        )
+    };
+    let write = |name: &str, versions: i64, revisions: i64| {
+        let mut lines = Vec::new();
+        for i in 0..trees {
+            lines.extend((50 - versions..50).map(|v| tree(i, v)));
+            lines.extend((21 - revisions..21).map(|r| assessment(i, r)));
+            lines.push(reading(i));
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    };
+    let once = write("once.ndjson", 1, 1);
+    let history = write("history.ndjson", 50, 20);
+    let mut results = Vec::new();
+    for input in [&once, &history] {
+        let lake = dir.path().join(format!("lake-{}", input.file_stem().unwrap().to_string_lossy()));
+        let mut run = start(input, &lake, &["--workers", "1", "--checkpoint-interval-ms", "0"]);
+        run.wait_for(120, |l| l.contains("input complete"));
+        let views: Vec<_> = VIEWS.iter().map(|(_, q)| sql(&run, q)).collect();
+        run.interrupt();
+        results.push((newest_checkpoint_size(&lake), views));
+    }
+    let ((rows_once, bytes_once), views_once) = &results[0];
+    let ((rows_history, bytes_history), views_history) = &results[1];
+    assert!(views_once == views_history, "the same views");
+    assert_eq!(*rows_once, 3 * trees as u64, "a tree, an assessment and a reading per tree");
+    assert_eq!(rows_history, rows_once, "state rows after 50 versions and 20 revisions");
+    let ratio = *bytes_history as f64 / *bytes_once as f64;
+    assert!((0.9..=1.1).contains(&ratio), "checkpoint bytes {bytes_history} vs {bytes_once}");
 }

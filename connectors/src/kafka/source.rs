@@ -215,6 +215,11 @@ impl Source for KafkaSource {
             .collect()
     }
 
+    fn owns(&self, source: u32) -> bool {
+        let (topic, partition) = ((source >> PARTITION_BITS) as usize, (source & ((1 << PARTITION_BITS) - 1)) as i32);
+        topic < self.topics.len() && owner(topic, partition, self.peers) == self.worker
+    }
+
     /// Remembers the offsets; each partition is assigned at its offset when its
     /// metadata arrives. Positions of partitions another worker owns are ignored.
     fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {

@@ -145,7 +145,6 @@ pub(super) fn worker_main(
         time = restore.time;
         inputs.advance_to(time.0);
         let now = Instant::now();
-        let reads: Vec<u32> = source.positions().iter().map(|p| p.source).collect();
         for w in &restore.workers {
             for t in w.trees.iter().filter(|t| owner(&t.tree_id, peers) == index) {
                 inputs.upsert_tree(t.clone());
@@ -159,9 +158,9 @@ pub(super) fn worker_main(
                 }
             }
             // Watermark trackers: a worker's own with the same number of workers, else those
-            // of the partitions (Kafka's are global) this worker's source reads.
+            // of the partitions (Kafka's) this worker's source owns now.
             for &(partition, ts) in &w.trackers {
-                if (w.peers == peers && w.worker == index) || (w.peers != peers && reads.contains(&partition)) {
+                if (w.peers == peers && w.worker == index) || (w.peers != peers && source.owns(partition)) {
                     tracker.partitions.insert(partition, (ts, now));
                     tracker.max_ts = tracker.max_ts.max(Some(ts));
                 }
