@@ -299,7 +299,7 @@ fn a_damaged_or_incomplete_newest_checkpoint_falls_back_and_another_version_is_r
     run.interrupt();
 
     // A checkpoint of another format version stops the start with a clear error.
-    let newest = checkpoint_folders(&lake).into_iter().filter(|f| f.join("MANIFEST.json").exists()).last().unwrap();
+    let newest = checkpoint_folders(&lake).into_iter().rfind(|f| f.join("MANIFEST.json").exists()).unwrap();
     let manifest = std::fs::read_to_string(newest.join("MANIFEST.json")).unwrap();
     std::fs::write(newest.join("MANIFEST.json"), manifest.replacen("\"format\": 1", "\"format\": 99", 1)).unwrap();
     let mut run = start(&input, &lake, &[]);
