@@ -3,7 +3,7 @@
 //! that was never interrupted — views, lake and alerts.
 //!
 //! `.ci/run` runs `TREEAI_KILL_ROUNDS` (default 3) rounds per source; more with
-//! `TREEAI_KILL_ROUNDS=10 cargo test -p treeai-tests recovery`. Each round
+//! `TREEAI_KILL_ROUNDS=10 cargo test --workspace -- kill_9`. Each round
 //! prints its seed; `TREEAI_KILL_SEED=<seed>` replays one.
 
 use crate::common::{http, Running};
