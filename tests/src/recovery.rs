@@ -103,23 +103,20 @@ pub(crate) fn check_derived(run: &Running) {
 }
 
 fn start(input: &Path, lake: &Path, extra: &[&str]) -> Running {
+    start_with(input, lake.to_str().unwrap(), extra, &[])
+}
+
+fn start_with(input: &Path, lake: &str, extra: &[&str], envs: &[(&str, &str)]) -> Running {
     let mut args = vec!["run"];
     if !extra.contains(&"--workers") {
         args.extend_from_slice(&["--workers", "2"]);
     }
-    args.extend_from_slice(&[
-        "--input",
-        input.to_str().unwrap(),
-        "--lake",
-        lake.to_str().unwrap(),
-        "--lake-roll-ms",
-        "1000",
-    ]);
+    args.extend_from_slice(&["--input", input.to_str().unwrap(), "--lake", lake, "--lake-roll-ms", "1000"]);
     if !extra.contains(&"--checkpoint-interval-ms") {
         args.extend_from_slice(&["--checkpoint-interval-ms", "400"]);
     }
     args.extend_from_slice(extra);
-    Running::start(&args)
+    Running::start_with_env(&args, envs)
 }
 
 fn finish(run: &mut Running) -> Outcome {
@@ -151,45 +148,14 @@ fn kill_9_at_random_moments_then_restart_ends_as_an_uninterrupted_run() {
     eprintln!("uninterrupted run: {duration:?}");
     assert!(reference.events["readings"].0 > 100_000, "{:?}", reference.events);
 
-    let seeds: Vec<u64> = match std::env::var("TREEAI_KILL_SEED") {
-        Ok(seed) => vec![seed.parse().expect("TREEAI_KILL_SEED")],
-        Err(_) => (0..rounds()).map(|_| rand::rng().random()).collect(),
-    };
-    for seed in seeds {
-        eprintln!("kill -9 round: TREEAI_KILL_SEED={seed}");
-        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
-        let lake = dir.path().join(format!("lake-{seed}"));
-        let mut resumed = 0;
-        for kill in 0..3 {
-            let mut run = start(&input, &lake, &[]);
-            // Somewhere in the first three quarters of what an uninterrupted run takes.
-            let after = duration.mul_f64(rng.random_range(0.1..0.75));
-            let started = Instant::now();
-            let (mut complete, mut from) = (false, None);
-            while started.elapsed() < after {
-                if let Ok(line) = run.lines.recv_timeout(Duration::from_millis(10)) {
-                    complete |= line.contains("input complete");
-                    if line.contains("resumed from checkpoint") {
-                        from = Some(line);
-                    }
-                }
-            }
-            let _ = run.child.kill(); // SIGKILL
-            let _ = run.child.wait();
-            resumed += usize::from(from.is_some());
-            eprintln!("  kill {kill} after {after:?} (input complete: {complete}; {from:?})");
-        }
-        let mut run = start(&input, &lake, &[]);
-        run.wait_for(60, |l| l.contains("resumed from checkpoint"));
-        run.wait_for(300, |l| l.contains("input complete"));
-        let got = finish(&mut run);
-        assert!(resumed >= 1, "seed {seed}: no restart resumed from a checkpoint");
-        for (view, rows) in &reference.views {
-            assert!(got.views[view] == *rows, "seed {seed}: view {view} differs from the uninterrupted run");
-        }
-        assert_eq!(got.events, reference.events, "seed {seed}: lake event tables");
-        run.interrupt();
-    }
+    kill_rounds(
+        &input,
+        &reference,
+        duration,
+        rounds(),
+        &|seed| dir.path().join(format!("lake-{seed}")).to_string_lossy().into_owned(),
+        &[],
+    );
 }
 
 fn checkpoint_folders(lake: &Path) -> Vec<std::path::PathBuf> {
@@ -376,4 +342,72 @@ fn history_does_not_grow_the_state() {
     assert_eq!(rows_history, rows_once, "state rows after 50 versions and 20 revisions");
     let ratio = *bytes_history as f64 / *bytes_once as f64;
     assert!((0.9..=1.1).contains(&ratio), "checkpoint bytes {bytes_history} vs {bytes_once}");
+}
+
+/// Rounds of three kills at random moments and a restart, each compared with `reference`.
+fn kill_rounds(
+    input: &Path,
+    reference: &Outcome,
+    duration: Duration,
+    rounds: u64,
+    lake_for: &dyn Fn(u64) -> String,
+    envs: &[(&str, &str)],
+) {
+    let seeds: Vec<u64> = match std::env::var("TREEAI_KILL_SEED") {
+        Ok(seed) => vec![seed.parse().expect("TREEAI_KILL_SEED")],
+        Err(_) => (0..rounds).map(|_| rand::rng().random()).collect(),
+    };
+    for seed in seeds {
+        eprintln!("kill -9 round: TREEAI_KILL_SEED={seed}");
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+        let lake = lake_for(seed);
+        let mut resumed = 0;
+        for kill in 0..3 {
+            let mut run = start_with(input, &lake, &[], envs);
+            // Somewhere in the first three quarters of what an uninterrupted run takes.
+            let after = duration.mul_f64(rng.random_range(0.1..0.75));
+            let started = Instant::now();
+            let (mut complete, mut from) = (false, None);
+            while started.elapsed() < after {
+                if let Ok(line) = run.lines.recv_timeout(Duration::from_millis(10)) {
+                    complete |= line.contains("input complete");
+                    if line.contains("resumed from checkpoint") {
+                        from = Some(line);
+                    }
+                }
+            }
+            let _ = run.child.kill(); // SIGKILL
+            let _ = run.child.wait();
+            resumed += usize::from(from.is_some());
+            eprintln!("  kill {kill} after {after:?} (input complete: {complete}; {from:?})");
+        }
+        let mut run = start_with(input, &lake, &[], envs);
+        run.wait_for(60, |l| l.contains("resumed from checkpoint"));
+        run.wait_for(300, |l| l.contains("input complete"));
+        let got = finish(&mut run);
+        assert!(resumed >= 1, "seed {seed}: no restart resumed from a checkpoint");
+        for (view, rows) in &reference.views {
+            assert!(got.views[view] == *rows, "seed {seed}: view {view} differs from the uninterrupted run");
+        }
+        assert_eq!(got.events, reference.events, "seed {seed}: lake event tables");
+        run.interrupt();
+    }
+}
+
+#[test]
+fn kill_9_with_the_lake_and_checkpoints_on_s3() {
+    let moto = crate::common::Moto::start();
+    moto.create_bucket("treeai");
+    let envs: Vec<(&str, &str)> = moto.envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.ndjson");
+    produce(&input, 200_000, 13);
+    let started = Instant::now();
+    let mut run = start_with(&input, "s3://treeai/reference", &[], &envs);
+    run.wait_for(300, |l| l.contains("input complete"));
+    let duration = started.elapsed();
+    let reference = finish(&mut run);
+    run.interrupt();
+    assert!(reference.events["readings"].0 > 100_000, "{:?}", reference.events);
+    kill_rounds(&input, &reference, duration, 1, &|seed| format!("s3://treeai/lake-{seed}"), &envs);
 }
