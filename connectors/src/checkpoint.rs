@@ -379,7 +379,7 @@ impl CheckpointStore {
     }
 
     /// Writes a cut and its lake files; returns the bytes written. The manifest goes last.
-    fn write(
+    pub(crate) fn write(
         &self,
         number: u64,
         cut: Cut,

@@ -25,9 +25,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use treeai_dataflows::checkpoint::{Captured, Cut, EgressState, WorkerState};
 use treeai_dataflows::runtime::{self, Running, RuntimeConfig, Stats};
 use treeai_dataflows::source::{NullSink, Sink, SinkFactory};
 use treeai_dataflows::store::{Catalog, Views};
+use treeai_dataflows::time::DataflowTime;
 use treeai_schema::views::{deadletter_batch, view_batches};
 
 /// Messages per worker per round for batch runs: large rounds amortise the
@@ -215,6 +217,30 @@ impl PipelineBuilder {
         };
         let checkpointer = match (checkpoint_store, &self.checkpoints) {
             (Some(store), Some(config)) => {
+                if loaded.is_none() {
+                    // A fresh start writes a first checkpoint of the empty state before reading
+                    // anything: a crash before the first interval resumes from it, and it records
+                    // where the output topics ended before this run wrote to them (so what the
+                    // crashed run wrote is not sent again).
+                    let number = store.numbers()?.last().copied().unwrap_or(0) + 1;
+                    let workers = self.runtime.workers.max(1);
+                    let cut = Cut {
+                        number,
+                        time: DataflowTime(0),
+                        watermark: None,
+                        workers: (0..workers)
+                            .map(|worker| {
+                                Captured::complete(WorkerState { worker, peers: workers, ..Default::default() })
+                            })
+                            .collect(),
+                        egress: EgressState {
+                            alert_seqs: Vec::new(),
+                            sink_offsets: kafka_output.as_ref().map(|o| o.end_offsets()).unwrap_or_default(),
+                        },
+                        started: Instant::now(),
+                    };
+                    store.write(number, cut, source_kind, Vec::new())?;
+                }
                 let restore = loaded.map(|l| l.restore());
                 if restore.is_some() {
                     stats.catching_up.store(self.runtime.workers.max(1), Ordering::SeqCst);

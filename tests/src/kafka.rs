@@ -596,6 +596,9 @@ fn kill_9_while_reading_kafka_then_restart_and_restore_under_other_worker_counts
         }
         let mut run = start("2", &lake);
         wait_views(&run, &want, w, 300);
+        // A checkpoint after the views settled commits every change up to them to the lake.
+        let (status, _, body) = http(&run.http, "POST", "/v1/admin/checkpoint", &[], b"").unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         // The lake rows are visible once a checkpoint has committed them.
         let deadline = Instant::now() + Duration::from_secs(60);
         let count = |q: &str| crate::recovery::sql(&run, q)[0][0].as_i64().unwrap();
@@ -617,6 +620,12 @@ fn kill_9_while_reading_kafka_then_restart_and_restore_under_other_worker_counts
         assert_eq!(count("select count(*) from (select distinct source, position from lake.deadletter)"), rejected);
         assert_eq!(count("select count(*) from lake.deadletter"), rejected, "seed {seed}: dead letters");
         crate::recovery::check_derived(&run);
+        check_outputs(
+            &broker.addr,
+            &prefix,
+            rejected as usize,
+            &crate::recovery::sql(&run, "select tree_id, band from tree_scores"),
+        );
         run.signal("TERM");
         assert_eq!(run.wait_exit(25).and_then(|s| s.code()), Some(0));
 
@@ -630,4 +639,46 @@ fn kill_9_while_reading_kafka_then_restart_and_restore_under_other_worker_counts
             run.interrupt();
         }
     }
+}
+
+/// A header's value in kcat's `%h` rendering (`key=value,key=value`).
+fn header<'a>(headers: &'a str, key: &str) -> Option<&'a str> {
+    headers.split(',').find_map(|h| h.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The alert and dead-letter topics after crashes: every alert once (ids `tree_id/seq` with
+/// no repeat and no gap), alternating critical/resolved per tree and ending with its band;
+/// every dead letter once.
+fn check_outputs(broker: &str, prefix: &str, rejected: usize, scores: &[Vec<Value>]) {
+    let mut per_tree: BTreeMap<String, BTreeMap<u32, String>> = BTreeMap::new();
+    for (_, headers, payload) in kcat_consume(broker, &format!("{prefix}.alerts")) {
+        let id = header(&headers, "treeai.alert_id").unwrap_or_else(|| panic!("alert without an id: {headers}"));
+        let (tree, seq) = id.rsplit_once('/').unwrap();
+        let alert: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(alert["tree_id"], Value::from(tree));
+        let kind = alert["kind"].as_str().unwrap().to_string();
+        let old = per_tree.entry(tree.to_string()).or_default().insert(seq.parse().unwrap(), kind);
+        assert!(old.is_none(), "alert {id} twice in the topic");
+    }
+    let bands: BTreeMap<String, String> =
+        scores.iter().map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_str().unwrap().to_string())).collect();
+    for (tree, alerts) in &per_tree {
+        let seqs: Vec<u32> = alerts.keys().copied().collect();
+        assert_eq!(seqs, (1..=alerts.len() as u32).collect::<Vec<_>>(), "alert numbers of {tree}");
+        for (seq, kind) in alerts {
+            let want = if seq % 2 == 1 { "critical" } else { "resolved" };
+            assert_eq!(kind, want, "alert {seq} of {tree}");
+        }
+        let open = alerts.len() % 2 == 1;
+        assert_eq!(open, bands.get(tree).map(String::as_str) == Some("critical"), "{tree}: alerts vs final band");
+    }
+    let letters = kcat_consume(broker, &format!("{prefix}.deadletter"));
+    let positions: std::collections::BTreeSet<_> = letters
+        .iter()
+        .map(|(_, h, _)| {
+            (header(h, "treeai.source").map(str::to_string), header(h, "treeai.source.offset").map(str::to_string))
+        })
+        .collect();
+    assert_eq!(positions.len(), letters.len(), "a dead letter twice in the topic");
+    assert_eq!(letters.len(), rejected, "dead letters in the topic");
 }

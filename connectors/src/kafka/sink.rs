@@ -57,6 +57,9 @@ pub struct KafkaOutput {
     /// Ids of alerts and dead letters already in the topics (written after the restored
     /// checkpoint by the run that crashed): not sent again.
     written: Arc<Mutex<HashSet<String>>>,
+    /// The offsets read from at the restore: while ids found there are not all derived again,
+    /// checkpoints record these (not the topics' ends), so a crash before then reads them again.
+    floor: Arc<Mutex<BTreeMap<String, i64>>>,
     config: KafkaConfig,
 }
 
@@ -79,6 +82,7 @@ impl KafkaOutput {
             alerts: config.topics.alerts.as_str().into(),
             deadletter: config.topics.deadletter.as_str().into(),
             written: Arc::default(),
+            floor: Arc::default(),
             config: config.clone(),
         })
     }
@@ -99,12 +103,19 @@ impl KafkaOutput {
             .map_err(|source| KafkaClientError::Config { client: "consumer", source })?;
         let mut list = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
-        for (key, &from) in offsets {
-            let Some((topic, partition)) = key.rsplit_once('/') else { continue };
-            let Ok(partition) = partition.parse::<i32>() else { continue };
-            if *topic != *self.alerts && *topic != *self.deadletter {
-                continue;
-            }
+        // Every partition of both topics: one without a recorded offset is read whole.
+        let mut partitions = Vec::new();
+        for topic in [&*self.alerts, &*self.deadletter] {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| KafkaClientError::Request { what: format!("partitions of {topic}"), source: e })?;
+            let count = metadata.topics().first().map_or(0, |t| t.partitions().len());
+            partitions.extend((0..count as i32).map(|p| (topic.to_string(), p)));
+        }
+        for (topic, partition) in partitions {
+            let key = format!("{topic}/{partition}");
+            let from = offsets.get(&key).copied().unwrap_or(0).max(0);
+            let topic = topic.as_str();
             let (_, high) = consumer
                 .fetch_watermarks(topic, partition, timeout)
                 .map_err(|e| KafkaClientError::Request { what: format!("end offset of {key}"), source: e })?;
@@ -120,8 +131,14 @@ impl KafkaOutput {
         consumer.assign(&list).map_err(|e| KafkaClientError::Request { what: "assign".into(), source: e })?;
         let mut found = HashSet::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(300);
-        while !ends.is_empty() && std::time::Instant::now() < deadline {
-            let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        // Read to the end offsets, then on until nothing more comes for a second (a broker's
+        // end offset may lag behind the last batch it holds: Tansu 0.6 reports a batch's start).
+        let mut last_message = std::time::Instant::now();
+        while (!ends.is_empty() || last_message.elapsed() < Duration::from_secs(1))
+            && std::time::Instant::now() < deadline
+        {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+            last_message = std::time::Instant::now();
             let message =
                 message.map_err(|e| KafkaClientError::Request { what: "reading the outputs".into(), source: e })?;
             let header = |name: &str| {
@@ -150,6 +167,10 @@ impl KafkaOutput {
             });
         }
         let n = found.len();
+        if n > 0 {
+            *self.floor.lock().unwrap_or_else(|p| p.into_inner()) =
+                offsets.iter().map(|(k, v)| (k.clone(), (*v).max(0))).collect();
+        }
         self.written.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
         Ok(n)
     }
@@ -161,7 +182,7 @@ impl KafkaOutput {
     }
 
     /// The end offsets of the output topics' partitions (`topic/partition` → offset).
-    fn end_offsets(&self) -> Vec<(String, i64)> {
+    pub fn end_offsets(&self) -> Vec<(String, i64)> {
         let timeout = Duration::from_secs(10);
         let client = self.producer.client();
         let mut out = Vec::new();
@@ -182,6 +203,17 @@ impl KafkaOutput {
                         out.push((format!("{topic}/{p}"), 0));
                     }
                 }
+            }
+        }
+        // Ids found at the restore and not derived again yet are still to be suppressed after a
+        // crash: keep recording where they were read from.
+        let mut floor = self.floor.lock().unwrap_or_else(|p| p.into_inner());
+        if self.written.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            floor.clear();
+        }
+        for (key, offset) in &mut out {
+            if let Some(f) = floor.get(key) {
+                *offset = (*offset).min(*f);
             }
         }
         out
