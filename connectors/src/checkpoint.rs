@@ -621,6 +621,7 @@ impl Checkpointer {
         source: &str,
         metrics: Arc<CheckpointMetrics>,
         shutdown: Arc<AtomicBool>,
+        outputs: Option<OutputsFlush>,
     ) -> Checkpointer {
         let (tx, rx) = mpsc::channel::<Cut>();
         let base = match &restore {
@@ -653,7 +654,16 @@ impl Checkpointer {
                     };
                     let number = cut.number;
                     let started = cut.started;
-                    let result = write_one(&store, cut, &source, lake.as_deref(), kept, &mut carried, &mut unpublished);
+                    let result = write_one(
+                        &store,
+                        cut,
+                        &source,
+                        lake.as_deref(),
+                        outputs.as_deref(),
+                        kept,
+                        &mut carried,
+                        &mut unpublished,
+                    );
                     let Some(hub) = weak.upgrade() else { return };
                     match result {
                         Ok(bytes) => {
@@ -726,8 +736,13 @@ impl Checkpointer {
     }
 }
 
+/// Waits for the deliveries of the Kafka outputs before a checkpoint's manifest.
+pub type OutputsFlush = Box<dyn Fn() -> Result<(), String> + Send>;
+
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
+    #[error("{0}")]
+    Outputs(String),
     #[error("the lake cannot commit: {0}")]
     Lake(String),
     #[error(transparent)]
@@ -739,6 +754,7 @@ fn write_one(
     cut: Cut,
     source: &str,
     lake: Option<&Lake>,
+    outputs: Option<&(dyn Fn() -> Result<(), String> + Send)>,
     kept: usize,
     carried: &mut Vec<StagedFile>,
     unpublished: &mut Vec<StagedFile>,
@@ -746,6 +762,10 @@ fn write_one(
     let number = cut.number;
     if let Some(lake) = lake {
         carried.extend(lake.seal(number).map_err(WriteError::Lake)?);
+    }
+    // What the sinks sent before the cut must be delivered before the checkpoint counts.
+    if let Some(flush) = outputs {
+        flush().map_err(WriteError::Outputs)?;
     }
     let (bytes, manifest) = store.write(number, cut, source, carried.clone())?;
     carried.clear();

@@ -253,6 +253,10 @@ impl PipelineBuilder {
                     source_kind,
                     checkpoint_metrics.clone(),
                     shutdown.clone(),
+                    kafka_output.clone().map(|o| {
+                        Box::new(move || o.flush_for_checkpoint(Duration::from_secs(30)))
+                            as crate::checkpoint::OutputsFlush
+                    }),
                 );
                 checkpointer.register_metrics(&stats.components);
                 Some(checkpointer)

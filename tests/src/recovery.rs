@@ -197,9 +197,10 @@ fn sigterm_writes_a_final_checkpoint_and_a_restart_resumes_exactly_there() {
     let stopped = run.wait_for(5, |l| l.contains("treeai run: stopped"));
     let before = events_in(&stopped);
     assert!(before > 0 && before < lines, "the stop came mid-input: {before} of {lines}");
+    // The first checkpoint (of the empty state, at start) and the final one.
     let folders = checkpoint_folders(&lake);
-    assert_eq!(folders.len(), 1, "one (final) checkpoint: {folders:?}");
-    assert!(folders[0].join("MANIFEST.json").exists());
+    assert_eq!(folders.len(), 2, "the first and the final checkpoint: {folders:?}");
+    assert!(folders[1].join("MANIFEST.json").exists());
     assert!(
         crate::common::files_under(&lake.join("_staging")).is_empty(),
         "every staged file published by the final checkpoint"
@@ -207,7 +208,7 @@ fn sigterm_writes_a_final_checkpoint_and_a_restart_resumes_exactly_there() {
 
     // The restart reads only what the first run had not: no replay beyond the checkpoint.
     let mut run = start(&input, &lake, &["--checkpoint-interval-ms", "0"]);
-    run.wait_for(60, |l| l.contains("resumed from checkpoint 1"));
+    run.wait_for(60, |l| l.contains("resumed from checkpoint 2 "));
     let complete = run.wait_for(300, |l| l.contains("input complete"));
     assert_eq!(before + events_in(&complete), lines, "events read before the stop and after the restart");
     let got = finish(&mut run);

@@ -193,12 +193,19 @@ impl KafkaStats {
 pub struct Context {
     stats: Arc<KafkaStats>,
     last_report: Mutex<Option<Instant>>,
+    /// Producers: per `topic/partition`, one past the greatest offset delivered to.
+    delivered: Mutex<std::collections::BTreeMap<String, i64>>,
 }
 
 impl Context {
     /// A context counting into `stats`.
     pub fn new(stats: Arc<KafkaStats>) -> Self {
-        Context { stats, last_report: Mutex::new(None) }
+        Context { stats, last_report: Mutex::new(None), delivered: Mutex::default() }
+    }
+
+    /// Per `topic/partition`, one past the greatest offset delivered to so far.
+    pub fn delivered(&self) -> std::collections::BTreeMap<String, i64> {
+        self.delivered.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn record_error(&self, what: &str) {
@@ -236,8 +243,13 @@ impl ProducerContext for Context {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => {
+            Ok(message) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                use rdkafka::Message as _;
+                let key = format!("{}/{}", message.topic(), message.partition());
+                let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+                let next = delivered.entry(key).or_insert(0);
+                *next = (*next).max(message.offset() + 1);
             }
             Err((e, _)) => {
                 self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);

@@ -60,6 +60,8 @@ pub struct KafkaOutput {
     /// The offsets read from at the restore: while ids found there are not all derived again,
     /// checkpoints record these (not the topics' ends), so a crash before then reads them again.
     floor: Arc<Mutex<BTreeMap<String, i64>>>,
+    /// The topics' end offsets at start ([`KafkaOutput::end_offsets`]).
+    started: Arc<Mutex<BTreeMap<String, i64>>>,
     config: KafkaConfig,
 }
 
@@ -83,6 +85,7 @@ impl KafkaOutput {
             deadletter: config.topics.deadletter.as_str().into(),
             written: Arc::default(),
             floor: Arc::default(),
+            started: Arc::default(),
             config: config.clone(),
         })
     }
@@ -112,6 +115,7 @@ impl KafkaOutput {
             let count = metadata.topics().first().map_or(0, |t| t.partitions().len());
             partitions.extend((0..count as i32).map(|p| (topic.to_string(), p)));
         }
+        let mut highs = BTreeMap::new();
         for (topic, partition) in partitions {
             let key = format!("{topic}/{partition}");
             let from = offsets.get(&key).copied().unwrap_or(0).max(0);
@@ -119,6 +123,7 @@ impl KafkaOutput {
             let (_, high) = consumer
                 .fetch_watermarks(topic, partition, timeout)
                 .map_err(|e| KafkaClientError::Request { what: format!("end offset of {key}"), source: e })?;
+            highs.insert(key.clone(), from.min(high));
             if high > from {
                 list.add_partition_offset(topic, partition, Offset::Offset(from))
                     .map_err(|e| KafkaClientError::Request { what: format!("assign {key}"), source: e })?;
@@ -167,6 +172,7 @@ impl KafkaOutput {
             });
         }
         let n = found.len();
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = highs;
         if n > 0 {
             *self.floor.lock().unwrap_or_else(|p| p.into_inner()) =
                 offsets.iter().map(|(k, v)| (k.clone(), (*v).max(0))).collect();
@@ -181,9 +187,22 @@ impl KafkaOutput {
         !written.is_empty() && written.remove(id)
     }
 
-    /// The end offsets of the output topics' partitions (`topic/partition` → offset).
+    /// Where the output topics stand as far as this run knows, without asking the brokers
+    /// (a checkpoint must not wait for them): per partition, the greater of its end at start
+    /// and one past the last delivery. Every message sent later lands at or after it.
+    fn known_offsets(&self) -> Vec<(String, i64)> {
+        let mut known: BTreeMap<String, i64> = self.started.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (key, next) in self.producer.context().delivered() {
+            let e = known.entry(key).or_insert(next);
+            *e = (*e).max(next);
+        }
+        self.with_floor(known.into_iter().collect())
+    }
+
+    /// The end offsets of the output topics' partitions (`topic/partition` → offset), asked of
+    /// the brokers (at start: an unreachable broker leaves them unknown, read whole on restore).
     pub fn end_offsets(&self) -> Vec<(String, i64)> {
-        let timeout = Duration::from_secs(10);
+        let timeout = Duration::from_secs(5);
         let client = self.producer.client();
         let mut out = Vec::new();
         for topic in [&*self.alerts, &*self.deadletter] {
@@ -205,6 +224,11 @@ impl KafkaOutput {
                 }
             }
         }
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = out.iter().cloned().collect();
+        self.with_floor(out)
+    }
+
+    fn with_floor(&self, mut out: Vec<(String, i64)>) -> Vec<(String, i64)> {
         // Ids found at the restore and not derived again yet are still to be suppressed after a
         // crash: keep recording where they were read from.
         let mut floor = self.floor.lock().unwrap_or_else(|p| p.into_inner());
@@ -242,6 +266,12 @@ impl KafkaOutput {
                 }
             }
         }
+    }
+
+    /// For a checkpoint's writer: waits until everything sent so far is delivered; `Err` while
+    /// the brokers do not take it (the checkpoint then fails and is retried; nothing is dropped).
+    pub fn flush_for_checkpoint(&self, timeout: Duration) -> Result<(), String> {
+        self.producer.flush(timeout).map_err(|e| format!("kafka outputs not delivered: {e}"))
     }
 
     /// Waits up to `timeout` for everything sent to be delivered.
@@ -308,10 +338,10 @@ impl Sink for KafkaSink {
         self.0.send(BaseRecord::to(&topic).key(alert.tree_id.as_bytes()).payload(value.as_bytes()).headers(h));
     }
 
-    /// Everything sent before the cut is delivered, then the topics' end offsets are recorded.
+    /// Records where the topics stand (the checkpoint's writer waits for the deliveries of
+    /// everything sent before the cut: [`KafkaOutput::flush_for_checkpoint`]).
     fn checkpoint(&mut self, _number: u64) -> Vec<(String, i64)> {
-        self.0.flush(Duration::from_secs(30));
-        self.0.end_offsets()
+        self.0.known_offsets()
     }
 
     fn close(&mut self) {
