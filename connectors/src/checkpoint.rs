@@ -617,11 +617,10 @@ impl Checkpointer {
         config: &CheckpointConfig,
         store: CheckpointStore,
         restore: Option<Restore>,
-        lake: Option<Arc<Lake>>,
+        targets: CommitTargets,
         source: &str,
         metrics: Arc<CheckpointMetrics>,
         shutdown: Arc<AtomicBool>,
-        outputs: Option<OutputsFlush>,
     ) -> Checkpointer {
         let (tx, rx) = mpsc::channel::<Cut>();
         let base = match &restore {
@@ -654,16 +653,7 @@ impl Checkpointer {
                     };
                     let number = cut.number;
                     let started = cut.started;
-                    let result = write_one(
-                        &store,
-                        cut,
-                        &source,
-                        lake.as_deref(),
-                        outputs.as_deref(),
-                        kept,
-                        &mut carried,
-                        &mut unpublished,
-                    );
+                    let result = write_one(&store, cut, &source, &targets, kept, (&mut carried, &mut unpublished));
                     let Some(hub) = weak.upgrade() else { return };
                     match result {
                         Ok(bytes) => {
@@ -749,17 +739,25 @@ enum WriteError {
     Store(#[from] CheckpointError),
 }
 
+/// What a checkpoint commits besides its own files: the lake's staged files, and the
+/// deliveries of the Kafka outputs it waits for.
+pub struct CommitTargets {
+    /// The lake (staged files published by each checkpoint).
+    pub lake: Option<Arc<Lake>>,
+    /// Waits for the Kafka outputs' deliveries.
+    pub outputs: Option<OutputsFlush>,
+}
+
 fn write_one(
     store: &CheckpointStore,
     cut: Cut,
     source: &str,
-    lake: Option<&Lake>,
-    outputs: Option<&(dyn Fn() -> Result<(), String> + Send)>,
+    targets: &CommitTargets,
     kept: usize,
-    carried: &mut Vec<StagedFile>,
-    unpublished: &mut Vec<StagedFile>,
+    (carried, unpublished): (&mut Vec<StagedFile>, &mut Vec<StagedFile>),
 ) -> Result<u64, WriteError> {
     let number = cut.number;
+    let (lake, outputs) = (targets.lake.as_deref(), targets.outputs.as_deref());
     if let Some(lake) = lake {
         carried.extend(lake.seal(number).map_err(WriteError::Lake)?);
     }

@@ -249,14 +249,16 @@ impl PipelineBuilder {
                     config,
                     store,
                     restore,
-                    lake.clone(),
+                    crate::checkpoint::CommitTargets {
+                        lake: lake.clone(),
+                        outputs: kafka_output.clone().map(|o| {
+                            Box::new(move || o.flush_for_checkpoint(Duration::from_secs(30)))
+                                as crate::checkpoint::OutputsFlush
+                        }),
+                    },
                     source_kind,
                     checkpoint_metrics.clone(),
                     shutdown.clone(),
-                    kafka_output.clone().map(|o| {
-                        Box::new(move || o.flush_for_checkpoint(Duration::from_secs(30)))
-                            as crate::checkpoint::OutputsFlush
-                    }),
                 );
                 checkpointer.register_metrics(&stats.components);
                 Some(checkpointer)
