@@ -569,12 +569,7 @@ fn kill_9_while_reading_kafka_then_restart_and_restore_under_other_worker_counts
         .unwrap_or_else(|| panic!("{summary}"));
     let valid = lines.len() as i64 - rejected;
 
-    let rounds = std::env::var("TREEAI_KILL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3u64);
-    let seeds: Vec<u64> = match std::env::var("TREEAI_KILL_SEED") {
-        Ok(seed) => vec![seed.parse().expect("TREEAI_KILL_SEED")],
-        Err(_) => (0..rounds).map(|_| rand::rng().random()).collect(),
-    };
-    for seed in seeds {
+    for seed in crate::recovery::kill_seeds(crate::recovery::rounds()) {
         eprintln!("kafka kill -9 round: TREEAI_KILL_SEED={seed}");
         let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
         let prefix = format!("k9-{}-{seed}", std::process::id());

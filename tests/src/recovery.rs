@@ -125,8 +125,16 @@ fn finish(run: &mut Running) -> Outcome {
     outcome
 }
 
-fn rounds() -> u64 {
+pub(crate) fn rounds() -> u64 {
     std::env::var("TREEAI_KILL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+}
+
+/// The seeds of `rounds` kill rounds: random, or the one in `TREEAI_KILL_SEED`.
+pub(crate) fn kill_seeds(rounds: u64) -> Vec<u64> {
+    match std::env::var("TREEAI_KILL_SEED") {
+        Ok(seed) => vec![seed.parse().expect("TREEAI_KILL_SEED")],
+        Err(_) => (0..rounds).map(|_| rand::rng().random()).collect(),
+    }
 }
 
 #[test]
@@ -354,11 +362,7 @@ fn kill_rounds(
     lake_for: &dyn Fn(u64) -> String,
     envs: &[(&str, &str)],
 ) {
-    let seeds: Vec<u64> = match std::env::var("TREEAI_KILL_SEED") {
-        Ok(seed) => vec![seed.parse().expect("TREEAI_KILL_SEED")],
-        Err(_) => (0..rounds).map(|_| rand::rng().random()).collect(),
-    };
-    for seed in seeds {
+    for seed in kill_seeds(rounds) {
         eprintln!("kill -9 round: TREEAI_KILL_SEED={seed}");
         let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
         let lake = lake_for(seed);

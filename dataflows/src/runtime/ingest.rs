@@ -49,26 +49,14 @@ impl Inputs {
 
     /// Applies a tree version; returns whether the input changed.
     pub(super) fn upsert_tree(&mut self, t: TreeEvent) -> bool {
-        match self.tree_versions.get(&t.tree_id) {
-            Some(old) if *old >= t => return false,
-            Some(old) => self.trees.update((old.tree_id.clone(), old.clone()), -1),
-            None => {}
-        }
-        self.trees.update((t.tree_id.clone(), t.clone()), 1);
-        self.tree_versions.insert(t.tree_id.clone(), t);
-        true
+        let key = t.tree_id.clone();
+        upsert(&mut self.trees, &mut self.tree_versions, key, t)
     }
 
     /// Applies an assessment revision; returns whether the input changed.
     pub(super) fn upsert_assessment(&mut self, a: AssessmentEvent) -> bool {
-        match self.revisions.get(&a.assessment_id) {
-            Some(old) if *old >= a => return false,
-            Some(old) => self.assessments.update((old.assessment_id.clone(), old.clone()), -1),
-            None => {}
-        }
-        self.assessments.update((a.assessment_id.clone(), a.clone()), 1);
-        self.revisions.insert(a.assessment_id.clone(), a);
-        true
+        let key = a.assessment_id.clone();
+        upsert(&mut self.assessments, &mut self.revisions, key, a)
     }
 
     /// Moves every input to `time` (a no-op if already there).
@@ -83,6 +71,27 @@ impl Inputs {
         self.assessments.flush();
         self.readings.flush();
     }
+}
+
+/// Makes `event` the row of `key` in `input` if it orders after the one kept in `kept`
+/// (retracting that one); returns whether the input changed.
+fn upsert<E: Ord + Clone + 'static>(
+    input: &mut InputSession<u64, (Id, E), isize>,
+    kept: &mut imbl::HashMap<Id, E>,
+    key: Id,
+    event: E,
+) -> bool
+where
+    (Id, E): differential_dataflow::Data,
+{
+    match kept.get(&key) {
+        Some(old) if *old >= event => return false,
+        Some(old) => input.update((key.clone(), old.clone()), -1),
+        None => {}
+    }
+    input.update((key.clone(), event.clone()), 1);
+    kept.insert(key, event);
+    true
 }
 
 /// What one round read.
