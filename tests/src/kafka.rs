@@ -481,7 +481,7 @@ fn kafka_settings_from_the_config_file() {
     )
     .unwrap();
     let out = Command::new(treeai_bin())
-        .args(["run", "--no-lake", "--config", bad.to_str().unwrap(), "--sql-addr", &free_addr()])
+        .args(["run", "--no-lake", "--no-checkpoint", "--config", bad.to_str().unwrap(), "--sql-addr", &free_addr()])
         .args(["--http-addr", &free_addr()])
         .output()
         .unwrap();
