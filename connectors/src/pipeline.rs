@@ -154,6 +154,13 @@ impl PipelineBuilder {
                 (Some(store), loaded)
             }
         };
+        // The checkpoint this run starts from: the restored one, or on a fresh start the first
+        // checkpoint (of the empty state), numbered after every one already there.
+        let base = match (&loaded, &checkpoint_store) {
+            (Some(l), _) => l.manifest.number,
+            (None, Some(store)) => store.numbers()?.last().copied().unwrap_or(0) + 1,
+            (None, None) => 0,
+        };
         let mut sinks: Vec<SinkFactory> = Vec::new();
         let collected = self.collect.then(|| Arc::new(Mutex::new(Collected::default())));
         if let Some(collected) = &collected {
@@ -164,16 +171,8 @@ impl PipelineBuilder {
                 let lake = match &checkpoint_store {
                     None => Lake::open(config)?,
                     Some(_) => {
-                        // Files are staged and published by the checkpoints; the first one this
-                        // run writes follows the restored one (or every one already there).
-                        let base = match &loaded {
-                            Some(l) => l.manifest.number,
-                            None => checkpoint_store
-                                .as_ref()
-                                .and_then(|s| s.numbers().ok())
-                                .and_then(|n| n.last().copied())
-                                .unwrap_or(0),
-                        };
+                        // Files are staged and published by the checkpoints: those written from
+                        // now on by the first checkpoint after `base`.
                         let lake = Lake::open_with(config, Some(base + 1))?;
                         restore_lake(&lake, loaded.as_ref().map(|l| &l.manifest))?;
                         lake
@@ -222,7 +221,7 @@ impl PipelineBuilder {
                     // anything: a crash before the first interval resumes from it, and it records
                     // where the output topics ended before this run wrote to them (so what the
                     // crashed run wrote is not sent again).
-                    let number = store.numbers()?.last().copied().unwrap_or(0) + 1;
+                    let number = base;
                     let workers = self.runtime.workers.max(1);
                     let cut = Cut {
                         number,
