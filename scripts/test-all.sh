@@ -14,6 +14,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "deploy/ and Dockerfile: render, validate, policy, promtool, dashboard (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
+
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
