@@ -50,6 +50,7 @@ use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use treeai_dataflows::checkpoint::{Checkpoints, Cut, EgressState, Persist, Restore, WorkerState, FORMAT_VERSION};
 use treeai_dataflows::runtime::Counters;
+use treeai_dataflows::runtime::InjectedFault;
 use treeai_dataflows::time::DataflowTime;
 use treeai_schema::lake::open_store;
 
@@ -227,9 +228,20 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     prefix: StorePath,
     runtime: tokio::runtime::Runtime,
+    /// Test fault: the checkpoint of this number writes its parts, then hangs before its manifest.
+    hang_before_manifest: Option<u64>,
 }
 
 impl CheckpointStore {
+    /// Injects `fault` (tests): `hang-before-manifest:N` makes checkpoint N stop between its
+    /// parts and its manifest, as a process killed during the upload would.
+    pub fn inject(mut self, fault: Option<InjectedFault>) -> Self {
+        if let Some(InjectedFault::HangBeforeManifest(n)) = fault {
+            self.hang_before_manifest = Some(n);
+        }
+        self
+    }
+
     /// Opens the checkpoint location `url` (a path or object store URL).
     pub fn open(url: &str, options: &[(String, String)]) -> Result<Self, CheckpointError> {
         let open_error = |message: String| CheckpointError::Open { url: url.to_string(), message };
@@ -242,7 +254,7 @@ impl CheckpointStore {
             .enable_all()
             .build()
             .map_err(|e| open_error(e.to_string()))?;
-        Ok(CheckpointStore { url: url.to_string(), store, prefix, runtime })
+        Ok(CheckpointStore { url: url.to_string(), store, prefix, runtime, hang_before_manifest: None })
     }
 
     fn path(&self, rel: &str) -> StorePath {
@@ -411,6 +423,12 @@ impl CheckpointStore {
         };
         total += egress.bytes;
         self.put(&format!("{folder}/{}", egress.file), bytes)?;
+        if self.hang_before_manifest == Some(number) {
+            tracing::warn!("checkpoint {number}: parts written; injected fault: hanging before the manifest");
+            loop {
+                std::thread::park();
+            }
+        }
         let manifest = Manifest {
             format: FORMAT_VERSION,
             number,
@@ -630,6 +648,10 @@ impl Checkpointer {
             None => store.numbers().ok().and_then(|n| n.last().copied()).unwrap_or(0),
         };
         let hub = Arc::new(Checkpoints::new(Box::new(ToWriter(Mutex::new(tx))), restore, base));
+        if config.interval > Duration::ZERO {
+            // Three intervals and some slack without a durable checkpoint: /readyz says so.
+            hub.set_stale_after(config.interval * 3 + Duration::from_secs(10));
+        }
         metrics.last_number.store(hub.base(), Ordering::Relaxed);
         let fatal: Arc<Mutex<Option<String>>> = Arc::default();
         let weak: Weak<Checkpoints> = Arc::downgrade(&hub);

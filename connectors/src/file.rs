@@ -11,7 +11,8 @@
 //! file, `source` = the file's index, `start` = the first line of the range,
 //! `next` = the next line to read. Files are read in order, so a worker's
 //! positions are some finished files, at most one file being read, and files
-//! not opened yet (absent).
+//! not opened yet (absent). `digest` is the CRC-32 of the range's bytes read so
+//! far: a resume re-reads them and refuses a file that changed since.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -31,6 +32,8 @@ struct Range {
     line: u64,
     /// Line number of the range's first line.
     first_line: u64,
+    /// CRC-32 of the range's bytes read so far (checked on resume).
+    crc: crc32fast::Hasher,
 }
 
 /// Reads this worker's share of a list of NDJSON files.
@@ -111,10 +114,26 @@ impl FileSource {
                 if offset >= end {
                     continue;
                 }
-                return Ok(Some(Range { file: index as u32, reader, offset, end, line, first_line: line }));
+                return Ok(Some(Range {
+                    file: index as u32,
+                    reader,
+                    offset,
+                    end,
+                    line,
+                    first_line: line,
+                    crc: crc32fast::Hasher::new(),
+                }));
             }
             let reader = BufReader::with_capacity(1 << 20, file);
-            return Ok(Some(Range { file: index as u32, reader, offset, end, line, first_line: line }));
+            return Ok(Some(Range {
+                file: index as u32,
+                reader,
+                offset,
+                end,
+                line,
+                first_line: line,
+                crc: crc32fast::Hasher::new(),
+            }));
         }
         Ok(None)
     }
@@ -156,6 +175,7 @@ impl Source for FileSource {
                 continue;
             }
             let pos = Position { source: range.file, offset: range.line };
+            range.crc.update(&self.buf);
             range.offset += n as u64;
             range.line += 1;
             let mut bytes = &self.buf[..];
@@ -222,8 +242,19 @@ impl Source for FileSource {
                         message: "the file has fewer lines than when the position was recorded".into(),
                     });
                 }
+                range.crc.update(&self.buf);
                 range.offset += n as u64;
                 range.line += 1;
+            }
+            if range.crc.clone().finalize() != recorded.digest {
+                return Err(SourceError::Resume {
+                    partition: self.source_ref(Position { source: range.file, offset: range.first_line }).to_string(),
+                    next: recorded.next,
+                    message: "the file changed since the checkpoint: the lines read before it differ from those \
+                              read then (restore with --no-restore to read the files as they are now, or put the \
+                              original file back)"
+                        .into(),
+                });
             }
             if recorded.finished {
                 self.finished.push(position(&range, true));
@@ -236,7 +267,13 @@ impl Source for FileSource {
 }
 
 fn position(range: &Range, finished: bool) -> PartitionPosition {
-    PartitionPosition { source: range.file, start: range.first_line, next: range.line, finished }
+    PartitionPosition {
+        source: range.file,
+        start: range.first_line,
+        next: range.line,
+        finished,
+        digest: range.crc.clone().finalize(),
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +361,24 @@ mod tests {
         std::fs::write(&paths[0], "{}\n").unwrap();
         let err = FileSource::new(paths.clone(), 0, 1).unwrap().seek(&positions).unwrap_err();
         assert!(err.to_string().contains("fewer lines"), "{err}");
+
+        // A file whose lines before the position changed (same number of lines): refused too.
+        let p = dir.path().join("edited.ndjson");
+        let lines: Vec<String> = (1..=20).map(|i| format!("{{\"line\":{i}}}")).collect();
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        let mut first = FileSource::new(vec![p.clone()], 0, 1).unwrap();
+        crate::seek_contract::read(&mut first, 5, 12);
+        let positions = first.positions();
+        // Unchanged, or changed only after the position: resumes.
+        let mut later = lines.clone();
+        later[18] = "{\"line\":\"edited\"}".into();
+        std::fs::write(&p, later.join("\n") + "\n").unwrap();
+        FileSource::new(vec![p.clone()], 0, 1).unwrap().seek(&positions).expect("a change after the position");
+        let mut earlier = lines.clone();
+        earlier[3] = "{\"line\":4.0}".into();
+        std::fs::write(&p, earlier.join("\n") + "\n").unwrap();
+        let err = FileSource::new(vec![p.clone()], 0, 1).unwrap().seek(&positions).unwrap_err();
+        assert!(err.to_string().contains("changed since the checkpoint"), "{err}");
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl Source for GeneratorSource {
 
     fn positions(&self) -> Vec<PartitionPosition> {
         let finished = self.limit.is_some_and(|l| self.emitted >= l);
-        vec![PartitionPosition { source: self.shard, start: 0, next: self.emitted + 1, finished }]
+        vec![PartitionPosition { source: self.shard, start: 0, next: self.emitted + 1, finished, digest: 0 }]
     }
 
     fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {

@@ -115,7 +115,7 @@ impl PipelineBuilder {
         let (checkpoint_store, loaded) = match &self.checkpoints {
             None => (None, None),
             Some(config) => {
-                let store = CheckpointStore::open(&config.url, &config.options)?;
+                let store = CheckpointStore::open(&config.url, &config.options)?.inject(self.runtime.fault);
                 let loaded = match &config.restore {
                     RestoreFrom::Nothing => None,
                     RestoreFrom::Newest => store.load_newest(&checkpoint_metrics.skipped)?,

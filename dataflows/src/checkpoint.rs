@@ -55,7 +55,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The version of the checkpoint format; a checkpoint of another version is refused at start-up.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A reading in a worker's window or waiting for the watermark.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +236,10 @@ struct Collecting {
 struct Durable {
     /// The newest checkpoint written completely.
     number: u64,
+    /// When `number` became durable (or the coordinator was made).
+    since: Instant,
+    /// Past this age without a new durable checkpoint, [`Checkpoints::health`] fails.
+    stale_after: Option<Duration>,
     /// The newest checkpoint that failed to be written, with why.
     failed: Option<(u64, String)>,
 }
@@ -252,7 +256,7 @@ impl Checkpoints {
             failed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             collecting: Mutex::new(Collecting { number: base, ..Default::default() }),
-            durable: Mutex::new(Durable { number: base, failed: None }),
+            durable: Mutex::new(Durable { number: base, since: Instant::now(), stale_after: None, failed: None }),
             durable_changed: Condvar::new(),
             restore,
         }
@@ -374,10 +378,38 @@ impl Checkpoints {
     pub fn written(&self, number: u64, error: Option<String>) {
         let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         match error {
-            None => d.number = d.number.max(number),
+            None if number > d.number => {
+                d.number = number;
+                d.since = Instant::now();
+            }
+            None => {}
             Some(e) => d.failed = Some((number, e)),
         }
         self.durable_changed.notify_all();
+    }
+
+    /// Makes [`Checkpoints::health`] fail once no checkpoint became durable for `after`
+    /// (the writer sets it from the interval).
+    pub fn set_stale_after(&self, after: Duration) {
+        self.durable.lock().unwrap_or_else(|p| p.into_inner()).stale_after = Some(after);
+    }
+
+    /// `Err` with why, when checkpoints are stuck: none became durable for longer than the
+    /// stale age — the object store is failing, or the outputs (Kafka) do not take what
+    /// the checkpoint waits for. Outputs that wait for a checkpoint (lake files, the
+    /// restart point) wait with it, so `/readyz` reports it.
+    pub fn health(&self) -> Result<(), String> {
+        let d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(after) = d.stale_after else { return Ok(()) };
+        let age = d.since.elapsed();
+        if age <= after || self.stopped.load(Ordering::SeqCst) || self.requested() <= d.number {
+            return Ok(());
+        }
+        let why = match &d.failed {
+            Some((n, e)) if *n > d.number => format!("; checkpoint {n} failed: {e}"),
+            _ => "; waiting for the outputs or the store".into(),
+        };
+        Err(format!("no checkpoint became durable for {:.0} s (the newest is {}){why}", age.as_secs_f64(), d.number))
     }
 
     /// The newest durable checkpoint.

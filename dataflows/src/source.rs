@@ -108,6 +108,10 @@ pub struct PartitionPosition {
     pub next: u64,
     /// The partition is read to its end (bounded input).
     pub finished: bool,
+    /// A checksum of what the partition has emitted so far, for sources that can
+    /// check on resume that their input did not change (files: CRC-32 of the range's
+    /// bytes before `next`); 0 where unused.
+    pub digest: u32,
 }
 
 /// The message's origin as sinks render it (dead letters: the lake's

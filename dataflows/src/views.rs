@@ -4,8 +4,10 @@
 //! Inputs are insert-only event collections (every version ever received);
 //! "current" and "live" are computed by reductions, so a correction that arrives
 //! late or out of order retracts exactly what it replaces. Readings are the
-//! exception: the runtime inserts a reading when the watermark makes it
-//! visible and retracts it when it leaves the window (see [`crate::time`]).
+//! exception: the runtime's window driver inserts the aggregates of each tree's
+//! readings per pane of the window ([`PaneAgg`]) as the watermark makes readings
+//! visible, and replaces or retracts them as readings leave the window (see
+//! [`crate::time`]).
 
 use crate::event::{AssessmentEvent, Id, Metric, RiskRating, TreeEvent, F64};
 use crate::rating::{failure_impact, risk_rating, tree_score, Score, ScoreInputs};
@@ -209,32 +211,80 @@ where
     })
 }
 
-/// `sensor_windows`: per tree, aggregates of the readings currently in the window.
-pub fn sensor_windows<'s, T>(window: Keyed<'s, T, Id, (Metric, F64)>) -> Keyed<'s, T, Id, WindowRow>
+/// The aggregates of one tree's readings in one pane of the window — a slice of
+/// event time [`PANE_MS`] long. The window driver hands the dataflow one row per
+/// tree and pane instead of one per reading, so a change to a tree's window costs
+/// a few dozen rows however many readings it holds; the driver keeps the
+/// readings themselves and recomputes the pane the window's edge cuts, so the
+/// window is exact to the millisecond.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PaneAgg {
+    /// Greatest tilt.
+    pub tilt_max: Option<F64>,
+    /// Least sway frequency.
+    pub sway_min: Option<F64>,
+    /// Greatest gust.
+    pub gust_max: Option<F64>,
+    /// Sum of the soil moisture readings in fixed point (units of 2^-60; see [`PaneAgg::add`]).
+    pub soil_sum: i128,
+    /// Soil moisture readings.
+    pub soil_n: u32,
+    /// Readings of all four metrics.
+    pub readings: u32,
+}
+
+/// The length of a pane of the window, ms (a divisor of the hour).
+pub const PANE_MS: i64 = 60_000;
+
+impl PaneAgg {
+    /// Adds one reading. The soil sum is an integer (the value times 2^60, exact for
+    /// values of at least 2^-8, truncated below), so sums are associative: the mean is
+    /// the same bit for bit whatever the order of the readings, the panes and the
+    /// workers that read them (floating-point sums are not).
+    pub fn add(&mut self, metric: Metric, value: F64) {
+        self.readings += 1;
+        match metric {
+            Metric::TiltDeg => self.tilt_max = self.tilt_max.max(Some(value)),
+            Metric::SwayHz => self.sway_min = Some(self.sway_min.map_or(value, |m| m.min(value))),
+            Metric::WindGustMs => self.gust_max = self.gust_max.max(Some(value)),
+            Metric::SoilMoisturePct => {
+                self.soil_sum += (value.0 * SOIL_SCALE) as i128;
+                self.soil_n += 1;
+            }
+        }
+    }
+}
+
+/// The fixed-point scale of [`PaneAgg::soil_sum`]: 2^60.
+const SOIL_SCALE: f64 = (1u64 << 60) as f64;
+
+/// `sensor_windows`: per tree, aggregates of the readings currently in the window,
+/// combined from the aggregates of its panes (`(pane, aggregates)`).
+pub fn sensor_windows<'s, T>(window: Keyed<'s, T, Id, (i64, PaneAgg)>) -> Keyed<'s, T, Id, WindowRow>
 where
     T: Timestamp + Lattice + Ord,
 {
-    // Values arrive sorted by (metric, value) with their multiplicities.
-    window.reduce_named("SensorWindows", |_tree, readings, out| {
+    // Panes arrive in time order, each once.
+    window.reduce_named("SensorWindows", |_tree, panes, out| {
         let mut row = WindowRow::default();
-        let (mut soil_sum, mut soil_n) = (0.0, 0isize);
-        for ((metric, value), n) in readings {
-            if *n <= 0 {
+        let (mut soil_sum, mut soil_n) = (0i128, 0u64);
+        for ((_, pane), n) in panes {
+            if *n <= 0 || pane.readings == 0 {
                 continue;
             }
-            row.readings += *n as u64;
-            match metric {
-                Metric::TiltDeg => row.tilt_max = Some(*value),
-                Metric::SwayHz => row.sway_min = row.sway_min.or(Some(*value)),
-                Metric::WindGustMs => row.gust_max = Some(*value),
-                Metric::SoilMoisturePct => {
-                    soil_sum += value.0 * *n as f64;
-                    soil_n += n;
-                }
-            }
+            let n = *n as u64;
+            row.readings += u64::from(pane.readings) * n;
+            row.tilt_max = row.tilt_max.max(pane.tilt_max);
+            row.sway_min = match (row.sway_min, pane.sway_min) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            row.gust_max = row.gust_max.max(pane.gust_max);
+            soil_sum += pane.soil_sum * n as i128;
+            soil_n += u64::from(pane.soil_n) * n;
         }
         if soil_n > 0 {
-            row.soil_mean = Some(F64(soil_sum / soil_n as f64));
+            row.soil_mean = Some(F64(soil_sum as f64 / SOIL_SCALE / soil_n as f64));
         }
         if row.readings > 0 {
             out.push((row, 1));

@@ -31,7 +31,10 @@
 //!
 //! `GET /readyz` answers 200 once the views have a watermark, or the bounded
 //! input is finished (nothing more will come), and — after a restore from a
-//! checkpoint — every worker has caught up with its source; else 503.
+//! checkpoint — every worker has caught up with its source; else 503. It is
+//! 503 too while checkpoints are stuck: none became durable for three
+//! checkpoint intervals plus 10 s (the store fails, or Kafka does not take the
+//! alerts the checkpoint waits for); the body says why.
 //!
 //! `POST /v1/admin/checkpoint` asks for a checkpoint and answers once it is
 //! durable: 200 `{"checkpoint": N}`; 503 with the reason if it failed or took
@@ -84,7 +87,8 @@ async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
 }
 
 async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
-    match engine.metrics.readiness() {
+    let checkpoints = engine.checkpoints.as_ref().map_or(Ok(()), |hub| hub.health());
+    match engine.metrics.readiness().map_err(String::from).and(checkpoints) {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }

@@ -11,6 +11,9 @@
 //! | `treeai_input_watermark_ms` (reached by the inputs) | gauge | |
 //! | `treeai_watermark_lag_seconds` (wall clock − views' watermark) | gauge | |
 //! | `treeai_view_rows` | gauge | `view` |
+//! | `treeai_freshness_seconds` (an event's arrival → its effect visible to SQL; a reading waits for the watermark) | histogram | |
+//! | `treeai_source_lag` (Kafka: messages behind the partition's high watermark) | gauge | `topic`, `partition` |
+//! | `treeai_source_gaps_total`, `treeai_source_gap_messages_total` (Kafka: resumed offsets retention deleted) | counter | |
 //! | `treeai_sql_queries_total` | counter | `protocol` (pg, http), `outcome` (ok, error, refused, timeout, internal_error) |
 //! | `treeai_sql_query_seconds` | histogram | `protocol` |
 //! | `treeai_sql_view_rows_scanned_total` (rows the live views' scans produced) | counter | `view` |
@@ -186,6 +189,22 @@ impl Metrics {
             "Wall-clock time minus the views' watermark, seconds.",
             snap.watermark.map(|w| (now - w) as f64 / 1000.0),
         );
+        // Freshness: arrival → visible to SQL, per applied event.
+        const FRESHNESS_LE: [f64; 16] =
+            [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+        let bounds: Vec<u64> = FRESHNESS_LE.iter().map(|s| (s * 1000.0) as u64).collect();
+        let (below, count, sum_ms) = s.freshness.buckets(&bounds);
+        let _ = writeln!(
+            out,
+            "# HELP treeai_freshness_seconds Time from an event's arrival to its effect being visible to SQL.\n\
+             # TYPE treeai_freshness_seconds histogram"
+        );
+        for (le, n) in FRESHNESS_LE.iter().zip(below) {
+            let _ = writeln!(out, "treeai_freshness_seconds_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(out, "treeai_freshness_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "treeai_freshness_seconds_sum {}", sum_ms / 1000.0);
+        let _ = writeln!(out, "treeai_freshness_seconds_count {count}");
         let _ = writeln!(out, "# HELP treeai_view_rows Rows per live view.\n# TYPE treeai_view_rows gauge");
         for (view, n) in VIEW_NAMES.iter().zip(snap.views.sizes()) {
             let _ = writeln!(out, "treeai_view_rows{{view=\"{view}\"}} {n}");

@@ -347,6 +347,14 @@ fn kcat_to_treeai_equals_backfill_with_deadletters_and_alerts() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric(&run.http, "treeai_kafka_delivery_errors_total"), Some(0.0));
+    // Everything was read: no partition lags behind its end (published once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&run.http, "treeai_source_lag") != Some(0.0) {
+        assert!(Instant::now() < deadline, "source lag: {:?}", metric(&run.http, "treeai_source_lag"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Freshness was recorded for the applied events.
+    assert!(metric(&run.http, "treeai_freshness_seconds_count").is_some_and(|n| n > 0.0));
     assert!(run.interrupt().success());
 }
 

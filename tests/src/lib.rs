@@ -27,6 +27,8 @@ mod lake;
 #[cfg(test)]
 mod lifecycle;
 #[cfg(test)]
+mod prometheus;
+#[cfg(test)]
 mod recovery;
 #[cfg(test)]
 mod sql;

@@ -275,13 +275,104 @@ fn a_damaged_or_incomplete_newest_checkpoint_falls_back_and_another_version_is_r
 
     // A checkpoint of another format version stops the start with a clear error.
     let newest = checkpoint_folders(&lake).into_iter().rfind(|f| f.join("MANIFEST.json").exists()).unwrap();
-    let manifest = std::fs::read_to_string(newest.join("MANIFEST.json")).unwrap();
-    std::fs::write(newest.join("MANIFEST.json"), manifest.replacen("\"format\": 1", "\"format\": 99", 1)).unwrap();
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(newest.join("MANIFEST.json")).unwrap()).unwrap();
+    manifest["format"] = Value::from(99);
+    std::fs::write(newest.join("MANIFEST.json"), serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
     let mut run = start(&input, &lake, &[]);
     let line = run.wait_for(60, |l| l.contains("format version"));
     assert!(line.contains("version 99") && line.contains("--no-restore"), "{line}");
     let status = run.wait_exit(10).expect("treeai should stop on a checkpoint of another version");
     assert!(!status.success());
+}
+
+#[test]
+fn kill_9_during_a_checkpoint_upload_restores_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.ndjson");
+    produce(&input, 200_000, 11);
+    let mut run = start(&input, &dir.path().join("reference"), &[]);
+    run.wait_for(300, |l| l.contains("input complete"));
+    let reference = finish(&mut run);
+    drop(run);
+
+    // Checkpoint 3 writes its parts, then the process dies before the manifest.
+    let lake = dir.path().join("lake");
+    let lake_str = lake.to_str().unwrap();
+    let mut run = start_with(
+        &input,
+        lake_str,
+        &["--checkpoint-interval-ms", "200"],
+        &[("TREEAI_FAULT", "hang-before-manifest:3")],
+    );
+    run.wait_for(300, |l| l.contains("injected fault: hanging before the manifest"));
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+    let folders = checkpoint_folders(&lake);
+    let torn = folders.last().expect("checkpoint folders");
+    assert!(torn.ends_with(format!("{:020}", 3)), "{folders:?}");
+    assert!(torn.join("worker-0.bin.zst").exists() && !torn.join("MANIFEST.json").exists(), "{torn:?}");
+
+    let mut run = start(&input, &lake, &[]);
+    run.wait_for(60, |l| l.contains("resumed from checkpoint 2 "));
+    run.wait_for(300, |l| l.contains("input complete"));
+    assert_eq!(finish(&mut run), reference, "views and lake after a crash during a checkpoint's upload");
+}
+
+/// Polls `/readyz` until its status is `want` (at most `secs`); returns the body.
+fn readyz_until(run: &Running, want: u16, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        // (Not listening yet counts as not ready.)
+        let (status, body) = match http(&run.http, "GET", "/readyz", &[], b"") {
+            Ok((status, _, body)) => (status, String::from_utf8_lossy(&body).into_owned()),
+            Err(e) => (0, e.to_string()),
+        };
+        if status == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz still {status} after {secs} s: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn readyz_fails_while_checkpoints_cannot_be_written_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("checkpoints");
+    let mut run = Running::start(&[
+        "run",
+        "--workers",
+        "1",
+        "--rate",
+        "2000",
+        "--no-lake",
+        "--checkpoint-interval-ms",
+        "300",
+        "--checkpoint-url",
+        store.to_str().unwrap(),
+    ]);
+    readyz_until(&run, 200, 60);
+    // The store breaks: its folder becomes a file, so every write fails.
+    let moved = dir.path().join("moved");
+    std::fs::rename(&store, &moved).unwrap();
+    std::fs::write(&store, b"not a folder").unwrap();
+    // Three intervals and 10 s without a durable checkpoint: not ready, and why.
+    let body = readyz_until(&run, 503, 40);
+    assert!(body.contains("no checkpoint became durable") && body.contains("failed"), "{body}");
+    let (_, _, metrics) = http(&run.http, "GET", "/metrics", &[], b"").expect("GET /metrics");
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("treeai_checkpoint_failures_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("treeai_checkpoint_failures_total");
+    assert!(failures > 0.0, "{metrics}");
+    // Repaired: the next checkpoint is durable and the pipeline is ready again.
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&moved, &store).unwrap();
+    readyz_until(&run, 200, 30);
+    assert!(run.interrupt().success());
 }
 
 /// The state rows and bytes of the newest checkpoint under `lake`.

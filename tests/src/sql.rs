@@ -414,6 +414,15 @@ fn http_sql_json_arrow_health_and_metrics() {
     ] {
         assert!(text.contains(want), "metrics lack {want:?}:\n{text}");
     }
+    // Freshness: one sample per applied event (10 valid events; a reading the final watermark
+    // jumped past never became visible), every bucket cumulative.
+    let sample = |name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(-1.0)
+    };
+    let count = sample("treeai_freshness_seconds_count ");
+    assert!((1.0..=10.0).contains(&count), "freshness count {count}:\n{text}");
+    assert_eq!(sample("treeai_freshness_seconds_bucket{le=\"+Inf\"} "), count);
+    assert!(sample("treeai_freshness_seconds_bucket{le=\"3600\"} ") <= count);
     // The lake under ./lake holds the input's files once the input is complete.
     let files: u64 = text
         .lines()

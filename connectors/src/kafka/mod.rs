@@ -167,6 +167,13 @@ pub struct KafkaStats {
     pub delivered: AtomicU64,
     /// The last error, for the progress line.
     pub last_error: Mutex<Option<String>>,
+    /// Resumed partitions whose checkpointed offset was gone (retention) or past the end.
+    pub gaps: AtomicU64,
+    /// Messages skipped because retention had deleted them before a resume could read them.
+    pub gap_messages: AtomicU64,
+    /// Per input `(topic, partition)`: messages between the next offset to read and
+    /// the partition's end (its high watermark as the last fetch saw it).
+    pub lag: Mutex<std::collections::BTreeMap<(Arc<str>, i32), i64>>,
 }
 
 impl KafkaStats {
@@ -185,6 +192,35 @@ impl KafkaStats {
             let stats = self.clone();
             counters.add(name, help, move || counter(&stats).load(Ordering::Relaxed));
         }
+        let stats = self.clone();
+        counters.add_text(move || {
+            use std::fmt::Write;
+            let mut out = String::new();
+            let _ = writeln!(
+                out,
+                "# HELP treeai_source_gaps_total Resumed Kafka partitions whose checkpointed offset was no longer \
+                 retained (or past the partition's end).\n# TYPE treeai_source_gaps_total counter\n\
+                 treeai_source_gaps_total {}",
+                stats.gaps.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "# HELP treeai_source_gap_messages_total Kafka messages deleted by retention before a resumed \
+                 run could read them.\n# TYPE treeai_source_gap_messages_total counter\n\
+                 treeai_source_gap_messages_total {}",
+                stats.gap_messages.load(Ordering::Relaxed)
+            );
+            let lag = stats.lag.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(
+                out,
+                "# HELP treeai_source_lag Messages behind the partition's end (high watermark), per input partition.\n\
+                 # TYPE treeai_source_lag gauge"
+            );
+            for ((topic, partition), n) in lag.iter() {
+                let _ = writeln!(out, "treeai_source_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {n}");
+            }
+            out
+        });
     }
 }
 

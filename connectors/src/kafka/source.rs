@@ -45,6 +45,11 @@ pub struct KafkaSource {
     /// Topic names as dead letters carry them.
     names: [Arc<str>; 3],
     stop: Arc<AtomicBool>,
+    stats: Arc<KafkaStats>,
+    /// The next offsets, as last shared with the metadata thread (which measures the lag).
+    shared_next: Arc<std::sync::Mutex<BTreeMap<(usize, i32), i64>>>,
+    /// When `shared_next` was last updated.
+    lag_published: Option<std::time::Instant>,
 }
 
 impl KafkaSource {
@@ -67,19 +72,22 @@ impl KafkaSource {
             ("fetch.wait.max.ms", "50"),
         ]);
         let consumer: BaseConsumer<Context> = client
-            .create_with_context(Context::new(stats))
+            .create_with_context(Context::new(stats.clone()))
             .map_err(|e| client_error(format!("kafka consumer: {e}")))?;
         let consumer = Arc::new(consumer);
         let topics = config.topics.inputs().map(|(t, _)| t.to_string());
         let kinds = config.topics.inputs().map(|(_, k)| k);
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
+        let shared_next: Arc<std::sync::Mutex<BTreeMap<(usize, i32), i64>>> = Arc::default();
+        let names: [Arc<str>; 3] = topics.clone().map(Arc::from);
         {
             let (consumer, topics, stop, refresh) =
                 (consumer.clone(), topics.clone(), stop.clone(), config.metadata_refresh);
+            let lag = LagWatch { next: shared_next.clone(), stats: stats.clone(), names: names.clone() };
             std::thread::Builder::new()
                 .name(format!("kafka-meta-{worker}"))
-                .spawn(move || watch_metadata(&consumer, &topics, &stop, refresh, &tx))
+                .spawn(move || watch_metadata(&consumer, &topics, &stop, refresh, &tx, &lag))
                 .map_err(|e| SourceError::Unreadable {
                     input: format!("Kafka at {}", config.brokers),
                     message: format!("kafka metadata thread: {e}"),
@@ -96,10 +104,55 @@ impl KafkaSource {
             metadata: rx,
             next: BTreeMap::new(),
             resume: BTreeMap::new(),
-            names: topics.clone().map(Arc::from),
+            names,
             topics,
             stop,
+            stats,
+            shared_next,
+            lag_published: None,
         })
+    }
+
+    /// Where a resumed partition starts: its checkpointed offset if Kafka still has it.
+    /// Retention may have deleted it (the messages in between are lost: said and counted),
+    /// or the partition may end before it (the topic was recreated: said, counted, read whole).
+    fn resume_at(&self, t: usize, p: i32, next: i64) -> (Offset, i64) {
+        let topic = &self.topics[t];
+        match self.consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+            Ok((low, _)) if next < low => {
+                let lost = low - next;
+                self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                self.stats.gap_messages.fetch_add(lost as u64, Ordering::Relaxed);
+                tracing::error!(
+                    "kafka: {topic}/{p}: the checkpoint's offset {next} is no longer retained (the partition now \
+                     starts at {low}): {lost} messages were deleted before they were read; resuming at {low}"
+                );
+                (Offset::Offset(low), low)
+            }
+            Ok((low, high)) if next > high => {
+                self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "kafka: {topic}/{p}: the partition ends at offset {high}, before the checkpoint's offset {next} \
+                     (was the topic deleted and recreated?); reading it from its start ({low})"
+                );
+                (Offset::Offset(low), low)
+            }
+            Ok(_) => (Offset::Offset(next), next),
+            Err(e) => {
+                tracing::warn!("kafka: bounds of {topic}/{p}: {e}; resuming at the checkpoint's offset {next}");
+                (Offset::Offset(next), next)
+            }
+        }
+    }
+
+    /// Shares the next offsets with the metadata thread, at most once a second (it asks
+    /// the brokers for the partitions' ends and publishes the lag).
+    fn publish_lag(&mut self) {
+        if self.lag_published.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.lag_published = Some(std::time::Instant::now());
+        self.shared_next.lock().unwrap_or_else(|p| p.into_inner()).clone_from(&self.next);
     }
 
     /// Assigns the partitions this worker owns among those that just appeared.
@@ -122,7 +175,7 @@ impl KafkaSource {
                 // concrete offset, so a checkpoint records every assigned partition.
                 let resuming = !self.resume.is_empty();
                 let (offset, next) = match (self.resume.get(&source_id(t, p)), self.start) {
-                    (Some(&next), _) => (Offset::Offset(next as i64), next as i64),
+                    (Some(&next), _) => self.resume_at(t, p, next as i64),
                     (None, StartOffset::Latest) if first_seen && !resuming => {
                         match self.consumer.fetch_watermarks(&self.topics[t], p, Duration::from_secs(10)) {
                             Ok((_, high)) => (Offset::Offset(high), high),
@@ -159,6 +212,7 @@ impl Drop for KafkaSource {
 impl Source for KafkaSource {
     fn poll(&mut self, max: usize, emit: &mut dyn FnMut(RawMessage<'_>)) -> Poll {
         self.take_metadata();
+        self.publish_lag();
         let mut emitted = 0;
         while emitted < max {
             match self.consumer.poll(Duration::ZERO) {
@@ -211,6 +265,7 @@ impl Source for KafkaSource {
                 start: 0,
                 next: o as u64,
                 finished: false,
+                digest: 0,
             })
             .collect()
     }
@@ -234,15 +289,42 @@ impl Source for KafkaSource {
     }
 }
 
+/// What the metadata thread needs to measure the source lag.
+struct LagWatch {
+    /// The worker's next offsets per (topic number, partition).
+    next: Arc<std::sync::Mutex<BTreeMap<(usize, i32), i64>>>,
+    stats: Arc<KafkaStats>,
+    names: [Arc<str>; 3],
+}
+
+impl LagWatch {
+    /// Publishes, per partition the worker reads, how far its next offset is behind the end.
+    fn publish(&self, consumer: &BaseConsumer<Context>, topics: &[String; 3]) {
+        let next = self.next.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for ((t, p), next) in next {
+            if next < 0 {
+                continue;
+            }
+            if let Ok((_, high)) = consumer.fetch_watermarks(&topics[t], p, Duration::from_secs(2)) {
+                let mut lag = self.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
+                lag.insert((self.names[t].clone(), p), (high - next).max(0));
+            }
+        }
+    }
+}
+
 /// Sends the partition counts of the input topics whenever they grow: at
-/// once (retrying every second until the brokers answer), then every `refresh`.
+/// once (retrying every second until the brokers answer), then every `refresh`;
+/// and measures the source lag every 2 seconds.
 fn watch_metadata(
     consumer: &BaseConsumer<Context>,
     topics: &[String; 3],
     stop: &AtomicBool,
     refresh: Duration,
     tx: &mpsc::Sender<[i32; 3]>,
+    lag: &LagWatch,
 ) {
+    let mut lag_due = std::time::Instant::now();
     let mut sent = [0i32; 3];
     while !stop.load(Ordering::Relaxed) {
         let mut counts = sent;
@@ -265,6 +347,10 @@ fn watch_metadata(
         let wait = if complete { refresh } else { Duration::from_secs(1) };
         let until = std::time::Instant::now() + wait;
         while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            if std::time::Instant::now() >= lag_due {
+                lag.publish(consumer, topics);
+                lag_due = std::time::Instant::now() + Duration::from_secs(2);
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -52,6 +52,9 @@ pub enum Message {
         /// The greatest watermark this worker's input reached.
         input_watermark: Option<i64>,
     },
+    /// Events applied at a time: `(time, arrival epoch ms, events)`, sent no later than
+    /// the progress past that time (for freshness).
+    Arrivals(Vec<(DataflowTime, i64, u64)>),
 }
 
 /// The changes of one completed dataflow time.
@@ -129,6 +132,7 @@ impl Merge {
                 self.input_watermark = self.input_watermark.max(input_watermark);
                 self.frontiers[worker] = Some(frontier);
             }
+            Message::Arrivals(_) => {}
         }
     }
 
@@ -219,6 +223,8 @@ struct EgressState {
     sink: Option<Box<dyn Sink>>,
     /// Alerts so far per tree that has alerted (the `seq` of its next alert is one more).
     seqs: HashMap<Id, u32>,
+    /// Arrivals of events applied at times not published yet: `(arrival ms, events)`.
+    arrivals: BTreeMap<DataflowTime, Vec<(i64, u64)>>,
 }
 
 impl Egress {
@@ -241,6 +247,7 @@ impl Egress {
                     .and_then(|c| c.restore())
                     .map(|r| r.egress.alert_seqs.iter().cloned().collect())
                     .unwrap_or_default(),
+                arrivals: BTreeMap::new(),
             }),
             catalog,
             stats,
@@ -257,11 +264,32 @@ impl Egress {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let state = &mut *guard;
         for message in messages {
-            state.merge.accept(worker, message);
+            match message {
+                Message::Arrivals(arrivals) => {
+                    for (time, arrival, n) in arrivals {
+                        state.arrivals.entry(time).or_default().push((arrival, n));
+                    }
+                }
+                message => state.merge.accept(worker, message),
+            }
         }
         let round = state.merge.completed();
         if let Some(round) = &round {
             self.catalog.publish(round);
+            // Freshness: the events of every time now published are visible to SQL.
+            let visible = match round.frontier {
+                Some(f) => {
+                    let later = state.arrivals.split_off(&f);
+                    std::mem::replace(&mut state.arrivals, later)
+                }
+                None => std::mem::take(&mut state.arrivals),
+            };
+            if !visible.is_empty() {
+                let now = super::now_ms();
+                for (arrival, n) in visible.into_values().flatten() {
+                    self.stats.freshness.record((now - arrival).max(0) as u64, n);
+                }
+            }
         }
         let mut times = round.as_ref().map_or(&[][..], |r| &r.times[..]);
         if let Some(before) = self.restored_before {

@@ -103,6 +103,10 @@ pub(super) struct Round {
     pub(super) read: u64,
     /// The source's bounded input is exhausted.
     pub(super) done: bool,
+    /// Events applied at the current time (all but readings waiting or expired).
+    pub(super) applied: u64,
+    /// When this round's messages arrived, epoch ms.
+    pub(super) arrival_ms: i64,
 }
 
 /// Reads up to `max` messages from `source` into `inputs` at the current time.
@@ -119,7 +123,7 @@ pub(super) fn read_round(
 ) -> Round {
     let now = Instant::now();
     let arrival_ms = super::now_ms();
-    let mut round = Round::default();
+    let mut round = Round { arrival_ms, ..Round::default() };
     let (mut valid, mut rejected, mut expired, mut late) = ([0u64; 3], 0u64, 0u64, 0u64);
     let mut rejections = Vec::new();
     let status = source.poll(max, &mut |msg: RawMessage<'_>| {
@@ -130,20 +134,23 @@ pub(super) fn read_round(
                 match event {
                     Event::Tree(t) => {
                         valid[0] += 1;
+                        round.applied += 1;
                         round.dirty |= inputs.upsert_tree(t);
                     }
                     Event::Assessment(a, _notes) => {
                         valid[1] += 1;
+                        round.applied += 1;
                         round.dirty |= inputs.upsert_assessment(a);
                     }
                     Event::Reading(r) => {
                         valid[2] += 1;
                         tracker.observe(msg.partition, r.ts, now);
-                        let t = Timed { at: r.ts, tree: r.tree_id, metric: r.metric, value: r.value };
-                        match driver.offer(t, watermark, &mut inputs.readings) {
+                        let t = Timed { at: r.ts, tree: r.tree_id, metric: r.metric, value: r.value, arrival_ms };
+                        match driver.offer(t, watermark) {
                             Offer::Pending => {}
                             Offer::Applied { late: is_late } => {
                                 late += u64::from(is_late);
+                                round.applied += 1;
                                 round.dirty = true;
                             }
                             Offer::Expired => expired += 1,
@@ -175,6 +182,8 @@ pub(super) fn read_round(
             label,
         });
     }
+    // Readings applied at once (late ones) reach the dataflow now, one row per changed pane.
+    round.dirty |= driver.flush(&mut inputs.readings);
     round.done = status == Poll::Done;
     stats.events_read.fetch_add(round.read, Ordering::Relaxed);
     for (counter, n) in stats.events_valid.iter().zip(valid) {

@@ -96,6 +96,9 @@ pub enum InjectedFault {
     PanicAfterRounds(u64),
     /// `stall-after-rounds:N`: stop making progress (sleep forever) in round N.
     StallAfterRounds(u64),
+    /// `hang-before-manifest:N`: checkpoint N writes its parts and never its manifest
+    /// (the checkpoint writer's hook; a test then kills the process mid-upload).
+    HangBeforeManifest(u64),
 }
 
 impl std::str::FromStr for InjectedFault {
@@ -106,7 +109,10 @@ impl std::str::FromStr for InjectedFault {
         match what {
             "panic-after-rounds" => Ok(InjectedFault::PanicAfterRounds(n)),
             "stall-after-rounds" => Ok(InjectedFault::StallAfterRounds(n)),
-            _ => Err(format!("{s:?}: unknown fault {what:?} (panic-after-rounds, stall-after-rounds)")),
+            "hang-before-manifest" => Ok(InjectedFault::HangBeforeManifest(n)),
+            _ => Err(format!(
+                "{s:?}: unknown fault {what:?} (panic-after-rounds, stall-after-rounds, hang-before-manifest)"
+            )),
         }
     }
 }
@@ -137,9 +143,45 @@ pub struct Stats {
     pub catching_up: std::sync::atomic::AtomicUsize,
     /// Rejections per `field:rule` label.
     pub rejected_by_label: Mutex<HashMap<String, u64>>,
+    /// Arrival → visible to SQL, per applied event (`treeai_freshness_seconds`).
+    pub freshness: Freshness,
     /// Counters other components keep (the lake, Kafka), registered by each
     /// component when the pipeline is built and exposed by `/metrics`.
     pub components: Counters,
+}
+
+/// Freshness: for every applied event, the time from its arrival (when its source
+/// handed it to a worker) to the moment the catalog published the dataflow time that
+/// holds its effect — what SQL sees. A reading waiting for the watermark counts until
+/// the watermark lets it into the window; an expired reading has no effect and is not
+/// counted. Milliseconds, in an HDR histogram (3 significant figures).
+#[derive(Debug)]
+pub struct Freshness(Mutex<hdrhistogram::Histogram<u64>>);
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Freshness(Mutex::new(hdrhistogram::Histogram::new(3).expect("3 significant figures are valid")))
+    }
+}
+
+impl Freshness {
+    /// Records `count` events that took `ms` from arrival to visible.
+    pub fn record(&self, ms: u64, count: u64) {
+        let _ = self.0.lock().unwrap_or_else(|p| p.into_inner()).record_n(ms, count);
+    }
+
+    /// Events with a freshness of at most each of `bounds_ms` (cumulative), all events,
+    /// and the sum of their freshness in ms.
+    pub fn buckets(&self, bounds_ms: &[u64]) -> (Vec<u64>, u64, f64) {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let below = bounds_ms.iter().map(|&b| h.count_between(0, b)).collect();
+        (below, h.len(), h.mean() * h.len() as f64)
+    }
+
+    /// The `q`-quantile in ms (0 with no events).
+    pub fn quantile_ms(&self, q: f64) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).value_at_quantile(q)
+    }
 }
 
 /// Reads a counter kept by a component.

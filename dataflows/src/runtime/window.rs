@@ -1,24 +1,42 @@
 //! The window driver: moves readings into the window when the watermark
 //! passes their `ts` and out of it when it reaches `ts + 1h` (DOMAIN §3, §4
-//! `sensor_windows`).
+//! `sensor_windows`), and hands the dataflow per-pane aggregates.
+//!
+//! Readings in the window are kept per pane ([`PANE_MS`] of event time) and
+//! tree; the dataflow's input holds one [`PaneAgg`] row per pane and tree, not
+//! one per reading. A round marks the panes it changes; [`WindowDriver::flush`]
+//! replaces their rows once. The window's lower edge `W − 1h` cuts one pane, the
+//! edge pane: its readings are indexed by `ts` (a heap built when the edge enters
+//! the pane), so each round finds the trees whose readings it expired without a
+//! scan and recomputes just those panes — the window stays exact to the
+//! millisecond. Panes wholly behind the edge are retracted and dropped.
+//!
+//! Cost: a reading is stored once (16 bytes, in its tree's pane); a round costs
+//! O(readings it moves + panes it changes), and the view's reduction sees at most
+//! `1 h / PANE_MS` (+1) rows per tree.
 
 use crate::checkpoint::WindowReading;
 use crate::event::{Id, Metric, F64};
 use crate::time::HOUR_MS;
+use crate::views::{PaneAgg, PANE_MS};
 use differential_dataflow::input::InputSession;
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
-/// A reading waiting for the watermark (keyed by `ts`) or for its expiry (keyed by `ts + 1h`).
+/// A reading waiting for the watermark (keyed by `ts`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Timed {
     pub(super) at: i64,
     pub(super) tree: Id,
     pub(super) metric: Metric,
     pub(super) value: F64,
+    /// When it arrived, epoch ms (for freshness).
+    pub(super) arrival_ms: i64,
 }
 
-pub(super) type WindowInput = InputSession<u64, (Id, (Metric, F64)), isize>;
+/// The window's input to the dataflow: `(tree, (pane, aggregates))`.
+pub(super) type WindowInput = InputSession<u64, (Id, (i64, PaneAgg)), isize>;
 
 /// Readings bucketed by the second of their `at`: pushing is O(1), and taking
 /// everything up to a time touches only the buckets it empties (and the one it cuts).
@@ -34,10 +52,10 @@ impl TimeQueue {
         Arc::make_mut(self.buckets.entry(t.at.div_euclid(1000)).or_default()).push(t);
     }
 
-    /// Every reading, with `at` less `shift`.
-    pub(super) fn readings(&self, shift: i64) -> impl Iterator<Item = WindowReading> + '_ {
-        self.buckets.values().flat_map(|b| b.iter()).map(move |t| WindowReading {
-            ts: t.at - shift,
+    /// Every reading.
+    fn readings(&self) -> impl Iterator<Item = WindowReading> + '_ {
+        self.buckets.values().flat_map(|b| b.iter()).map(|t| WindowReading {
+            ts: t.at,
             tree: t.tree.clone(),
             metric: t.metric,
             value: t.value,
@@ -71,15 +89,71 @@ impl TimeQueue {
     }
 }
 
+/// A reading in a pane: its offset into the pane, metric and value.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    value: F64,
+    offset: u32,
+    metric: Metric,
+}
+
+/// One tree's readings in one pane, and the aggregates the dataflow holds for them.
+#[derive(Clone, Default, Debug)]
+struct TreePane {
+    readings: Vec<Slot>,
+    emitted: Option<PaneAgg>,
+}
+
+/// The trees' readings in one pane; shared with a checkpoint (copied once if changed).
+type Pane = Arc<HashMap<Id, TreePane>>;
+
+fn pane_of(ts: i64) -> i64 {
+    ts.div_euclid(PANE_MS)
+}
+
 /// Moves readings into and out of the window as the watermark advances.
 #[derive(Default)]
 pub(super) struct WindowDriver {
+    /// Readings waiting for the watermark.
     pending: TimeQueue,
-    live: TimeQueue,
+    /// The readings in the window, by pane.
+    panes: BTreeMap<i64, Pane>,
+    /// The window's lower edge (`W − 1h`): readings with `ts` at or before it have left.
+    edge: Option<i64>,
+    /// The pane holding the edge, and its readings' `(ts, tree)`, least first.
+    edge_pane: Option<i64>,
+    edge_index: BinaryHeap<Reverse<(i64, Id)>>,
+    /// `(pane, tree)` changed since the last flush.
+    dirty: HashSet<(i64, Id)>,
+    /// Readings the watermark let into the window since the last take, by arrival ms.
+    released: BTreeMap<i64, u64>,
 }
 
-/// The driver's readings, shared with a checkpoint: (in the window, waiting).
-pub(super) type WindowState = (TimeQueue, TimeQueue);
+/// The driver's readings, shared with a checkpoint in O(panes).
+pub(super) struct WindowState {
+    panes: BTreeMap<i64, Pane>,
+    edge: Option<i64>,
+    pending: TimeQueue,
+}
+
+impl WindowState {
+    /// The readings (in the window, waiting for the watermark).
+    pub(super) fn readings(&self) -> (Vec<WindowReading>, Vec<WindowReading>) {
+        let edge = self.edge.unwrap_or(i64::MIN);
+        let mut live = Vec::new();
+        for (&pane, trees) in &self.panes {
+            for (tree, tp) in trees.iter() {
+                for s in &tp.readings {
+                    let ts = pane * PANE_MS + i64::from(s.offset);
+                    if ts > edge {
+                        live.push(WindowReading { ts, tree: tree.clone(), metric: s.metric, value: s.value });
+                    }
+                }
+            }
+        }
+        (live, self.pending.readings().collect())
+    }
+}
 
 /// How a reading was handled.
 pub(super) enum Offer {
@@ -95,11 +169,13 @@ pub(super) enum Offer {
 }
 
 impl WindowDriver {
-    pub(super) fn offer(&mut self, t: Timed, w: Option<i64>, input: &mut WindowInput) -> Offer {
+    /// Takes a reading under watermark `w`. A reading applied at once reaches the
+    /// dataflow at the next [`flush`](Self::flush).
+    pub(super) fn offer(&mut self, t: Timed, w: Option<i64>) -> Offer {
         match w {
             Some(w) if t.at <= w => {
                 if t.at > w - HOUR_MS {
-                    Self::insert(&mut self.live, t, input);
+                    self.insert(t);
                     Offer::Applied { late: true }
                 } else {
                     Offer::Expired
@@ -111,41 +187,242 @@ impl WindowDriver {
             }
         }
     }
-    fn insert(live: &mut TimeQueue, mut t: Timed, input: &mut WindowInput) {
-        input.update((t.tree.clone(), (t.metric, t.value)), 1);
-        t.at += HOUR_MS;
-        live.push(t);
-    }
-    /// The readings (in the window, waiting), in O(buckets).
-    pub(super) fn share(&self) -> WindowState {
-        (self.live.clone(), self.pending.clone())
+
+    /// Puts a visible reading into its pane.
+    fn insert(&mut self, t: Timed) {
+        let pane = pane_of(t.at);
+        let slot = Slot { value: t.value, offset: (t.at - pane * PANE_MS) as u32, metric: t.metric };
+        let trees = Arc::make_mut(self.panes.entry(pane).or_default());
+        trees.entry(t.tree.clone()).or_default().readings.push(slot);
+        if self.edge_pane == Some(pane) {
+            self.edge_index.push(Reverse((t.at, t.tree.clone())));
+        }
+        self.dirty.insert((pane, t.tree));
     }
 
-    /// Restores a reading in the window (inserted into `input`) or waiting.
-    pub(super) fn restore(&mut self, r: WindowReading, live: bool, input: &mut WindowInput) {
-        let t = Timed { at: r.ts, tree: r.tree, metric: r.metric, value: r.value };
+    /// The readings, in O(panes + waiting buckets).
+    pub(super) fn share(&self) -> WindowState {
+        WindowState { panes: self.panes.clone(), edge: self.edge, pending: self.pending.clone() }
+    }
+
+    /// Restores a reading in the window or waiting (in the dataflow at the next flush).
+    pub(super) fn restore(&mut self, r: WindowReading, live: bool) {
+        let t = Timed { at: r.ts, tree: r.tree, metric: r.metric, value: r.value, arrival_ms: super::now_ms() };
         if live {
-            Self::insert(&mut self.live, t, input);
+            self.insert(t);
         } else {
             self.pending.push(t);
         }
     }
 
-    /// Applies watermark `w` at the input's current time; returns whether anything changed.
+    /// Applies watermark `w` at the input's current time; returns whether the input changed.
     pub(super) fn advance(&mut self, w: i64, input: &mut WindowInput) -> bool {
-        let mut changed = false;
-        let live = &mut self.live;
+        // 1. Readings the watermark reached become visible (one it jumped past entirely never was).
+        let mut released = Vec::new();
         self.pending.take_until(w, |t| {
-            // A reading that the watermark jumped past entirely was never in a window.
             if t.at > w - HOUR_MS {
-                Self::insert(live, t, input);
-                changed = true;
+                released.push(t);
             }
         });
-        self.live.take_until(w, |t| {
-            input.update((t.tree, (t.metric, t.value)), -1);
-            changed = true;
-        });
+        for t in released {
+            *self.released.entry(t.arrival_ms).or_default() += 1;
+            self.insert(t);
+        }
+        // 2. The edge moves to `w − 1h`: whole panes behind it leave with their rows.
+        let mut changed = false;
+        let edge = w - HOUR_MS;
+        if self.edge.is_none_or(|old| edge > old) {
+            self.edge = Some(edge);
+            let q = pane_of(edge);
+            while let Some(entry) = self.panes.first_entry() {
+                if *entry.key() >= q {
+                    break;
+                }
+                let (pane, trees) = entry.remove_entry();
+                for (tree, tp) in trees.iter() {
+                    if let Some(agg) = tp.emitted {
+                        input.update((tree.clone(), (pane, agg)), -1);
+                        changed = true;
+                    }
+                }
+            }
+            // 3. The pane the edge cuts: index its readings by time once, then find the
+            //    trees whose readings the edge passed.
+            if self.edge_pane != Some(q) {
+                self.edge_pane = Some(q);
+                let index: Vec<_> = self.panes.get(&q).map_or_else(Vec::new, |trees| {
+                    trees
+                        .iter()
+                        .flat_map(|(tree, tp)| {
+                            tp.readings.iter().map(move |s| Reverse((q * PANE_MS + i64::from(s.offset), tree.clone())))
+                        })
+                        .collect()
+                });
+                self.edge_index = BinaryHeap::from(index);
+            }
+            while let Some(Reverse((ts, _))) = self.edge_index.peek() {
+                if *ts > edge {
+                    break;
+                }
+                let Some(Reverse((_, tree))) = self.edge_index.pop() else { break };
+                self.dirty.insert((q, tree));
+            }
+        }
+        self.flush(input) || changed
+    }
+
+    /// The readings let into the window since the last call: `(arrival ms, readings)`.
+    pub(super) fn take_released(&mut self) -> impl Iterator<Item = (i64, u64)> {
+        std::mem::take(&mut self.released).into_iter()
+    }
+
+    /// Replaces the dataflow's rows of the panes changed since the last flush, at the
+    /// input's current time; returns whether the input changed.
+    pub(super) fn flush(&mut self, input: &mut WindowInput) -> bool {
+        let mut changed = false;
+        let edge_pane = self.edge.map(|e| (e, pane_of(e)));
+        for (pane, tree) in self.dirty.drain() {
+            // (A pane wholly behind the edge is gone already, its rows retracted.)
+            let Some(trees) = self.panes.get_mut(&pane) else { continue };
+            let trees = Arc::make_mut(trees);
+            let Some(tp) = trees.get_mut(&tree) else { continue };
+            if let Some((edge, _)) = edge_pane.filter(|(_, q)| *q == pane) {
+                tp.readings.retain(|s| pane * PANE_MS + i64::from(s.offset) > edge);
+            }
+            let agg = (!tp.readings.is_empty()).then(|| {
+                let mut agg = PaneAgg::default();
+                for s in &tp.readings {
+                    agg.add(s.metric, s.value);
+                }
+                agg
+            });
+            if agg != tp.emitted {
+                if let Some(old) = tp.emitted {
+                    input.update((tree.clone(), (pane, old)), -1);
+                }
+                if let Some(new) = agg {
+                    input.update((tree.clone(), (pane, new)), 1);
+                }
+                tp.emitted = agg;
+                changed = true;
+            }
+            if tp.readings.is_empty() {
+                trees.remove(&tree);
+                if trees.is_empty() {
+                    self.panes.remove(&pane);
+                }
+            }
+        }
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    fn next(state: &mut u64, n: u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state % n
+    }
+
+    const METRICS: [Metric; 4] = [Metric::TiltDeg, Metric::SwayHz, Metric::SoilMoisturePct, Metric::WindGustMs];
+
+    /// After every round, the dataflow's pane rows equal the aggregates of the readings
+    /// with `W − 1h < ts ≤ W` per tree and pane, and a checkpoint's readings are exactly
+    /// those (in the window) and those with `ts > W` (waiting).
+    #[test]
+    fn pane_rows_follow_a_naive_window() {
+        for seed in 1..6u64 {
+            timely::execute_directly(move |worker| {
+                type Rows = HashMap<(Id, i64, PaneAgg), isize>;
+                let rows: Rc<RefCell<Rows>> = Rc::default();
+                let mut input: WindowInput = InputSession::new();
+                let probe = worker.dataflow::<u64, _, _>(|scope| {
+                    let rows = rows.clone();
+                    input
+                        .to_collection(scope)
+                        .inspect(move |((tree, (pane, agg)), _, d)| {
+                            *rows.borrow_mut().entry((tree.clone(), *pane, *agg)).or_default() += d;
+                        })
+                        .probe()
+                        .0
+                });
+                let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let t0 = 1_795_564_800_000i64;
+                let mut driver = WindowDriver::default();
+                let mut offered: Vec<WindowReading> = Vec::new();
+                let mut w: Option<i64> = None;
+                let mut time = 0u64;
+                for _round in 0..400 {
+                    time += 1;
+                    input.advance_to(time);
+                    for _ in 0..next(&mut rng, 30) {
+                        // Around the watermark: some waiting, some late, some expired, edges hit exactly.
+                        let base = w.unwrap_or(t0);
+                        let ts = if next(&mut rng, 10) == 0 {
+                            base - HOUR_MS + next(&mut rng, 3) as i64 - 1
+                        } else {
+                            base - 75 * 60_000 + next(&mut rng, 85 * 60_000) as i64
+                        };
+                        let r = WindowReading {
+                            ts,
+                            tree: format!("T-{}", next(&mut rng, 6)).into(),
+                            metric: METRICS[next(&mut rng, 4) as usize],
+                            // Whole numbers: sums are exact in any order.
+                            value: F64(next(&mut rng, 50) as f64 + 1.0),
+                        };
+                        let t =
+                            Timed { at: r.ts, tree: r.tree.clone(), metric: r.metric, value: r.value, arrival_ms: 0 };
+                        match driver.offer(t, w) {
+                            Offer::Expired => {}
+                            _ => offered.push(r),
+                        }
+                    }
+                    driver.flush(&mut input);
+                    if next(&mut rng, 3) > 0 {
+                        time += 1;
+                        input.advance_to(time);
+                        let step = [0, 1, 999, 60_000, 150_000, 1_300_000][next(&mut rng, 6) as usize];
+                        let new = w.map_or(t0, |w| w + step as i64 + next(&mut rng, 1000) as i64);
+                        w = Some(new);
+                        driver.advance(new, &mut input);
+                    }
+                    time += 1;
+                    input.advance_to(time);
+                    input.flush();
+                    while probe.less_than(&time) {
+                        worker.step();
+                    }
+
+                    let in_window = |r: &&WindowReading| w.is_some_and(|w| r.ts > w - HOUR_MS && r.ts <= w);
+                    let mut want: HashMap<(Id, i64), PaneAgg> = HashMap::new();
+                    for r in offered.iter().filter(in_window) {
+                        want.entry((r.tree.clone(), pane_of(r.ts))).or_default().add(r.metric, r.value);
+                    }
+                    let mut got: HashMap<(Id, i64), PaneAgg> = HashMap::new();
+                    for ((tree, pane, agg), d) in rows.borrow().iter().filter(|(_, d)| **d != 0) {
+                        assert_eq!(*d, 1, "seed {seed}: a pane row with multiplicity {d}");
+                        assert!(got.insert((tree.clone(), *pane), *agg).is_none(), "seed {seed}: two rows of a pane");
+                    }
+                    assert_eq!(got, want, "seed {seed}, watermark {w:?}");
+
+                    let key = |r: &WindowReading| (r.ts, r.tree.clone(), r.metric, r.value);
+                    let (mut live, mut pending) = driver.share().readings();
+                    let mut want_live: Vec<_> = offered.iter().filter(in_window).cloned().collect();
+                    let mut want_pending: Vec<_> =
+                        offered.iter().filter(|r| w.is_none_or(|w| r.ts > w)).cloned().collect();
+                    for v in [&mut live, &mut pending, &mut want_live, &mut want_pending] {
+                        v.sort_by_key(key);
+                    }
+                    assert_eq!(live, want_live, "seed {seed}: the checkpoint's window");
+                    assert_eq!(pending, want_pending, "seed {seed}: the checkpoint's waiting readings");
+                }
+            });
+        }
     }
 }

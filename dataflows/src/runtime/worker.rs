@@ -11,7 +11,6 @@ use crate::checkpoint::{owner, Captured, Checkpoints, WorkerState};
 use crate::source::{Sink, SinkFactory, SinkRole, SourceFactory};
 use crate::store::ViewChange;
 use crate::time::DataflowTime;
-use crate::time::HOUR_MS;
 use crate::views;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -70,6 +69,8 @@ struct ToEgress {
     egress: Arc<Egress>,
     changes: ChangeBuffer,
     last: Option<(Option<DataflowTime>, Option<i64>)>,
+    /// Events applied since the last send: `(time, arrival ms, events)`.
+    arrivals: Vec<(DataflowTime, i64, u64)>,
 }
 
 impl ToEgress {
@@ -77,13 +78,14 @@ impl ToEgress {
         let updates = std::mem::take(&mut *self.changes.borrow_mut());
         let frontier = probe.with_frontier(|f| f.first().copied()).map(DataflowTime);
         let progressed = self.last != Some((frontier, input_watermark));
-        if updates.is_empty() && !progressed {
+        if updates.is_empty() && !progressed && self.arrivals.is_empty() {
             return;
         }
         self.last = Some((frontier, input_watermark));
         let updates = (!updates.is_empty()).then_some(Message::Updates(updates));
+        let arrivals = (!self.arrivals.is_empty()).then(|| Message::Arrivals(std::mem::take(&mut self.arrivals)));
         let progress = progressed.then_some(Message::Progress { frontier, input_watermark });
-        self.egress.deliver(self.index, updates.into_iter().chain(progress));
+        self.egress.deliver(self.index, updates.into_iter().chain(arrivals).chain(progress));
     }
 }
 
@@ -106,7 +108,7 @@ pub(super) fn worker_main(
     let changes: ChangeBuffer = Rc::default();
     let mut inputs = Inputs::new();
     let probe = build_views(worker, &mut inputs, &changes);
-    let mut egress = ToEgress { index, egress, changes, last: None };
+    let mut egress = ToEgress { index, egress, changes, last: None, arrivals: Vec::new() };
 
     // The control dataflow: every worker's report reaches every worker.
     let reports: Rc<RefCell<Vec<Option<Report>>>> = Rc::new(RefCell::new(vec![None; peers]));
@@ -154,7 +156,7 @@ pub(super) fn worker_main(
             }
             for (r, live) in w.window.iter().map(|r| (r, true)).chain(w.pending.iter().map(|r| (r, false))) {
                 if owner(&r.tree, peers) == index {
-                    driver.restore(r.clone(), live, &mut inputs.readings);
+                    driver.restore(r.clone(), live);
                 }
             }
             // Watermark trackers: a worker's own with the same number of workers, else those
@@ -169,6 +171,7 @@ pub(super) fn worker_main(
                 tracker.max_ts = tracker.max_ts.max(w.max_ts);
             }
         }
+        driver.flush(&mut inputs.readings);
         time = time.next_seq();
         lag_target = time;
         inputs.advance_to(time.0);
@@ -210,8 +213,8 @@ pub(super) fn worker_main(
                     max_ts: tracker.max_ts,
                     ..Default::default()
                 };
-                let (live, pending) = driver.share();
-                let window = Box::new(move || (live.readings(HOUR_MS).collect(), pending.readings(0).collect()));
+                let shared = driver.share();
+                let window = Box::new(move || shared.readings());
                 let mut state = state;
                 state.sink_offsets = sink.checkpoint(captured);
                 // Report progress even if nothing changed, so an idle pipeline closes the cut too.
@@ -241,6 +244,9 @@ pub(super) fn worker_main(
             )
         };
         done |= read.done;
+        if read.applied > 0 {
+            egress.arrivals.push((time, read.arrival_ms, read.applied));
+        }
         if catching_up && !paused && (read.read < config.batch as u64 || done) {
             catching_up = false;
             stats.catching_up.fetch_sub(1, Ordering::SeqCst);
@@ -288,7 +294,9 @@ pub(super) fn worker_main(
             if let Some(w) = watermark {
                 stats.watermark.fetch_max(w, Ordering::Relaxed);
                 inputs.advance_to(target.0);
-                if driver.advance(w, &mut inputs.readings) {
+                let released = driver.advance(w, &mut inputs.readings);
+                egress.arrivals.extend(driver.take_released().map(|(arrival, n)| (target, arrival, n)));
+                if released {
                     target = target.next_seq();
                 }
             }
