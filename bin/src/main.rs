@@ -27,8 +27,18 @@ use treeai_dataflows::VIEW_NAMES;
 #[derive(Parser)]
 #[command(name = "treeai", version, about)]
 struct Cli {
+    /// Log lines (warnings, errors; more with `TREEAI_LOG=info`) on stderr as text, or as
+    /// one JSON object per line for log collectors. The progress line stays text.
+    #[arg(long, global = true, env = "TREEAI_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -248,11 +258,14 @@ fn now_ms() -> i64 {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TREEAI_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TREEAI_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     exit_on_pipeline_panic();
     let result = match cli.command {
         Command::Run(args) => run(*args),

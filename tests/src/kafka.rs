@@ -434,11 +434,7 @@ fn broker_stop_and_start_while_running_ends_with_the_same_views() {
     let mut args = vec!["run", "--workers", "2", "--no-lake", "--idle-timeout-ms", "1000"];
     args.extend(flags.iter().map(String::as_str));
     let mut run = Running::start(&args);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(&run.http, "treeai_events_read_total") != Some(first.len() as f64) {
-        assert!(Instant::now() < deadline, "first half not read");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_read(&run, first.len(), 60);
 
     // The broker goes away: treeai reports it, keeps running and keeps answering SQL.
     broker.stop();
@@ -454,6 +450,89 @@ fn broker_stop_and_start_while_running_ends_with_the_same_views() {
         panic!("after a broker restart the live views differ from backfill:\n{diff}");
     }
     assert!(run.interrupt().success());
+}
+
+/// Waits until `run` has read `n` messages.
+fn wait_read(run: &Running, n: usize, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while metric(&run.http, "treeai_events_read_total") != Some(n as f64) {
+        assert!(Instant::now() < deadline, "{n} messages not read within {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The lake after a restored run settled and took a checkpoint: every valid event and
+/// dead letter exactly once, `score_changes` netting to `tree_scores`, alerts consistent;
+/// and the output topics: every alert and dead letter once.
+fn check_exactly_once(run: &Running, broker: &str, prefix: &str, valid: i64, rejected: i64) {
+    let (status, _, body) = http(&run.http, "POST", "/v1/admin/checkpoint", &[], b"").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let count = |q: &str| crate::recovery::sql(run, q)[0][0].as_i64().unwrap();
+    let events = "select (select count(*) from lake.readings) + (select count(*) from lake.assessments) + (select count(*) from lake.trees)";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(events) < valid && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(count(events), valid, "valid events in the lake");
+    for table in ["readings", "assessments", "trees"] {
+        let distinct = count(&format!("select count(*) from (select distinct source, \"offset\" from lake.{table})"));
+        assert_eq!(distinct, count(&format!("select count(*) from lake.{table}")), "{table} duplicated");
+    }
+    assert_eq!(count("select count(*) from lake.deadletter"), rejected, "dead letters in the lake");
+    crate::recovery::check_derived(run);
+    check_outputs(
+        broker,
+        prefix,
+        rejected as usize,
+        &crate::recovery::sql(run, "select tree_id, band from tree_scores"),
+    );
+}
+
+#[test]
+fn broker_restart_and_a_crash_while_it_is_down_lose_nothing_and_repeat_nothing() {
+    // A broker that keeps its log across restarts: Tansu on S3 storage (moto).
+    let moto = Moto::start();
+    moto.create_bucket("tansu");
+    let mut broker = Broker::private("s3://tansu/", &moto.envs);
+    let text =
+        generated(&["--count", "20000", "--trees", "300", "--seed", "5", "--season", "peak", "--bad-fraction", "0.01"]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.contains('\t')).collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), &lines);
+    let summary =
+        treeai(&["backfill", "--input", input.to_str().unwrap(), "--output", dir.path().join("bf").to_str().unwrap()]);
+    let rejected: i64 = summary
+        .split(", ")
+        .find_map(|s| s.strip_suffix(" rejected")?.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    let (want, w) = backfill_views(&input, &dir.path().join("backfill"));
+    let prefix = "crash";
+    let flags = broker.topics(prefix, 3);
+    kcat_produce(&broker.addr, prefix, first, dir.path());
+
+    let lake = dir.path().join("lake");
+    let start = || {
+        let mut args = vec!["run", "--workers", "2", "--idle-timeout-ms", "1000", "--lake", lake.to_str().unwrap()];
+        args.extend(["--lake-roll-ms", "1000", "--checkpoint-interval-ms", "400"]);
+        args.extend(flags.iter().map(String::as_str));
+        Running::start(&args)
+    };
+    let mut run = start();
+    wait_read(&run, first.len(), 60);
+    // The broker goes away, and while it is away the process is killed.
+    broker.stop();
+    run.wait_for(60, |l| l.contains("kafka errors"));
+    std::thread::sleep(Duration::from_millis(1500));
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+
+    // The broker comes back with its log, the second half arrives, the process restarts.
+    broker.start(&moto.envs);
+    kcat_produce(&broker.addr, prefix, second, dir.path());
+    let run = start();
+    wait_views(&run, &want, w, 300);
+    check_exactly_once(&run, &broker.addr, prefix, lines.len() as i64 - rejected, rejected);
 }
 
 #[test]

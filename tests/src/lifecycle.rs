@@ -104,3 +104,27 @@ fn a_second_signal_exits_at_once() {
     let status = run.wait_exit(10).expect("treeai did not exit on the second signal");
     assert_eq!(status.code(), Some(130));
 }
+
+#[test]
+fn log_lines_as_json() {
+    let mut run = Running::start_with_env(
+        &[
+            "run",
+            "--workers",
+            "1",
+            "--rate",
+            "2000",
+            "--no-lake",
+            "--checkpoint-interval-ms",
+            "200",
+            "--log-format",
+            "json",
+        ],
+        &[("TREEAI_FAULT", "hang-before-manifest:3")],
+    );
+    let line = run.wait_for(60, |l| l.contains("injected fault"));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "WARN", "{v}");
+    assert!(v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("checkpoint 3: parts written")), "{v}");
+    assert!(v["timestamp"].is_string(), "{v}");
+}

@@ -101,6 +101,9 @@ struct Slot {
 #[derive(Clone, Default, Debug)]
 struct TreePane {
     readings: Vec<Slot>,
+    /// The aggregates of `readings` (kept up to date as readings come; recomputed when
+    /// the edge removes some).
+    agg: PaneAgg,
     emitted: Option<PaneAgg>,
 }
 
@@ -193,7 +196,9 @@ impl WindowDriver {
         let pane = pane_of(t.at);
         let slot = Slot { value: t.value, offset: (t.at - pane * PANE_MS) as u32, metric: t.metric };
         let trees = Arc::make_mut(self.panes.entry(pane).or_default());
-        trees.entry(t.tree.clone()).or_default().readings.push(slot);
+        let tp = trees.entry(t.tree.clone()).or_default();
+        tp.readings.push(slot);
+        tp.agg.add(t.metric, t.value);
         if self.edge_pane == Some(pane) {
             self.edge_index.push(Reverse((t.at, t.tree.clone())));
         }
@@ -287,15 +292,17 @@ impl WindowDriver {
             let trees = Arc::make_mut(trees);
             let Some(tp) = trees.get_mut(&tree) else { continue };
             if let Some((edge, _)) = edge_pane.filter(|(_, q)| *q == pane) {
+                let before = tp.readings.len();
                 tp.readings.retain(|s| pane * PANE_MS + i64::from(s.offset) > edge);
-            }
-            let agg = (!tp.readings.is_empty()).then(|| {
-                let mut agg = PaneAgg::default();
-                for s in &tp.readings {
-                    agg.add(s.metric, s.value);
+                if tp.readings.len() != before {
+                    // Readings left: recompute (max and min cannot be taken back).
+                    tp.agg = PaneAgg::default();
+                    for s in &tp.readings {
+                        tp.agg.add(s.metric, s.value);
+                    }
                 }
-                agg
-            });
+            }
+            let agg = (!tp.readings.is_empty()).then_some(tp.agg);
             if agg != tp.emitted {
                 if let Some(old) = tp.emitted {
                     input.update((tree.clone(), (pane, old)), -1);
