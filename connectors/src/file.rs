@@ -36,6 +36,13 @@ struct Range {
     crc: crc32fast::Hasher,
 }
 
+impl Range {
+    /// The range of file `index` from byte `offset` (line `line`) to `end`, nothing read yet.
+    fn new(index: usize, reader: BufReader<File>, offset: u64, end: u64, line: u64) -> Self {
+        Range { file: index as u32, reader, offset, end, line, first_line: line, crc: crc32fast::Hasher::new() }
+    }
+}
+
 /// Reads this worker's share of a list of NDJSON files.
 pub struct FileSource {
     paths: Vec<PathBuf>,
@@ -114,26 +121,10 @@ impl FileSource {
                 if offset >= end {
                     continue;
                 }
-                return Ok(Some(Range {
-                    file: index as u32,
-                    reader,
-                    offset,
-                    end,
-                    line,
-                    first_line: line,
-                    crc: crc32fast::Hasher::new(),
-                }));
+                return Ok(Some(Range::new(index, reader, offset, end, line)));
             }
             let reader = BufReader::with_capacity(1 << 20, file);
-            return Ok(Some(Range {
-                file: index as u32,
-                reader,
-                offset,
-                end,
-                line,
-                first_line: line,
-                crc: crc32fast::Hasher::new(),
-            }));
+            return Ok(Some(Range::new(index, reader, offset, end, line)));
         }
         Ok(None)
     }
