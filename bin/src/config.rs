@@ -79,6 +79,27 @@ pub struct FileConfig {
     pub sql_memory_limit_mb: Option<usize>,
     /// Most rows one HTTP `/v1/sql` answer carries (flag `--http-max-rows`); default 100000.
     pub http_max_rows: Option<usize>,
+    /// Local state that is not a checkpoint, e.g. the ingest log (flag `--data-dir`, env
+    /// `TREEAI_DATA_DIR`); default `./data`.
+    pub data_dir: Option<PathBuf>,
+    /// Events a second one token may post to `POST /v1/events` (flag `--ingest-rate`); default 1000.
+    pub ingest_rate: Option<f64>,
+    /// Largest `POST /v1/events` body in bytes (flag `--ingest-max-bytes`); default 4194304.
+    pub ingest_max_bytes: Option<usize>,
+    /// Users and tokens (`treeai auth`); with it SQL and HTTP need credentials (flag
+    /// `--auth-file`, env `TREEAI_AUTH_FILE`).
+    pub auth_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS on both endpoints (flag `--tls-cert`, env `TREEAI_TLS_CERT`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (flag `--tls-key`, env `TREEAI_TLS_KEY`).
+    pub tls_key: Option<PathBuf>,
+    /// Audit log file, `-` for standard output (flag `--audit-log`); default `-` with an auth file.
+    pub audit_log: Option<String>,
+    /// `/metrics` needs a token too (flag `--metrics-auth`); default false.
+    pub metrics_auth: Option<bool>,
+    /// Allow listening on a non-loopback address without an auth file (flag
+    /// `--insecure-no-auth`); default false.
+    pub insecure_no_auth: Option<bool>,
     /// The built-in generator, used when there is no input.
     #[serde(default)]
     pub generator: GeneratorFile,

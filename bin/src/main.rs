@@ -51,6 +51,78 @@ enum Command {
     Produce(ProduceArgs),
     /// Run the dataflow over NDJSON files to their end and write the final views as Parquet.
     Backfill(BackfillArgs),
+    /// Manage the users and bearer tokens of --auth-file.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+/// `treeai auth`: the credentials file holds SCRAM-SHA-256 verifiers and token hashes only.
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Add (or replace) a user who logs in to SQL with a password, read from stdin (one line).
+    AddUser {
+        /// The user name (Postgres `user`).
+        name: String,
+        /// reader (SQL), ingest (POST /v1/events) or admin (everything, admin endpoints).
+        #[arg(long)]
+        role: treeai_sql::auth::Role,
+        /// The credentials file (created if missing, written owner-only).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Add (or replace) a bearer token for HTTP; prints the token once on stdout.
+    AddToken {
+        /// A name for the token: who holds it (shown in the audit log).
+        name: String,
+        /// reader, ingest or admin.
+        #[arg(long)]
+        role: treeai_sql::auth::Role,
+        /// The credentials file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Remove the user and the token called NAME.
+    Remove {
+        /// The name.
+        name: String,
+        /// The credentials file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+fn auth(command: AuthCommand) -> anyhow::Result<()> {
+    use treeai_sql::auth::AuthFile;
+    match command {
+        AuthCommand::AddUser { name, role, file } => {
+            let mut creds = AuthFile::load(&file)?;
+            let mut password = String::new();
+            if std::io::stdin().is_terminal() {
+                eprint!("password for {name}: ");
+            }
+            std::io::stdin().read_line(&mut password).context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            creds.set_user(&name, role, password)?;
+            creds.save(&file)?;
+            eprintln!("user {name:?} ({}) saved in {}", role.name(), file.display());
+        }
+        AuthCommand::AddToken { name, role, file } => {
+            let mut creds = AuthFile::load(&file)?;
+            let token = creds.add_token(&name, role)?;
+            creds.save(&file)?;
+            println!("{token}");
+            eprintln!("token {name:?} ({}) saved in {}; it is shown only now", role.name(), file.display());
+        }
+        AuthCommand::Remove { name, file } => {
+            let mut creds = AuthFile::load(&file)?;
+            if creds.remove(&name) == 0 {
+                bail!("{}: no user or token called {name:?}", file.display());
+            }
+            creds.save(&file)?;
+            eprintln!("{name:?} removed from {}", file.display());
+        }
+    }
+    Ok(())
 }
 
 /// Flags shared by `run` and `backfill`. Each can also be set in the config
@@ -102,6 +174,10 @@ struct RunArgs {
     speedup: Option<f64>,
     #[command(flatten)]
     sql: sql::SqlArgs,
+    /// Local state that is not a checkpoint: the ingest log of POST /v1/events without Kafka
+    /// (under DIR/ingest, created at the first post) [default: ./data].
+    #[arg(long, env = "TREEAI_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(flatten)]
     lake: lake_args::LakeArgs,
     #[command(flatten)]
@@ -271,6 +347,7 @@ fn main() {
         Command::Run(args) => run(*args),
         Command::Produce(args) => produce(args),
         Command::Backfill(args) => backfill(args),
+        Command::Auth(command) => auth(command),
     };
     if let Err(e) = result {
         eprintln!("treeai: {e:#}");
@@ -365,7 +442,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => eprintln!("treeai run: no checkpoints (a restart replays the sources)"),
     }
+    // POST /v1/events: into the local ingest log, read beside the generator (with Kafka the
+    // events would go to the input topics; a bounded input takes none).
+    let ingest_log = match &source {
+        SourceSpec::Generator { count: None, .. } => {
+            let dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("data"));
+            Some(treeai_connectors::ingest::IngestLog::new(&dir.join("ingest"))?)
+        }
+        _ => None,
+    };
     let pipeline = PipelineBuilder::new(source, config)
+        .ingest(ingest_log.clone())
         .lake(lake_config.clone())
         .kafka_output(kafka.clone())
         .checkpoints(checkpoints)
@@ -390,6 +477,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         lake_config.as_ref(),
         liveness,
         pipeline.checkpoints(),
+        ingest_log.map(|log| Arc::new(sql::LogTarget(log)) as Arc<dyn treeai_sql::ingest::IngestTarget>),
     )
     .inspect_err(|_| pipeline.stop())?;
     eprintln!(

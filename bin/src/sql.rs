@@ -3,12 +3,27 @@
 use crate::config::FileConfig;
 use anyhow::Context;
 use clap::Args;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use treeai_dataflows::runtime::Stats;
 use treeai_dataflows::store::Catalog;
+use treeai_sql::ingest::{IngestLimits, IngestTarget};
 use treeai_sql::metrics::Metrics;
 use treeai_sql::{Engine, SqlConfig};
+
+/// `POST /v1/events` into the local ingest log.
+pub struct LogTarget(pub Arc<treeai_connectors::ingest::IngestLog>);
+
+impl IngestTarget for LogTarget {
+    fn submit(&self, lines: &[&[u8]], key: Option<(&str, &str)>) -> Result<Option<String>, String> {
+        self.0.append(lines, key).map_err(|e| e.to_string())
+    }
+
+    fn replay(&self, key: &str) -> Option<String> {
+        self.0.replay(key)
+    }
+}
 
 /// Flags of the SQL endpoint (each also a config key and a `TREEAI_*` variable).
 #[derive(Args)]
@@ -28,6 +43,41 @@ pub struct SqlArgs {
     /// Most rows one HTTP /v1/sql answer carries [default: 100000].
     #[arg(long, env = "TREEAI_HTTP_MAX_ROWS")]
     http_max_rows: Option<usize>,
+    /// Users and tokens (made by `treeai auth`): SQL then needs a SCRAM-SHA-256 login and HTTP a
+    /// bearer token of the right role. The file is re-read when it changes.
+    #[arg(long, env = "TREEAI_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// PEM certificate chain: TLS on the Postgres endpoint and HTTPS (re-read when it changes).
+    #[arg(long, env = "TREEAI_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TREEAI_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Audit log (JSON lines) with --auth-file: a file to append to, or - for stdout [default: -].
+    #[arg(long, env = "TREEAI_AUDIT_LOG")]
+    audit_log: Option<String>,
+    /// With --auth-file, GET /metrics needs a token too (any role).
+    #[arg(long, env = "TREEAI_METRICS_AUTH")]
+    metrics_auth: bool,
+    /// POST /v1/events: events a second per token (per client address without --auth-file);
+    /// bursts of ten seconds' worth [default: 1000].
+    #[arg(long, env = "TREEAI_INGEST_RATE")]
+    ingest_rate: Option<f64>,
+    /// POST /v1/events: the largest body, bytes [default: 4194304].
+    #[arg(long, env = "TREEAI_INGEST_MAX_BYTES")]
+    ingest_max_bytes: Option<usize>,
+    /// Allow --sql-addr or --http-addr on a non-loopback address without --auth-file.
+    #[arg(long, env = "TREEAI_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+}
+
+/// Whether `addr` (HOST:PORT) listens on loopback only.
+fn is_loopback(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs() {
+        Ok(mut addrs) => addrs.all(|a| a.ip().is_loopback()),
+        Err(_) => false,
+    }
 }
 
 /// Starts the SQL servers over `catalog`; they serve until the process ends.
@@ -41,6 +91,7 @@ pub fn start(
     lake: Option<&treeai_connectors::lake::LakeConfig>,
     liveness_timeout: Duration,
     checkpoints: Option<Arc<treeai_dataflows::checkpoint::Checkpoints>>,
+    ingest: Option<Arc<dyn IngestTarget>>,
 ) -> anyhow::Result<treeai_sql::server::SqlServer> {
     let d = SqlConfig::default();
     let config = SqlConfig {
@@ -51,6 +102,19 @@ pub fn start(
         http_max_rows: args.http_max_rows.or(file.http_max_rows).unwrap_or(d.http_max_rows),
         liveness_timeout,
     };
+    let auth_file = args.auth_file.clone().or(file.auth_file.clone());
+    let insecure = args.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
+    if auth_file.is_none() && !insecure {
+        for addr in [&config.pg_addr, &config.http_addr] {
+            if !is_loopback(addr) {
+                anyhow::bail!(
+                    "{addr} is not a loopback address and there is no --auth-file: anyone who reaches it could \
+                     query and administer the pipeline. Create users with `treeai auth add-user` and pass \
+                     --auth-file, or say --insecure-no-auth"
+                );
+            }
+        }
+    }
     let metrics = Arc::new(Metrics::new(stats.clone(), catalog.clone(), source));
     let mut engine = Engine::new(catalog.clone(), config, metrics.clone()).context("starting the SQL engine")?;
     if let Some(lake) = lake {
@@ -58,6 +122,29 @@ pub fn start(
     }
     if let Some(hub) = checkpoints {
         engine = engine.with_checkpoints(hub);
+    }
+    if let Some(path) = auth_file {
+        let credentials = treeai_sql::auth::Credentials::open(&path)?;
+        let audit_to = args.audit_log.clone().or(file.audit_log.clone()).unwrap_or_else(|| "-".into());
+        let audit = treeai_sql::audit::Audit::open(&audit_to)?;
+        let metrics_auth = args.metrics_auth || file.metrics_auth.unwrap_or(false);
+        engine = engine.with_auth(credentials, audit, metrics_auth);
+    }
+    if let Some(target) = ingest {
+        let d = IngestLimits::default();
+        let limits = IngestLimits {
+            max_bytes: args.ingest_max_bytes.or(file.ingest_max_bytes).unwrap_or(d.max_bytes),
+            rate: args.ingest_rate.or(file.ingest_rate).unwrap_or(d.rate),
+        };
+        if !(limits.rate.is_finite() && limits.rate > 0.0) {
+            anyhow::bail!("--ingest-rate must be a positive number");
+        }
+        engine = engine.with_ingest(target, limits);
+    }
+    match (args.tls_cert.clone().or(file.tls_cert.clone()), args.tls_key.clone().or(file.tls_key.clone())) {
+        (Some(cert), Some(key)) => engine = engine.with_tls(treeai_sql::tls::TlsFiles { cert, key }),
+        (None, None) => {}
+        _ => anyhow::bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
     }
     let engine = Arc::new(engine);
     treeai_sql::server::start(engine).context("starting the SQL servers")

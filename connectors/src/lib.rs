@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod file;
 pub mod generated;
 pub mod generator;
+pub mod ingest;
 pub mod kafka;
 pub mod lake;
 pub mod parquet_out;
@@ -123,6 +124,21 @@ impl SourceSpec {
                         .map(|s| Box::new(s) as Box<dyn Source>)
                 }
                 SourceSpec::Custom(factory) => factory(worker, peers),
+            }
+        })
+    }
+}
+
+impl SourceSpec {
+    /// As [`SourceSpec::factory`], worker 0 also reading the ingest log `log`.
+    pub fn factory_with_ingest(self, log: Arc<ingest::IngestLog>) -> SourceFactory {
+        let main = self.factory();
+        Arc::new(move |worker, peers| -> Result<Box<dyn Source>, SourceError> {
+            let source = main(worker, peers)?;
+            if worker == 0 {
+                Ok(Box::new(ingest::Merged::new(source, Box::new(ingest::IngestTail::new(log.clone())))))
+            } else {
+                Ok(source)
             }
         })
     }

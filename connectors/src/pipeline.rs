@@ -50,6 +50,7 @@ pub struct PipelineBuilder {
     collect: bool,
     shutdown: Option<Arc<AtomicBool>>,
     checkpoints: Option<CheckpointConfig>,
+    ingest: Option<Arc<crate::ingest::IngestLog>>,
 }
 
 impl PipelineBuilder {
@@ -63,7 +64,15 @@ impl PipelineBuilder {
             collect: false,
             shutdown: None,
             checkpoints: None,
+            ingest: None,
         }
+    }
+
+    /// Worker 0 also reads the local ingest log (`POST /v1/events` without Kafka; see
+    /// [`crate::ingest`]), beside the source.
+    pub fn ingest(mut self, log: Option<Arc<crate::ingest::IngestLog>>) -> Self {
+        self.ingest = log;
+        self
     }
 
     /// Takes checkpoints (and resumes from one) as `config` says (when given); the lake
@@ -266,7 +275,10 @@ impl PipelineBuilder {
         };
         let running = runtime::start(
             self.runtime,
-            self.source.factory(),
+            match self.ingest {
+                Some(log) => self.source.factory_with_ingest(log),
+                None => self.source.factory(),
+            },
             sinks,
             catalog.clone(),
             stats.clone(),

@@ -1,4 +1,4 @@
-//! HTTP: `POST /v1/sql`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! HTTP: `POST /v1/sql`, `POST /v1/events` ([`crate::ingest`]), `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //!
 //! `GET /healthz` answers 200 while the dataflow completes rounds (or has
 //! stopped: a finished bounded input), 503 when no round completed for
@@ -39,7 +39,16 @@
 //! `POST /v1/admin/checkpoint` asks for a checkpoint and answers once it is
 //! durable: 200 `{"checkpoint": N}`; 503 with the reason if it failed or took
 //! longer than two minutes; 409 when checkpoints are off.
+//!
+//! With `--auth-file` every route but `/healthz`, `/readyz` and (unless
+//! `--metrics-auth`) `/metrics` needs `Authorization: Bearer <token>` of a
+//! role that may use it ([`required_role`]): none or an unknown token is 401
+//! (with `WWW-Authenticate: Bearer`), a token of another role 403; both are
+//! counted (`treeai_auth_failures_total{protocol="http"}`) and audited, and so
+//! is every request let through (a `/v1/sql` statement with its text).
 
+use crate::audit::AuditEvent;
+use crate::auth::{Principal, Role};
 use crate::{Engine, QueryOutput, SqlError};
 use arrow::array::{
     Array, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array,
@@ -76,7 +85,105 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/admin/checkpoint", post(checkpoint))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/events",
+            post(crate::ingest::post_events)
+                .layer(axum::extract::DefaultBodyLimit::max(engine.ingest_limits.max_bytes)),
+        )
+        .layer(axum::middleware::from_fn_with_state(engine.clone(), authorize))
         .with_state(engine)
+}
+
+/// The client's address (the connection's peer), for the audit log.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// The role a path needs with `--auth-file` (`None`: open to all).
+pub fn required_role(path: &str, metrics_auth: bool) -> Option<Role> {
+    match path {
+        "/healthz" | "/readyz" => None,
+        "/metrics" => metrics_auth.then_some(Role::Reader),
+        "/v1/events" => Some(Role::Ingest),
+        p if p.starts_with("/v1/admin/") => Some(Role::Admin),
+        _ => Some(Role::Reader),
+    }
+}
+
+async fn authorize(
+    State(engine): State<Arc<Engine>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(credentials) = engine.credentials.clone() else { return next.run(request).await };
+    let Some(needed) = required_role(request.uri().path(), engine.metrics_auth) else {
+        return next.run(request).await;
+    };
+    let started = std::time::Instant::now();
+    let client = request.extensions().get::<axum::extract::ConnectInfo<ClientAddr>>().map(|c| c.0 .0);
+    let line = format!("{} {}", request.method(), request.uri().path());
+    let admin = needed == Role::Admin;
+    let refuse = |status: StatusCode, reason: &'static str, user: Option<&str>, message: &str| {
+        engine.metrics.auth_failure("http", reason);
+        engine.audit.record(AuditEvent {
+            user,
+            role: None,
+            client,
+            action: if admin { "admin" } else { "http" },
+            detail: Some(reason),
+            events: None,
+            outcome: "refused",
+            started,
+        });
+        let mut r = (status, Json(json!({"error": {"message": message, "client_fault": true}}))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"treeai\""));
+        }
+        r
+    };
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(token) = token else {
+        return refuse(StatusCode::UNAUTHORIZED, "no_token", None, "this endpoint needs Authorization: Bearer <token>");
+    };
+    let Some(who) = credentials.token(token) else {
+        return refuse(StatusCode::UNAUTHORIZED, "bad_token", None, "unknown or revoked token");
+    };
+    if !who.role.allows(needed) {
+        let message = format!("token {:?} has role {}; {line} needs {}", who.name, who.role.name(), needed.name());
+        return refuse(StatusCode::FORBIDDEN, "role", Some(&who.name), &message);
+    }
+    request.extensions_mut().insert(who.clone());
+    let response = next.run(request).await;
+    // `/v1/sql` and `/v1/events` write their own lines (the statement, the event count).
+    if line != "POST /v1/sql" && line != "POST /v1/events" {
+        engine.audit.record(AuditEvent {
+            user: Some(&who.name),
+            role: Some(who.role),
+            client,
+            action: if admin { "admin" } else { "http" },
+            detail: Some(&line),
+            events: None,
+            outcome: if response.status().is_success() { "ok" } else { "error" },
+            started,
+        });
+    }
+    response
 }
 
 async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
@@ -127,7 +234,14 @@ fn error_response(e: &SqlError) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn sql(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn sql(
+    State(engine): State<Arc<Engine>>,
+    who: Option<axum::Extension<Principal>>,
+    client: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = std::time::Instant::now();
     let request: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -136,7 +250,18 @@ async fn sql(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes)
             return error_response(&e);
         }
     };
-    let out = match engine.query(&request.sql, Some(engine.config.http_max_rows), "http").await {
+    let result = engine.query(&request.sql, Some(engine.config.http_max_rows), "http").await;
+    engine.audit.record(AuditEvent {
+        user: who.as_ref().map(|w| w.name.as_str()),
+        role: who.as_ref().map(|w| w.role),
+        client: client.map(|c| c.0 .0 .0),
+        action: "sql",
+        detail: Some(&request.sql),
+        events: None,
+        outcome: if result.is_ok() { "ok" } else { "error" },
+        started,
+    });
+    let out = match result {
         Ok(out) => out,
         Err(e) => return error_response(&e),
     };

@@ -16,7 +16,10 @@
 //! accepted and do nothing; everything else is refused with SQLSTATE 25006.
 //! Each statement has a time limit ([`SqlConfig::query_timeout`], SQLSTATE
 //! 57014) and the engine a memory pool ([`SqlConfig::memory_limit`],
-//! SQLSTATE 53200). There is no authentication: any user name is accepted.
+//! SQLSTATE 53200). Without `--auth-file` any user name is accepted; with it,
+//! users log in with SCRAM-SHA-256 and HTTP needs bearer tokens ([`auth`]),
+//! audited ([`audit`]); `--tls-cert`/`--tls-key` put both endpoints behind
+//! TLS ([`tls`]).
 //!
 //! Postgres clients' catalog queries (psql's `\dt` and `\d`, drivers and BI
 //! tools reading `pg_catalog`) work through the `datafusion-pg-catalog` crate:
@@ -29,14 +32,18 @@
 //! (`OPERATOR(pg_catalog.~)`, `COLLATE`, known client queries); other
 //! statements are parsed by DataFusion unchanged.
 
+pub mod audit;
+pub mod auth;
 pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod lake;
 pub mod metrics;
 pub mod pg;
 pub mod provider;
 pub mod scan;
 pub mod server;
+pub mod tls;
 
 pub use error::SqlError;
 
@@ -181,6 +188,20 @@ pub struct Engine {
     pub metrics: Arc<metrics::Metrics>,
     /// The checkpoint coordinator (`POST /v1/admin/checkpoint`), when checkpoints are on.
     pub checkpoints: Option<Arc<treeai_dataflows::checkpoint::Checkpoints>>,
+    /// Users and tokens (`--auth-file`); `None`: open.
+    pub credentials: Option<Arc<auth::Credentials>>,
+    /// The audit log.
+    pub audit: Arc<audit::Audit>,
+    /// TLS for both endpoints (`--tls-cert`, `--tls-key`).
+    pub tls: Option<tls::TlsFiles>,
+    /// `GET /metrics` needs a token too.
+    pub metrics_auth: bool,
+    /// Where `POST /v1/events` puts events; `None`: the endpoint answers 409.
+    pub ingest: Option<Arc<dyn ingest::IngestTarget>>,
+    /// Limits of `POST /v1/events`.
+    pub ingest_limits: ingest::IngestLimits,
+    /// Its token buckets.
+    pub ingest_rate: ingest::RateLimiter,
 }
 
 impl Engine {
@@ -220,12 +241,46 @@ impl Engine {
             config,
             metrics,
             checkpoints: None,
+            credentials: None,
+            audit: audit::Audit::off(),
+            tls: None,
+            metrics_auth: false,
+            ingest: None,
+            ingest_limits: ingest::IngestLimits::default(),
+            ingest_rate: ingest::RateLimiter::default(),
         })
     }
 
     /// Serves `POST /v1/admin/checkpoint` with `hub`.
     pub fn with_checkpoints(mut self, hub: Arc<treeai_dataflows::checkpoint::Checkpoints>) -> Self {
         self.checkpoints = Some(hub);
+        self
+    }
+
+    /// Requires credentials from `credentials` on both endpoints, audited to `audit`
+    /// (see [`auth`], [`audit`]); with `metrics_auth`, `GET /metrics` too.
+    pub fn with_auth(
+        mut self,
+        credentials: Arc<auth::Credentials>,
+        audit: Arc<audit::Audit>,
+        metrics_auth: bool,
+    ) -> Self {
+        self.credentials = Some(credentials);
+        self.audit = audit;
+        self.metrics_auth = metrics_auth;
+        self
+    }
+
+    /// Takes `POST /v1/events` into `target` within `limits` (see [`ingest`]).
+    pub fn with_ingest(mut self, target: Arc<dyn ingest::IngestTarget>, limits: ingest::IngestLimits) -> Self {
+        self.ingest = Some(target);
+        self.ingest_limits = limits;
+        self
+    }
+
+    /// Serves both endpoints over TLS only (see [`tls`]).
+    pub fn with_tls(mut self, files: tls::TlsFiles) -> Self {
+        self.tls = Some(files);
         self
     }
 

@@ -17,6 +17,7 @@
 //! | `treeai_sql_queries_total` | counter | `protocol` (pg, http), `outcome` (ok, error, refused, timeout, internal_error) |
 //! | `treeai_sql_query_seconds` | histogram | `protocol` |
 //! | `treeai_sql_view_rows_scanned_total` (rows the live views' scans produced) | counter | `view` |
+//! | `treeai_auth_failures_total` (refused logins and requests, with `--auth-file`) | counter | `protocol` (pgwire, http), `reason` (unknown_user, wrong_password, role, protocol, mechanism, no_user, no_tls, no_token, bad_token) |
 //!
 //! | `treeai_lake_files_total`, `treeai_lake_bytes_total`, `treeai_lake_errors_total` (with a lake) | counter | |
 //! | `treeai_kafka_errors_total`, `treeai_kafka_delivered_total`, `treeai_kafka_delivery_errors_total` (with Kafka) | counter | |
@@ -41,6 +42,7 @@ pub struct Metrics {
     queries: IntCounterVec,
     query_seconds: HistogramVec,
     rows_scanned: IntCounterVec,
+    auth_failures: IntCounterVec,
     stats: Arc<Stats>,
     catalog: Arc<Catalog>,
     source: String,
@@ -81,6 +83,12 @@ impl Metrics {
             &["view"],
         )
         .expect("valid metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new("treeai_auth_failures_total", "Logins and requests refused, by protocol and reason"),
+            &["protocol", "reason"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(auth_failures.clone())).expect("registered once");
         registry.register(Box::new(queries.clone())).expect("registered once");
         registry.register(Box::new(query_seconds.clone())).expect("registered once");
         registry.register(Box::new(rows_scanned.clone())).expect("registered once");
@@ -90,6 +98,7 @@ impl Metrics {
             queries,
             query_seconds,
             rows_scanned,
+            auth_failures,
             stats,
             catalog,
             source: source.to_string(),
@@ -110,6 +119,11 @@ impl Metrics {
     /// Rows the scans of `view` have produced so far.
     pub fn rows_scanned(&self, view: &str) -> u64 {
         self.rows_scanned.with_label_values(&[view]).get()
+    }
+
+    /// Counts one refused login or request (`reason` is one of a fixed set of words).
+    pub fn auth_failure(&self, protocol: &'static str, reason: &'static str) {
+        self.auth_failures.with_label_values(&[protocol, reason]).inc();
     }
 
     /// Counts one statement and its latency.

@@ -1,9 +1,10 @@
 //! Starts the Postgres wire and HTTP servers on a tokio runtime of their own,
 //! in a background thread, beside the timely workers.
 
-use crate::http::router;
+use crate::http::{router, ClientAddr};
+use crate::pg::startup::PgStartup;
 use crate::pg::{PgHandler, PgHandlers};
-use crate::Engine;
+use crate::{tls, Engine};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,15 @@ pub fn start(engine: Arc<Engine>) -> std::io::Result<SqlServer> {
     let pg = bind(&engine.config.pg_addr, "--sql-addr")?;
     let http = bind(&engine.config.http_addr, "--http-addr")?;
     let server = SqlServer { pg_addr: pg.local_addr()?, http_addr: http.local_addr()? };
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    // TLS configurations now, so a bad certificate is a start-up error.
+    let tls = match &engine.tls {
+        Some(files) => Some((
+            tls::server_config(files, &[b"postgresql"]).map_err(invalid)?,
+            tls::server_config(files, &[b"http/1.1"]).map_err(invalid)?,
+        )),
+        None => None,
+    };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("treeai-sql").enable_all().build()?;
     std::thread::Builder::new().name("treeai-sql".into()).spawn(move || {
@@ -42,19 +52,38 @@ pub fn start(engine: Arc<Engine>) -> std::io::Result<SqlServer> {
                 Ok(l) => l,
                 Err(e) => return tracing::error!("http listener: {e}"),
             };
-            let app = router(engine.clone());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(http, app).await {
-                    tracing::error!("http server stopped: {e}");
+            let app = router(engine.clone()).into_make_service_with_connect_info::<ClientAddr>();
+            let pg_tls = tls.as_ref().map(|(pg, _)| pgwire::tokio::TlsAcceptor::from(pg.clone()));
+            match tls.map(|(_, http)| http) {
+                Some(config) => {
+                    let listener = match tls::TlsListener::new(http, config) {
+                        Ok(l) => l,
+                        Err(e) => return tracing::error!("https listener: {e}"),
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(listener, app).await {
+                            tracing::error!("https server stopped: {e}");
+                        }
+                    });
                 }
-            });
-            let handlers = Arc::new(PgHandlers(Arc::new(PgHandler::new(engine))));
+                None => {
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(http, app).await {
+                            tracing::error!("http server stopped: {e}");
+                        }
+                    });
+                }
+            }
+            let handler = Arc::new(PgHandler::new(engine.clone()));
             loop {
                 match pg.accept().await {
                     Ok((socket, peer)) => {
-                        let handlers = handlers.clone();
+                        // One start-up handler per connection: it holds the login exchange.
+                        let startup = PgStartup::new(handler.clone(), pg_tls.is_some());
+                        let handlers = PgHandlers { handler: handler.clone(), startup: Arc::new(startup) };
+                        let acceptor = pg_tls.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                            if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                                 tracing::debug!("postgres connection from {peer}: {e}");
                             }
                         });

@@ -5,9 +5,11 @@
 //!   orders, batch boundaries and worker counts.
 //! - `validation`: every rule of DOMAIN §2, accepted and rejected.
 //! - `backfill`: the `treeai` binary end to end.
+//! - `ingest`: `POST /v1/events` into the local ingest log, through a kill -9.
 //! - `kafka`: Kafka in and out against a real broker (Tansu), with kcat.
 //! - `lake`: the Parquet lake on local disk and on S3 (moto).
 //! - `lifecycle`: SIGTERM, a second signal, a worker panic, a stalled dataflow and `/healthz`.
+//! - `security`: TLS, SCRAM logins, bearer tokens and roles, the audit log.
 //! - `sql`: the SQL endpoint of `treeai run` with psql, psycopg and HTTP.
 //! - `sqllogic`: SQL behaviour from `data/sql/*.slt` files through the engine.
 //! - `sql_stream`: scans of a 1M-row view stream (memory, the memory pool,
@@ -21,6 +23,8 @@ mod backfill;
 #[cfg(test)]
 mod equivalence;
 #[cfg(test)]
+mod ingest;
+#[cfg(test)]
 mod kafka;
 #[cfg(test)]
 mod lake;
@@ -30,6 +34,8 @@ mod lifecycle;
 mod prometheus;
 #[cfg(test)]
 mod recovery;
+#[cfg(test)]
+mod security;
 #[cfg(test)]
 mod sql;
 #[cfg(test)]

@@ -92,11 +92,28 @@ fn a_stalled_dataflow_fails_liveness_and_the_shutdown_deadline() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let mut run = Running::start_with_env(
-        &["run", "--workers", "2", "--rate", "5000", "--no-lake", "--shutdown-timeout-ms", "600000"],
+        &[
+            "run",
+            "--workers",
+            "2",
+            "--rate",
+            "5000",
+            "--no-lake",
+            "--shutdown-timeout-ms",
+            "600000",
+            "--liveness-timeout-ms",
+            "1000",
+        ],
         &[("TREEAI_FAULT", "stall-after-rounds:30")],
     );
     run.wait_for(60, |l| l.contains("SQL on"));
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Only once the dataflow has stalled (on a slow machine round 30 may come late, and a
+    // drain before it would finish).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while healthz(&run).0 == 200 {
+        assert!(std::time::Instant::now() < deadline, "the injected stall did not happen");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     run.signal("TERM");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(run.wait_exit(0).is_none(), "the first signal waits for the (stalled) drain");

@@ -114,8 +114,15 @@ impl KafkaSource {
     }
 
     /// Where a resumed partition starts: its checkpointed offset if Kafka still has it.
-    /// Retention may have deleted it (the messages in between are lost: said and counted),
-    /// or the partition may end before it (the topic was recreated: said, counted, read whole).
+    /// Retention may have deleted it (the messages in between are lost: said and counted).
+    ///
+    /// A partition that seems to end before the checkpoint's offset is resumed at that
+    /// offset all the same, with a warning: brokers' answers to "where does it end" are
+    /// not always exact (Tansu answers with the start of its newest batch), and reading it
+    /// again from its start would count every message twice. Should the topic really
+    /// have been deleted and recreated, Kafka answers the fetch with "offset out of
+    /// range" and librdkafka restarts the partition at its earliest offset
+    /// (`auto.offset.reset`), which it logs.
     fn resume_at(&self, t: usize, p: i32, next: i64) -> (Offset, i64) {
         let topic = &self.topics[t];
         match self.consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
@@ -129,13 +136,13 @@ impl KafkaSource {
                 );
                 (Offset::Offset(low), low)
             }
-            Ok((low, high)) if next > high => {
-                self.stats.gaps.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "kafka: {topic}/{p}: the partition ends at offset {high}, before the checkpoint's offset {next} \
-                     (was the topic deleted and recreated?); reading it from its start ({low})"
+            Ok((_, high)) if next > high => {
+                tracing::warn!(
+                    "kafka: {topic}/{p}: the broker says the partition ends at offset {high}, before the \
+                     checkpoint's offset {next}; resuming at {next} (if the topic was deleted and recreated, \
+                     the fetch fails as out of range and the partition is read from its earliest offset)"
                 );
-                (Offset::Offset(low), low)
+                (Offset::Offset(next), next)
             }
             Ok(_) => (Offset::Offset(next), next),
             Err(e) => {

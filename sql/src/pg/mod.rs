@@ -1,7 +1,8 @@
 //! The Postgres wire protocol (pgwire): simple and extended query protocols.
 //!
-//! Any user name and no password are accepted (no authentication; the
-//! endpoint listens on localhost by default). Arrow types map to Postgres
+//! Without `--auth-file` any user name and no password are accepted (the
+//! endpoint listens on localhost by default); with it, users log in with
+//! SCRAM-SHA-256 ([`startup`]). With TLS on, a client must ask for it. Arrow types map to Postgres
 //! types by [`pg_type`]: text, int2/int4/int8, float4/float8, bool,
 //! timestamptz (timestamp without zone for zone-less columns), date, bytea;
 //! other types are sent as text. Both text and binary result formats work.
@@ -31,6 +32,7 @@
 //! stream); this module holds the handlers and their wiring.
 
 pub mod encode;
+pub mod startup;
 pub mod stream;
 pub mod types;
 
@@ -164,6 +166,24 @@ impl PgHandler {
         }
     }
 
+    /// Writes a statement's audit line (with `--auth-file`).
+    fn audit<C: ClientInfo>(&self, client: &C, sql: &str, ok: bool, started: Instant) {
+        if !self.engine.audit.enabled() {
+            return;
+        }
+        let metadata = client.metadata();
+        self.engine.audit.record(crate::audit::AuditEvent {
+            user: metadata.get("user").map(String::as_str),
+            role: metadata.get(startup::ROLE_KEY).and_then(|r| r.parse().ok()),
+            client: Some(client.socket_addr()),
+            action: "sql",
+            detail: Some(sql),
+            events: None,
+            outcome: if ok { "ok" } else { "error" },
+            started,
+        });
+    }
+
     /// The single statement of an extended-protocol query.
     fn one_action(&self, sql: &str) -> Result<Action, SqlError> {
         let mut actions = self.engine.parse(sql)?;
@@ -232,7 +252,10 @@ impl SimpleQueryHandler for PgHandler {
         let started = Instant::now();
         let actions = match self.engine.parse(query) {
             Ok(a) => a,
-            Err(e) => return self.timed(started, Err(e)).map(|r| vec![r]),
+            Err(e) => {
+                self.audit(client, query, false, started);
+                return self.timed(started, Err(e)).map(|r| vec![r]);
+            }
         };
         let mut responses = Vec::with_capacity(actions.len());
         let (cancel_tx, cancel) = watch::channel(false);
@@ -249,6 +272,7 @@ impl SimpleQueryHandler for PgHandler {
             }
         }
         drop(cancel);
+        self.audit(client, query, !responses.iter().any(|r| matches!(r, Response::Error(_))), started);
         arm_cancel(client, cancel_tx).await;
         Ok(responses)
     }
@@ -291,6 +315,7 @@ impl ExtendedQueryHandler for PgHandler {
         }
         .await;
         drop(cancel);
+        self.audit(client, &portal.statement.statement, result.is_ok(), started);
         arm_cancel(client, cancel_tx).await;
         self.timed(started, result)
     }
@@ -418,23 +443,28 @@ impl ExtendedQueryHandler for PgHandler {
     }
 }
 
-/// The pgwire server handlers.
-pub struct PgHandlers(pub Arc<PgHandler>);
+/// The pgwire server handlers of one connection.
+pub struct PgHandlers {
+    /// Queries (shared by all connections).
+    pub handler: Arc<PgHandler>,
+    /// The connection's start-up (login).
+    pub startup: Arc<startup::PgStartup>,
+}
 
 impl PgWireServerHandlers for PgHandlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.0.clone()
+        self.handler.clone()
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.0.clone()
+        self.handler.clone()
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.0.clone()
+        self.startup.clone()
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
-        Arc::new(DefaultCancelHandler::new(self.0.connections.clone()))
+        Arc::new(DefaultCancelHandler::new(self.handler.connections.clone()))
     }
 }
