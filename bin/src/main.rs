@@ -442,17 +442,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => eprintln!("treeai run: no checkpoints (a restart replays the sources)"),
     }
-    // POST /v1/events: into the local ingest log, read beside the generator (with Kafka the
-    // events would go to the input topics; a bounded input takes none).
-    let ingest_log = match &source {
+    // POST /v1/events: into the local ingest log, read beside the generator; with Kafka into
+    // the input topics; a bounded input takes none.
+    let mut ingest_log = None;
+    let ingest: Option<Arc<dyn treeai_sql::ingest::IngestTarget>> = match &source {
         SourceSpec::Generator { count: None, .. } => {
             let dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("data"));
-            Some(treeai_connectors::ingest::IngestLog::new(&dir.join("ingest"))?)
+            let log = treeai_connectors::ingest::IngestLog::new(&dir.join("ingest"))?;
+            ingest_log = Some(log.clone());
+            Some(Arc::new(sql::LogTarget(log)))
+        }
+        SourceSpec::Kafka { config, stats } => {
+            let producer = treeai_connectors::kafka::ingest::KafkaIngest::new(config, stats.clone())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            Some(Arc::new(sql::KafkaTarget(producer)))
         }
         _ => None,
     };
     let pipeline = PipelineBuilder::new(source, config)
-        .ingest(ingest_log.clone())
+        .ingest(ingest_log)
         .lake(lake_config.clone())
         .kafka_output(kafka.clone())
         .checkpoints(checkpoints)
@@ -477,7 +485,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         lake_config.as_ref(),
         liveness,
         pipeline.checkpoints(),
-        ingest_log.map(|log| Arc::new(sql::LogTarget(log)) as Arc<dyn treeai_sql::ingest::IngestTarget>),
+        ingest,
     )
     .inspect_err(|_| pipeline.stop())?;
     eprintln!(

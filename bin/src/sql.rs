@@ -25,6 +25,19 @@ impl IngestTarget for LogTarget {
     }
 }
 
+/// `POST /v1/events` into the Kafka input topics.
+pub struct KafkaTarget(pub treeai_connectors::kafka::ingest::KafkaIngest);
+
+impl IngestTarget for KafkaTarget {
+    fn submit(&self, lines: &[&[u8]], key: Option<(&str, &str)>) -> Result<Option<String>, String> {
+        self.0.submit(lines, key)
+    }
+
+    fn replay(&self, key: &str) -> Option<String> {
+        self.0.replay(key)
+    }
+}
+
 /// Flags of the SQL endpoint (each also a config key and a `TREEAI_*` variable).
 #[derive(Args)]
 pub struct SqlArgs {

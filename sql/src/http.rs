@@ -114,7 +114,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crat
 pub fn required_role(path: &str, metrics_auth: bool) -> Option<Role> {
     match path {
         "/healthz" | "/readyz" => None,
-        "/metrics" => metrics_auth.then_some(Role::Reader),
+        "/metrics" => metrics_auth.then_some(Role::Reader), // (any role's token passes)
         "/v1/events" => Some(Role::Ingest),
         p if p.starts_with("/v1/admin/") => Some(Role::Admin),
         _ => Some(Role::Reader),
@@ -164,7 +164,8 @@ async fn authorize(
     let Some(who) = credentials.token(token) else {
         return refuse(StatusCode::UNAUTHORIZED, "bad_token", None, "unknown or revoked token");
     };
-    if !who.role.allows(needed) {
+    // `/metrics` (with `--metrics-auth`) takes a token of any role.
+    if !who.role.allows(needed) && line != "GET /metrics" {
         let message = format!("token {:?} has role {}; {line} needs {}", who.name, who.role.name(), needed.name());
         return refuse(StatusCode::FORBIDDEN, "role", Some(&who.name), &message);
     }

@@ -11,6 +11,7 @@
 //! | `treeai_input_watermark_ms` (reached by the inputs) | gauge | |
 //! | `treeai_watermark_lag_seconds` (wall clock − views' watermark) | gauge | |
 //! | `treeai_view_rows` | gauge | `view` |
+//! | `treeai_critical_trees` (trees in the critical band: `region_summary`'s `critical`) | gauge | `region` |
 //! | `treeai_freshness_seconds` (an event's arrival → its effect visible to SQL; a reading waits for the watermark) | histogram | |
 //! | `treeai_source_lag` (Kafka: messages behind the partition's high watermark) | gauge | `topic`, `partition` |
 //! | `treeai_source_gaps_total`, `treeai_source_gap_messages_total` (Kafka: resumed offsets retention deleted) | counter | |
@@ -222,6 +223,13 @@ impl Metrics {
         let _ = writeln!(out, "# HELP treeai_view_rows Rows per live view.\n# TYPE treeai_view_rows gauge");
         for (view, n) in VIEW_NAMES.iter().zip(snap.views.sizes()) {
             let _ = writeln!(out, "treeai_view_rows{{view=\"{view}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP treeai_critical_trees Trees in the critical band, by region.\n# TYPE treeai_critical_trees gauge"
+        );
+        for (region, agg) in snap.views.region_summary.iter() {
+            let _ = writeln!(out, "treeai_critical_trees{{region=\"{}\"}} {}", escape(region.as_str()), agg.bands[3]);
         }
         s.components.each(|name, help, value| {
             counter(&mut out, name, help);

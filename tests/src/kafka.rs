@@ -764,3 +764,48 @@ fn check_outputs(broker: &str, prefix: &str, rejected: usize, scores: &[Vec<Valu
     assert_eq!(positions.len(), letters.len(), "a dead letter twice in the topic");
     assert_eq!(letters.len(), rejected, "dead letters in the topic");
 }
+
+/// `POST /v1/events` with Kafka as the source: each line goes to its input topic keyed by
+/// its tree, acknowledged before the 202; the pipeline reads it back into the views; a bad
+/// line is a dead letter; a repeated `Idempotency-Key` sends nothing.
+#[test]
+fn posted_events_go_to_the_input_topics_and_reach_the_views() {
+    let broker = Broker::for_test();
+    let prefix = format!("t10-{}", std::process::id());
+    let mut args: Vec<String> =
+        ["run", "--workers", "2", "--no-lake", "--idle-timeout-ms", "1000"].iter().map(|s| s.to_string()).collect();
+    args.extend(broker.topics(&prefix, 2));
+    let mut run = Running::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    run.wait_for(60, |l| l.contains("SQL on"));
+    let tree = r#"{"type":"tree","tree_id":"T-K1","region":"eu-west","lat":53.35,"lon":-6.26,"baseline_tilt_deg":2.0,"baseline_sway_hz":0.5,"updated_at":"2026-11-25T08:00:00Z"}"#;
+    let reading = r#"{"type":"reading","sensor_id":"S-1","tree_id":"T-K1","metric":"tilt_deg","value":4.5,"ts":"2026-11-25T09:10:00Z"}"#;
+    let body = format!("{tree}\n{reading}\n{{\"type\":\"reading\",\"tree_id\":\"T-K1\"}}\n");
+    let post = || {
+        let headers = [("Idempotency-Key", "k-1")];
+        let (status, head, out) = http(&run.http, "POST", "/v1/events", &headers, body.as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+        (status, head, v)
+    };
+    let (status, _, v) = post();
+    assert_eq!(status, 202, "{v}");
+    assert_eq!((v["accepted"].as_u64(), v["rejected"].as_u64()), (Some(2), Some(1)), "{v}");
+    let (status, head, again) = post();
+    assert_eq!((status, &again), (202, &v));
+    assert!(head.to_ascii_lowercase().contains("idempotent-replayed: true"), "{head}");
+    let trees = kcat_consume(&broker.addr, &format!("{prefix}.trees"));
+    assert_eq!(trees.iter().map(|(k, _, p)| (k.as_str(), p.as_str())).collect::<Vec<_>>(), vec![("T-K1", tree)]);
+    let readings = kcat_consume(&broker.addr, &format!("{prefix}.readings"));
+    assert_eq!(readings.len(), 2, "the valid reading and the bad one: {readings:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: usize =
+            sql_arrow(&run.http, "select tree_id from trees where tree_id = 'T-K1'").iter().map(|b| b.num_rows()).sum();
+        let rejected = metric(&run.http, "treeai_events_rejected_total").unwrap_or(0.0);
+        if rows == 1 && rejected >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "posted events not in the views ({rows} rows, {rejected} rejected)");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(run.interrupt().success());
+}

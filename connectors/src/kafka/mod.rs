@@ -32,6 +32,7 @@
 //! [`KafkaStats::errors`]) and never stops the pipeline. Sinks wait when the
 //! producer queue is full rather than drop anything.
 
+pub mod ingest;
 pub mod produce;
 pub mod sink;
 pub mod source;
