@@ -22,6 +22,12 @@
 //! kept = 3                    # flag --checkpoints-kept
 //! enabled = true              # false = --no-checkpoint
 //!
+//! [cluster]                   # a cluster of processes (OPERATIONS.md)
+//! processes = 3               # flag --processes, env TREEAI_PROCESSES
+//! process = "auto"            # this one's index, or "auto" (a StatefulSet pod's ordinal)
+//! peers = ["treeai-{i}.treeai-peers:7000"]  # or one host:port per process, in order
+//! peer_timeout_ms = 60000     # start-up wait for every peer
+//!
 //! [generator]                 # the embedded default source
 //! trees = 10000
 //! agents = 30
@@ -112,6 +118,26 @@ pub struct FileConfig {
     /// Checkpoints.
     #[serde(default)]
     pub checkpoint: CheckpointFile,
+    /// A cluster of processes.
+    #[serde(default)]
+    pub cluster: ClusterFile,
+}
+
+/// `[cluster]`: this process's place in a cluster of processes (OPERATIONS.md "Cluster").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Processes (flag `--processes`, env `TREEAI_PROCESSES`); default 1.
+    pub processes: Option<usize>,
+    /// This process's index or `"auto"` (flag `--process`, env `TREEAI_PROCESS`); default 0.
+    pub process: Option<String>,
+    /// Every process's peer address `host:port`, in process order; one entry with `{i}`
+    /// stands for all (flag `--peers`, env `TREEAI_PEERS`).
+    pub peers: Option<Vec<String>>,
+    /// A file of peer addresses, one per line (flag `--peers-file`, env `TREEAI_PEERS_FILE`).
+    pub peers_file: Option<PathBuf>,
+    /// Start-up wait for every peer, ms (flag `--peer-timeout-ms`); default 60000.
+    pub peer_timeout_ms: Option<u64>,
 }
 
 /// `[checkpoint]`: where and how often `treeai run` writes checkpoints.

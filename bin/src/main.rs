@@ -1,6 +1,7 @@
 //! `treeai`: the TreeAI pipeline's one binary.
 
 mod checkpoint_args;
+mod cluster_args;
 mod config;
 mod kafka_args;
 mod lake_args;
@@ -184,6 +185,8 @@ struct RunArgs {
     kafka: kafka_args::KafkaArgs,
     #[command(flatten)]
     checkpoint: checkpoint_args::CheckpointArgs,
+    #[command(flatten)]
+    cluster: cluster_args::ClusterArgs,
     /// SIGTERM, SIGINT or SIGHUP: stop the sources, drain, flush the lake and Kafka, write a final
     /// checkpoint, exit 0 within this many ms (else exit 1); a second signal exits at once
     /// [default: 25000].
@@ -314,6 +317,20 @@ fn exit_on_pipeline_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let name = std::thread::current().name().unwrap_or("").to_string();
+        if let Some(peer) = name.strip_prefix("timely:recv-").or(name.strip_prefix("timely:send-")) {
+            // A link to another process of the cluster broke: it died, or the network failed.
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!(
+                "\ntreeai: fatal: lost the link to cluster process {peer} ({message}); stopping — restart the \
+                 cluster to resume from its newest checkpoint"
+            );
+            std::process::exit(70);
+        }
         if name.starts_with("timely:") || name.starts_with("treeai-") {
             let message = info
                 .payload()
@@ -357,7 +374,18 @@ fn main() {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(args.common.config.as_deref())?;
-    let config = runtime_config(&args.common, &file)?;
+    let mut config = runtime_config(&args.common, &file)?;
+    config.cluster = args.cluster.config(&file.cluster)?;
+    if let Some(c) = &config.cluster {
+        eprintln!(
+            "treeai run: process {} of a cluster of {} ({} workers each, {} in all); peers {}",
+            c.process,
+            c.processes,
+            config.workers,
+            config.workers * c.processes,
+            c.peers.join(",")
+        );
+    }
     let input = if args.input.is_empty() { file.input.clone().unwrap_or_default() } else { args.input.clone() };
     let kafka = args.kafka.config(&file.kafka)?;
     if kafka.is_some() && !input.is_empty() {
@@ -446,6 +474,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // the input topics; a bounded input takes none.
     let mut ingest_log = None;
     let ingest: Option<Arc<dyn treeai_sql::ingest::IngestTarget>> = match &source {
+        // The local ingest log is read by worker 0 of process 0 only: a cluster takes posts through Kafka.
+        SourceSpec::Generator { count: None, .. } if config.cluster.is_some() => None,
         SourceSpec::Generator { count: None, .. } => {
             let dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("data"));
             let log = treeai_connectors::ingest::IngestLog::new(&dir.join("ingest"))?;

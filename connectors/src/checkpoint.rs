@@ -14,6 +14,15 @@
 //! 00000000000000000007/MANIFEST.json      written last: format, number, cut, parts and their CRC-32s, lake files
 //! ```
 //!
+//! A cluster of `P` processes writes one checkpoint together: every process
+//! writes its workers' parts (`worker-<global index>`) and then
+//! `process-<i>.json` (its parts and staged lake files); process 0 also writes
+//! the egress part, waits until every process's list is there, and writes the
+//! one manifest over all of them, then publishes every process's lake files
+//! (the lake and the checkpoints are on one shared store). The other processes
+//! count the checkpoint durable once they see its manifest. Only process 0
+//! deletes old checkpoints and, at a restore, repairs the lake.
+//!
 //! A folder without a manifest is an incomplete checkpoint and is never
 //! restored; a part whose size or CRC-32 does not match its manifest makes
 //! the checkpoint corrupt, and the previous one is restored instead. A
@@ -171,6 +180,23 @@ pub struct Manifest {
     pub egress: PartEntry,
     /// Lake files this checkpoint commits (relative to the lake root).
     pub lake_files: Vec<StagedFile>,
+    /// Processes that wrote it (a cluster; 1 for one process).
+    #[serde(default = "one")]
+    pub processes: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// One process's share of a cluster's checkpoint (`process-<i>.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessPart {
+    process: usize,
+    parts: Vec<PartEntry>,
+    egress: Option<PartEntry>,
+    lake_files: Vec<StagedFile>,
 }
 
 /// A loaded checkpoint.
@@ -398,53 +424,157 @@ impl CheckpointStore {
         source: &str,
         lake_files: Vec<StagedFile>,
     ) -> Result<(u64, Manifest), CheckpointError> {
-        let folder = folder_name(number);
-        let mut parts = Vec::with_capacity(cut.workers.len());
-        let mut total = 0;
-        let workers = cut.workers.len();
-        for captured in cut.workers {
-            let state = captured.materialize();
-            let rows = state.rows() as u64;
-            let bytes = encode(&state)?;
-            drop(state);
-            let file = format!("worker-{}.bin.zst", parts.len());
-            let entry =
-                PartEntry { file: file.clone(), bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes), rows };
-            total += entry.bytes;
-            self.put(&format!("{folder}/{file}"), bytes)?;
-            parts.push(entry);
-        }
-        let bytes = encode(&cut.egress)?;
-        let egress = PartEntry {
-            file: "egress.bin.zst".into(),
-            bytes: bytes.len() as u64,
-            crc32: crc32fast::hash(&bytes),
-            rows: cut.egress.alert_seqs.len() as u64,
+        let (time, watermark, workers) = (cut.time.0, cut.watermark, cut.workers.len());
+        let (mut total, parts, egress) = self.write_parts(number, cut, true)?;
+        let egress = egress.ok_or_else(|| CheckpointError::Store("no egress part".into()))?;
+        self.hang_if_asked(number);
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            number,
+            created_ms: now_ms(),
+            time,
+            watermark,
+            workers,
+            source: source.to_string(),
+            parts,
+            egress,
+            lake_files,
+            processes: 1,
         };
-        total += egress.bytes;
-        self.put(&format!("{folder}/{}", egress.file), bytes)?;
+        total += self.put_manifest(&manifest)?;
+        Ok((total, manifest))
+    }
+
+    fn hang_if_asked(&self, number: u64) {
         if self.hang_before_manifest == Some(number) {
             tracing::warn!("checkpoint {number}: parts written; injected fault: hanging before the manifest");
             loop {
                 std::thread::park();
             }
         }
+    }
+
+    fn put_manifest(&self, manifest: &Manifest) -> Result<u64, CheckpointError> {
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| CheckpointError::Store(e.to_string()))?;
+        let bytes = json.len() as u64;
+        self.put(&format!("{}/{MANIFEST}", folder_name(manifest.number)), json)?;
+        Ok(bytes)
+    }
+
+    /// Encodes and puts a cut's worker parts (and, with `egress`, the egress part).
+    fn write_parts(
+        &self,
+        number: u64,
+        cut: Cut,
+        egress: bool,
+    ) -> Result<(u64, Vec<PartEntry>, Option<PartEntry>), CheckpointError> {
+        let folder = folder_name(number);
+        let mut parts = Vec::with_capacity(cut.workers.len());
+        let mut total = 0;
+        for captured in cut.workers {
+            let state = captured.materialize();
+            let rows = state.rows() as u64;
+            let file = format!("worker-{}.bin.zst", state.worker);
+            let bytes = encode(&state)?;
+            drop(state);
+            let entry =
+                PartEntry { file: file.clone(), bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes), rows };
+            total += entry.bytes;
+            self.put(&format!("{folder}/{file}"), bytes)?;
+            parts.push(entry);
+        }
+        if !egress {
+            return Ok((total, parts, None));
+        }
+        let bytes = encode(&cut.egress)?;
+        let entry = PartEntry {
+            file: "egress.bin.zst".into(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+            rows: cut.egress.alert_seqs.len() as u64,
+        };
+        total += entry.bytes;
+        self.put(&format!("{folder}/{}", entry.file), bytes)?;
+        Ok((total, parts, Some(entry)))
+    }
+
+    /// A cluster's checkpoint, this process's share: its parts and `process-<i>.json`; on
+    /// process 0 also the egress part and, once every process's share is there, the manifest.
+    /// Other processes return once the manifest is there. `Ok(None)` on process 0 means the
+    /// checkpoint is complete with the returned manifest; gives up after `wait` or when
+    /// `abort` says so.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write_cluster_part(
+        &self,
+        number: u64,
+        cut: Cut,
+        source: &str,
+        lake_files: Vec<StagedFile>,
+        (process, processes): (usize, usize),
+        wait: Duration,
+        abort: &dyn Fn() -> bool,
+    ) -> Result<(u64, Option<Manifest>), CheckpointError> {
+        let folder = folder_name(number);
+        let (time, watermark) = (cut.time.0, cut.watermark);
+        let (mut total, parts, egress) = self.write_parts(number, cut, process == 0)?;
+        let share = ProcessPart { process, parts, egress, lake_files };
+        let json = serde_json::to_vec(&share).map_err(|e| CheckpointError::Store(e.to_string()))?;
+        total += json.len() as u64;
+        self.put(&format!("{folder}/process-{process}.json"), json)?;
+        let deadline = Instant::now() + wait;
+        let waiting = |what: &str| -> Result<(), CheckpointError> {
+            if abort() {
+                return Err(CheckpointError::Store(format!("checkpoint {number}: the pipeline stopped ({what})")));
+            }
+            if Instant::now() >= deadline {
+                return Err(CheckpointError::Store(format!(
+                    "checkpoint {number}: {what} not there within {:.0} s",
+                    wait.as_secs_f64()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(())
+        };
+        if process != 0 {
+            while self.get(&format!("{folder}/{MANIFEST}"))?.is_none() {
+                waiting("the manifest (process 0 writes it)")?;
+            }
+            return Ok((total, None));
+        }
+        let mut shares = vec![share];
+        for other in 1..processes {
+            let bytes = loop {
+                match self.get(&format!("{folder}/process-{other}.json"))? {
+                    Some(bytes) => break bytes,
+                    None => waiting(&format!("process {other}'s part"))?,
+                }
+            };
+            let part: ProcessPart = serde_json::from_slice(&bytes)
+                .map_err(|e| CheckpointError::Store(format!("{folder}/process-{other}.json: {e}")))?;
+            shares.push(part);
+        }
+        self.hang_if_asked(number);
+        let mut parts: Vec<PartEntry> = shares.iter().flat_map(|s| s.parts.iter().cloned()).collect();
+        let worker_of = |p: &PartEntry| -> usize {
+            p.file.trim_start_matches("worker-").trim_end_matches(".bin.zst").parse().unwrap_or(usize::MAX)
+        };
+        parts.sort_by_key(worker_of);
+        let egress = shares[0].egress.clone().ok_or_else(|| CheckpointError::Store("no egress part".into()))?;
         let manifest = Manifest {
             format: FORMAT_VERSION,
             number,
             created_ms: now_ms(),
-            time: cut.time.0,
-            watermark: cut.watermark,
-            workers,
+            time,
+            watermark,
+            workers: parts.len(),
             source: source.to_string(),
             parts,
             egress,
-            lake_files,
+            lake_files: shares.into_iter().flat_map(|s| s.lake_files).collect(),
+            processes,
         };
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Store(e.to_string()))?;
-        total += json.len() as u64;
-        self.put(&format!("{folder}/{MANIFEST}"), json)?;
-        Ok((total, manifest))
+        total += self.put_manifest(&manifest)?;
+        Ok((total, Some(manifest)))
     }
 
     /// Deletes every checkpoint folder but the newest `kept` complete ones (and incomplete
@@ -630,7 +760,10 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// Starts the writer (and, with a non-zero interval, the timer) for `hub`'s checkpoints.
-    /// `shutdown` is set when the writer fails fatally.
+    /// `shutdown` is set when the writer fails fatally. In a cluster (`cluster`: this process,
+    /// processes, this process's workers) the processes write each checkpoint together, and
+    /// only process 0 runs the timer (the others' workers follow its requests).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: &CheckpointConfig,
         store: CheckpointStore,
@@ -639,6 +772,7 @@ impl Checkpointer {
         source: &str,
         metrics: Arc<CheckpointMetrics>,
         shutdown: Arc<AtomicBool>,
+        cluster: Option<(usize, usize, usize)>,
     ) -> Checkpointer {
         let (tx, rx) = mpsc::channel::<Cut>();
         let base = match &restore {
@@ -647,7 +781,12 @@ impl Checkpointer {
             // checkpoints nor its lake files replace earlier ones.
             None => store.numbers().ok().and_then(|n| n.last().copied()).unwrap_or(0),
         };
-        let hub = Arc::new(Checkpoints::new(Box::new(ToWriter(Mutex::new(tx))), restore, base));
+        let mut hub = Checkpoints::new(Box::new(ToWriter(Mutex::new(tx))), restore, base);
+        if let Some((process, processes, workers)) = cluster {
+            hub = hub.with_cluster(process, processes, workers);
+        }
+        let hub = Arc::new(hub);
+        let cluster = cluster.map(|(p, n, _)| (p, n)).filter(|(_, n)| *n > 1);
         if config.interval > Duration::ZERO {
             // Three intervals and some slack without a durable checkpoint: /readyz says so.
             hub.set_stale_after(config.interval * 3 + Duration::from_secs(10));
@@ -675,7 +814,15 @@ impl Checkpointer {
                     };
                     let number = cut.number;
                     let started = cut.started;
-                    let result = write_one(&store, cut, &source, &targets, kept, (&mut carried, &mut unpublished));
+                    let abort = || weak.upgrade().is_none_or(|h| h.failed());
+                    let result = write_one(
+                        &store,
+                        cut,
+                        (&source, cluster, &abort),
+                        &targets,
+                        kept,
+                        (&mut carried, &mut unpublished),
+                    );
                     let Some(hub) = weak.upgrade() else { return };
                     match result {
                         Ok(bytes) => {
@@ -705,7 +852,7 @@ impl Checkpointer {
             })
             .ok();
         let timer_stop = Arc::new(AtomicBool::new(false));
-        if !config.interval.is_zero() {
+        if !config.interval.is_zero() && cluster.is_none_or(|(process, _)| process == 0) {
             let (hub, stop, interval) = (Arc::downgrade(&hub), timer_stop.clone(), config.interval);
             let _ = std::thread::Builder::new().name("treeai-checkpoint-timer".into()).spawn(move || {
                 let mut next = Instant::now() + interval;
@@ -770,10 +917,16 @@ pub struct CommitTargets {
     pub outputs: Option<OutputsFlush>,
 }
 
+/// How long a cluster's process waits for the others' shares of a checkpoint (process 0) or
+/// for its manifest (the others).
+const CLUSTER_WAIT: Duration = Duration::from_secs(300);
+
+type ClusterSpec<'a> = (&'a str, Option<(usize, usize)>, &'a dyn Fn() -> bool);
+
 fn write_one(
     store: &CheckpointStore,
     cut: Cut,
-    source: &str,
+    (source, cluster, abort): ClusterSpec<'_>,
     targets: &CommitTargets,
     kept: usize,
     (carried, unpublished): (&mut Vec<StagedFile>, &mut Vec<StagedFile>),
@@ -787,7 +940,19 @@ fn write_one(
     if let Some(flush) = outputs {
         flush().map_err(WriteError::Outputs)?;
     }
-    let (bytes, manifest) = store.write(number, cut, source, carried.clone())?;
+    let (bytes, manifest) = match cluster {
+        None => store.write(number, cut, source, carried.clone())?,
+        Some(cluster) => {
+            let (bytes, manifest) =
+                store.write_cluster_part(number, cut, source, carried.clone(), cluster, CLUSTER_WAIT, abort)?;
+            carried.clear();
+            match manifest {
+                Some(manifest) => (bytes, manifest),
+                // Not process 0: its files are in the manifest process 0 wrote, which publishes them.
+                None => return Ok(bytes),
+            }
+        }
+    };
     carried.clear();
     if let Some(lake) = lake {
         // The checkpoint is durable: files it lists but cannot move yet are published by a later

@@ -232,6 +232,12 @@ impl Lake {
     /// Opens the lake; with `first_epoch`, files go to the staging area
     /// ([`STAGING`]) and are published by the checkpoint they belong to
     /// ([`Lake::seal`]), the first being `first_epoch`.
+    /// In a cluster: numbers this process's files from `process << 40`, so that the names of
+    /// files written by different processes never collide.
+    pub fn number_files_for_process(&self, process: usize) {
+        self.next_file.store((process as u64) << 40, Ordering::Relaxed);
+    }
+
     pub fn open_with(config: LakeConfig, first_epoch: Option<u64>) -> Result<Arc<Lake>, ConnectorError> {
         let (store, prefix) = open_store(&config.url, &config.options)?;
         let commits = first_epoch.map(|first_epoch| {

@@ -41,6 +41,18 @@ pub const BATCH_ROUND: usize = 262_144;
 /// 0.35-0.40 M events/s end to end on 2 cores, 131,072 gave 0.55 M).
 pub const KAFKA_ROUND: usize = 131_072;
 
+/// How long a cluster's process waits for process 0 to decide where the cluster resumes.
+const AGREE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What process 0 of a cluster tells the others before the dataflow starts.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Agreement {
+    /// The folder of the checkpoint every process resumes from.
+    restore: Option<String>,
+    /// The checkpoint the run starts from (a fresh start's first, empty, checkpoint).
+    base: u64,
+}
+
 /// Assembles a pipeline.
 pub struct PipelineBuilder {
     source: SourceSpec,
@@ -119,16 +131,41 @@ impl PipelineBuilder {
             SourceSpec::Kafka { .. } => "kafka",
             SourceSpec::Custom(_) => "custom",
         };
+        // A cluster: connect to every peer first. Process 0 decides where the cluster resumes
+        // (and repairs the lake); the others wait for its decision.
+        let (process, processes) = self.runtime.process();
+        let local_workers = self.runtime.workers.max(1);
+        let total_workers = local_workers * processes;
+        let mut links = match &self.runtime.cluster {
+            Some(cluster) => {
+                Some(runtime::cluster::connect(cluster, local_workers).map_err(runtime::RuntimeError::Cluster)?)
+            }
+            None => None,
+        };
+        let agreed: Option<Agreement> =
+            match (&mut links, process) {
+                (Some(links), p) if p > 0 => {
+                    let bytes = links.agree(p, &[], AGREE_TIMEOUT).map_err(runtime::RuntimeError::Cluster)?;
+                    Some(serde_json::from_slice(&bytes).map_err(|e| {
+                        runtime::RuntimeError::Cluster(format!("process 0's decision is unreadable: {e}"))
+                    })?)
+                }
+                _ => None,
+            };
         // The checkpoint to resume from, checked against this run.
         let checkpoint_metrics = Arc::new(CheckpointMetrics::default());
         let (checkpoint_store, loaded) = match &self.checkpoints {
             None => (None, None),
             Some(config) => {
                 let store = CheckpointStore::open(&config.url, &config.options)?.inject(self.runtime.fault);
-                let loaded = match &config.restore {
-                    RestoreFrom::Nothing => None,
-                    RestoreFrom::Newest => store.load_newest(&checkpoint_metrics.skipped)?,
-                    RestoreFrom::Folder(url) => Some(CheckpointStore::open(url, &config.options)?.load_here()?),
+                let loaded = match (&agreed, &config.restore) {
+                    (Some(agreed), _) => match &agreed.restore {
+                        Some(folder) => Some(CheckpointStore::open(folder, &config.options)?.load_here()?),
+                        None => None,
+                    },
+                    (None, RestoreFrom::Nothing) => None,
+                    (None, RestoreFrom::Newest) => store.load_newest(&checkpoint_metrics.skipped)?,
+                    (None, RestoreFrom::Folder(url)) => Some(CheckpointStore::open(url, &config.options)?.load_here()?),
                 };
                 if let Some(loaded) = &loaded {
                     let m = &loaded.manifest;
@@ -144,14 +181,16 @@ impl PipelineBuilder {
                             m.source
                         )));
                     }
-                    let workers = self.runtime.workers.max(1);
+                    let workers = total_workers;
                     if matches!(source_kind, "files" | "generator") && m.workers != workers {
                         return Err(incompatible(format!(
-                            "{} input is split by worker count: it resumes only with --workers {} (not {workers})",
+                            "{} input is split by worker count: it resumes only with {} workers in all (not {workers})",
                             source_kind, m.workers
                         )));
                     }
-                    store.drop_after(m.number)?;
+                    if process == 0 {
+                        store.drop_after(m.number)?;
+                    }
                     tracing::info!(
                         "resuming from checkpoint {} ({}, {} workers, {} rows of state)",
                         m.number,
@@ -165,10 +204,11 @@ impl PipelineBuilder {
         };
         // The checkpoint this run starts from: the restored one, or on a fresh start the first
         // checkpoint (of the empty state), numbered after every one already there.
-        let base = match (&loaded, &checkpoint_store) {
-            (Some(l), _) => l.manifest.number,
-            (None, Some(store)) => store.numbers()?.last().copied().unwrap_or(0) + 1,
-            (None, None) => 0,
+        let base = match (&loaded, &checkpoint_store, &agreed) {
+            (Some(l), _, _) => l.manifest.number,
+            (None, Some(_), Some(agreed)) => agreed.base,
+            (None, Some(store), None) => store.numbers()?.last().copied().unwrap_or(0) + 1,
+            (None, None, _) => 0,
         };
         let mut sinks: Vec<SinkFactory> = Vec::new();
         let collected = self.collect.then(|| Arc::new(Mutex::new(Collected::default())));
@@ -183,10 +223,13 @@ impl PipelineBuilder {
                         // Files are staged and published by the checkpoints: those written from
                         // now on by the first checkpoint after `base`.
                         let lake = Lake::open_with(config, Some(base + 1))?;
-                        restore_lake(&lake, loaded.as_ref().map(|l| &l.manifest))?;
+                        if process == 0 {
+                            restore_lake(&lake, loaded.as_ref().map(|l| &l.manifest))?;
+                        }
                         lake
                     }
                 };
+                lake.number_files_for_process(process);
                 lake.register_metrics(&stats.components);
                 sinks.push(lake.sink_factory());
                 Some(lake)
@@ -223,15 +266,16 @@ impl PipelineBuilder {
             1 => sinks.remove(0),
             _ => Tee::factory(sinks),
         };
+        let mut loaded_folder = None;
         let checkpointer = match (checkpoint_store, &self.checkpoints) {
             (Some(store), Some(config)) => {
-                if loaded.is_none() {
+                if loaded.is_none() && process == 0 {
                     // A fresh start writes a first checkpoint of the empty state before reading
                     // anything: a crash before the first interval resumes from it, and it records
                     // where the output topics ended before this run wrote to them (so what the
                     // crashed run wrote is not sent again).
                     let number = base;
-                    let workers = self.runtime.workers.max(1);
+                    let workers = total_workers;
                     let cut = Cut {
                         number,
                         time: DataflowTime(0),
@@ -249,6 +293,7 @@ impl PipelineBuilder {
                     };
                     store.write(number, cut, source_kind, Vec::new())?;
                 }
+                loaded_folder = loaded.as_ref().map(|l| l.folder.clone());
                 let restore = loaded.map(|l| l.restore());
                 if restore.is_some() {
                     stats.catching_up.store(self.runtime.workers.max(1), Ordering::SeqCst);
@@ -267,12 +312,19 @@ impl PipelineBuilder {
                     source_kind,
                     checkpoint_metrics.clone(),
                     shutdown.clone(),
+                    self.runtime.cluster.as_ref().map(|c| (c.process, c.processes, local_workers)),
                 );
                 checkpointer.register_metrics(&stats.components);
                 Some(checkpointer)
             }
             _ => None,
         };
+        if let (Some(links), 0) = (&mut links, process) {
+            // The lake is repaired and the first checkpoint written: tell the others where to resume.
+            let decision = Agreement { restore: loaded_folder, base };
+            let bytes = serde_json::to_vec(&decision).map_err(|e| ConnectorError::Output(e.to_string()))?;
+            links.agree(0, &bytes, AGREE_TIMEOUT).map_err(runtime::RuntimeError::Cluster)?;
+        }
         let running = runtime::start(
             self.runtime,
             match self.ingest {
@@ -284,6 +336,7 @@ impl PipelineBuilder {
             stats.clone(),
             shutdown.clone(),
             checkpointer.as_ref().map(|c| c.hub.clone()),
+            links,
         )?;
         if checkpointer.as_ref().is_some_and(|c| c.hub.restore().is_some()) {
             // treeai_restore_seconds: from the start to the restored views published and caught up.

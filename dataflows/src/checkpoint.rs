@@ -221,6 +221,9 @@ pub struct Checkpoints {
     collecting: Mutex<Collecting>,
     durable: Mutex<Durable>,
     durable_changed: Condvar,
+    /// In a cluster: this process's index, the processes, its own workers (see
+    /// [`Checkpoints::with_cluster`]); `None` for a single process.
+    cluster: Option<(usize, usize, usize)>,
 }
 
 #[derive(Default)]
@@ -231,6 +234,9 @@ struct Collecting {
     started: Option<Instant>,
     /// Cuts whose worker parts are complete, waiting for the egress, oldest first.
     awaiting_egress: std::collections::VecDeque<Cut>,
+    /// In a cluster: the cut time of each checkpoint over every process's workers, as the
+    /// workers learn it (the front cut waits for it).
+    global_times: std::collections::BTreeMap<u64, u64>,
 }
 
 struct Durable {
@@ -259,6 +265,47 @@ impl Checkpoints {
             durable: Mutex::new(Durable { number: base, since: Instant::now(), stale_after: None, failed: None }),
             durable_changed: Condvar::new(),
             restore,
+            cluster: None,
+        }
+    }
+
+    /// This coordinator is process `process`'s of a cluster of `processes`, with `workers`
+    /// workers of its own. Its cuts then hold its own workers' parts; their time is the
+    /// greatest capture time over every process's workers, which the workers learn from each
+    /// other ([`Checkpoints::global_cut`]). Persisting joins the processes' parts (the
+    /// connectors' checkpoint writer).
+    pub fn with_cluster(mut self, process: usize, processes: usize, workers: usize) -> Self {
+        if processes > 1 {
+            self.cluster = Some((process, processes, workers));
+        }
+        self
+    }
+
+    /// In a cluster: `(this process, processes)`.
+    pub fn cluster(&self) -> Option<(usize, usize)> {
+        self.cluster.map(|(p, n, _)| (p, n))
+    }
+
+    /// In a cluster: every worker of every process has captured checkpoint `number`, the
+    /// greatest capture time being `time` (called by this process's workers as they learn it).
+    pub fn global_cut(&self, number: u64, time: u64) {
+        let mut c = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cut) = c.awaiting_egress.iter_mut().find(|c| c.number == number) {
+            cut.time = DataflowTime(cut.time.0.max(time));
+        }
+        let known = c.global_times.entry(number).or_insert(time);
+        *known = (*known).max(time);
+        // Keep only what the cuts still to come can need.
+        let oldest = c.awaiting_egress.front().map_or(c.number, |f| f.number);
+        c.global_times.retain(|n, _| *n >= oldest);
+    }
+
+    /// A stop agreed with the peers (a cluster): take final checkpoint `number` (the greatest
+    /// any worker proposed) and stop after it.
+    pub fn adopt_final(&self, number: u64) {
+        if number > self.stop_after.load(Ordering::SeqCst) {
+            self.requested.fetch_max(number, Ordering::SeqCst);
+            self.stop_after.fetch_max(number, Ordering::SeqCst);
         }
     }
 
@@ -334,12 +381,16 @@ impl Checkpoints {
             c.parts.clear();
             c.started = Some(Instant::now());
         }
-        let peers = part.state.peers;
+        let peers = self.cluster.map_or(part.state.peers, |(_, _, local)| local);
         c.parts.push(part);
         if c.parts.len() == peers {
             let mut workers = std::mem::take(&mut c.parts);
             workers.sort_by_key(|w| w.state.worker);
-            let time = DataflowTime(workers.iter().map(|p| p.state.time).max().unwrap_or(0));
+            let mut time = workers.iter().map(|p| p.state.time).max().unwrap_or(0);
+            if let Some(&global) = c.global_times.get(&number) {
+                time = time.max(global);
+            }
+            let time = DataflowTime(time);
             let started = c.started.take().unwrap_or_else(Instant::now);
             c.awaiting_egress.push_back(Cut {
                 number,
@@ -353,8 +404,15 @@ impl Checkpoints {
     }
 
     /// For the egress: the oldest cut whose times it must close before emitting later ones.
+    /// (In a cluster, once its time over every process is known: until then no time at or after
+    /// the cut can be complete, as the workers that captured last are paused before it.)
     pub fn awaiting_egress(&self) -> Option<(u64, DataflowTime)> {
-        self.collecting.lock().unwrap_or_else(|p| p.into_inner()).awaiting_egress.front().map(|c| (c.number, c.time))
+        let c = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
+        let front = c.awaiting_egress.front()?;
+        if self.cluster.is_some() && !c.global_times.contains_key(&front.number) {
+            return None;
+        }
+        Some((front.number, front.time))
     }
 
     /// The egress has emitted every time before the cut of `number` and cut its sink at

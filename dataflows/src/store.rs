@@ -18,7 +18,7 @@ use imbl::{HashMap, OrdMap};
 use std::sync::{Arc, RwLock};
 
 /// One change of one view row.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ViewChange {
     /// `trees`
     Tree(Id, TreeEvent),

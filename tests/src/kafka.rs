@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-type Views = BTreeMap<&'static str, Vec<Map<String, Value>>>;
+pub(crate) type Views = BTreeMap<&'static str, Vec<Map<String, Value>>>;
 
 /// Debian's kcat with a librdkafka that talks to Tansu (see scripts/kcat).
 fn kcat() -> Command {
@@ -117,14 +117,14 @@ impl Drop for Broker {
     }
 }
 
-fn treeai(args: &[&str]) -> String {
+pub(crate) fn treeai(args: &[&str]) -> String {
     let out = Command::new(treeai_bin()).args(args).output().expect("run treeai");
     assert!(out.status.success(), "treeai {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// An NDJSON file from the generator.
-fn produce_file(path: &Path, args: &[&str]) {
+pub(crate) fn produce_file(path: &Path, args: &[&str]) {
     let mut all = vec!["produce", "--output", path.to_str().unwrap()];
     all.extend_from_slice(args);
     treeai(&all);
@@ -132,7 +132,7 @@ fn produce_file(path: &Path, args: &[&str]) {
 
 /// Sends `lines` to the topics by their `type` (unreadable lines to readings) with kcat,
 /// keyed by `tree_id` as the generator does.
-fn kcat_produce(broker: &str, prefix: &str, lines: &[&str], dir: &Path) {
+pub(crate) fn kcat_produce(broker: &str, prefix: &str, lines: &[&str], dir: &Path) {
     let mut by_topic: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for line in lines {
         assert!(!line.contains('\t'), "a line with a tab cannot go through kcat -K: {line}");
@@ -165,7 +165,7 @@ fn key_of(v: Option<&Value>) -> String {
 }
 
 /// Every message of `topic` as (key, headers, payload), read by kcat from the beginning.
-fn kcat_consume(broker: &str, topic: &str) -> Vec<(String, String, String)> {
+pub(crate) fn kcat_consume(broker: &str, topic: &str) -> Vec<(String, String, String)> {
     let out = kcat()
         .args(["-C", "-b", broker, "-t", topic, "-o", "beginning", "-e", "-q"])
         .args(["-f", "%k\u{1}%h\u{1}%s\u{2}"])
@@ -193,7 +193,7 @@ fn sql_arrow(addr: &str, sql: &str) -> Vec<arrow::record_batch::RecordBatch> {
 }
 
 /// A Prometheus sample of `/metrics` (summed over labels); `None` if the server does not answer.
-fn metric(addr: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(addr: &str, name: &str) -> Option<f64> {
     let (_, _, body) = http(addr, "GET", "/metrics", &[], b"").ok()?;
     let values: Vec<f64> = String::from_utf8_lossy(&body)
         .lines()
@@ -212,7 +212,7 @@ fn sorted(mut rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
     rows
 }
 
-fn live_views(http: &str) -> Views {
+pub(crate) fn live_views(http: &str) -> Views {
     treeai_dataflows::VIEW_NAMES
         .iter()
         .map(|v| (*v, sorted(sql_arrow(http, &format!("select * from {v}")).iter().flat_map(batch_rows).collect())))
@@ -220,7 +220,7 @@ fn live_views(http: &str) -> Views {
 }
 
 /// The final views of `treeai backfill` and its final watermark.
-fn backfill_views(input: &Path, out: &Path) -> (Views, i64) {
+pub(crate) fn backfill_views(input: &Path, out: &Path) -> (Views, i64) {
     let summary =
         treeai(&["backfill", "--workers", "2", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
     let w = summary.split("watermark ").nth(1).and_then(|s| s.split([',', ' ']).next()).unwrap_or_default();
@@ -254,7 +254,7 @@ fn wait_settled(run: &Running, count: usize, w: i64, secs: u64) {
 }
 
 /// `lines` as an input file in `dir`.
-fn input_file(dir: &Path, lines: &[&str]) -> PathBuf {
+pub(crate) fn input_file(dir: &Path, lines: &[&str]) -> PathBuf {
     let input = dir.join("input.ndjson");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     input
@@ -281,7 +281,7 @@ fn stream_equals_backfill(broker: &Broker, prefix: &str, partitions: u32, worker
     run
 }
 
-fn generated(args: &[&str]) -> String {
+pub(crate) fn generated(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.ndjson");
     produce_file(&path, args);
@@ -616,7 +616,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Waits until the live views equal `want` at watermark `w`.
-fn wait_views(run: &Running, want: &Views, w: i64, secs: u64) {
+pub(crate) fn wait_views(run: &Running, want: &Views, w: i64, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if metric(&run.http, "treeai_watermark_ms") == Some(w as f64) {
@@ -724,14 +724,14 @@ fn kill_9_while_reading_kafka_then_restart_and_restore_under_other_worker_counts
 }
 
 /// A header's value in kcat's `%h` rendering (`key=value,key=value`).
-fn header<'a>(headers: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a str, key: &str) -> Option<&'a str> {
     headers.split(',').find_map(|h| h.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The alert and dead-letter topics after crashes: every alert once (ids `tree_id/seq` with
 /// no repeat and no gap), alternating critical/resolved per tree and ending with its band;
 /// every dead letter once.
-fn check_outputs(broker: &str, prefix: &str, rejected: usize, scores: &[Vec<Value>]) {
+pub(crate) fn check_outputs(broker: &str, prefix: &str, rejected: usize, scores: &[Vec<Value>]) {
     let mut per_tree: BTreeMap<String, BTreeMap<u32, String>> = BTreeMap::new();
     for (_, headers, payload) in kcat_consume(broker, &format!("{prefix}.alerts")) {
         let id = header(&headers, "treeai.alert_id").unwrap_or_else(|| panic!("alert without an id: {headers}"));

@@ -5,6 +5,8 @@
 //!   orders, batch boundaries and worker counts.
 //! - `validation`: every rule of DOMAIN §2, accepted and rejected.
 //! - `backfill`: the `treeai` binary end to end.
+//! - `cluster`: clusters of `treeai run` processes on loopback reading Kafka: views on every
+//!   process, kill -9 of one process, rescale through checkpoints.
 //! - `ingest`: `POST /v1/events` into the local ingest log, through a kill -9.
 //! - `kafka`: Kafka in and out against a real broker (Tansu), with kcat.
 //! - `lake`: the Parquet lake on local disk and on S3 (moto).
@@ -20,6 +22,8 @@ pub mod naive;
 
 #[cfg(test)]
 mod backfill;
+#[cfg(test)]
+mod cluster;
 #[cfg(test)]
 mod equivalence;
 #[cfg(test)]

@@ -209,6 +209,8 @@ fn derive(times: &[CompletedTime], sink: &mut dyn Sink, stats: &Stats, seqs: &mu
 /// The egress of one process: the merge and its consumers, behind one lock.
 pub struct Egress {
     state: Mutex<EgressState>,
+    /// The global index of this process's first worker (workers are numbered across a cluster).
+    first_worker: usize,
     catalog: Arc<Catalog>,
     stats: Arc<Stats>,
     checkpoints: Option<Arc<Checkpoints>>,
@@ -228,10 +230,11 @@ struct EgressState {
 }
 
 impl Egress {
-    /// The egress of `workers` workers, publishing to `catalog` and `sink`,
-    /// cutting `sink` at the checkpoints of `checkpoints`.
+    /// The egress of this process's `workers` workers (numbered from `first_worker`),
+    /// publishing to `catalog` and `sink`, cutting `sink` at the checkpoints of `checkpoints`.
     pub fn new(
         workers: usize,
+        first_worker: usize,
         catalog: Arc<Catalog>,
         sink: Box<dyn Sink>,
         stats: Arc<Stats>,
@@ -249,6 +252,7 @@ impl Egress {
                     .unwrap_or_default(),
                 arrivals: BTreeMap::new(),
             }),
+            first_worker,
             catalog,
             stats,
             checkpoints,
@@ -270,7 +274,7 @@ impl Egress {
                         state.arrivals.entry(time).or_default().push((arrival, n));
                     }
                 }
-                message => state.merge.accept(worker, message),
+                message => state.merge.accept(worker - self.first_worker, message),
             }
         }
         let round = state.merge.completed();

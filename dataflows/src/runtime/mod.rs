@@ -9,6 +9,7 @@
 //! | [`ingest`] | one round of a source into the dataflow inputs |
 //! | [`worker`] | the worker loop: read, agree on the watermark, advance, step |
 //! | [`egress`] | the one ordered stream of completed changes: catalog, alerts, derived sinks |
+//! | [`cluster`] | the links between the processes of a cluster (timely's networking) |
 //!
 //! # Logical time
 //!
@@ -22,6 +23,7 @@
 //!
 //! [`DataflowTime`]: crate::time::DataflowTime
 
+pub mod cluster;
 pub mod egress;
 mod ingest;
 mod watermark;
@@ -48,6 +50,10 @@ pub enum RuntimeError {
     /// A worker thread failed (our fault).
     #[error("worker failed: {0}")]
     Worker(String),
+    /// The cluster could not form, or lost a process (the environment's fault: restart the
+    /// cluster; it resumes from its newest checkpoint).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 impl RuntimeError {
@@ -55,7 +61,7 @@ impl RuntimeError {
     pub fn fault(&self) -> crate::source::Fault {
         match self {
             RuntimeError::Source(e) => e.fault(),
-            RuntimeError::Start(_) => crate::source::Fault::Environment,
+            RuntimeError::Start(_) | RuntimeError::Cluster(_) => crate::source::Fault::Environment,
             RuntimeError::Worker(_) => crate::source::Fault::Internal,
         }
     }
@@ -74,6 +80,15 @@ pub struct RuntimeConfig {
     pub batch: usize,
     /// A fault to inject, for tests of supervision (`treeai run` reads it from `TREEAI_FAULT`).
     pub fault: Option<InjectedFault>,
+    /// This process's place in a cluster of processes (`None`: a single process).
+    pub cluster: Option<cluster::ClusterConfig>,
+}
+
+impl RuntimeConfig {
+    /// `(this process's index, processes)`: `(0, 1)` without a cluster.
+    pub fn process(&self) -> (usize, usize) {
+        self.cluster.as_ref().map_or((0, 1), |c| (c.process, c.processes))
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -84,6 +99,7 @@ impl Default for RuntimeConfig {
             idle_timeout: Duration::from_secs(30),
             batch: 16_384,
             fault: None,
+            cluster: None,
         }
     }
 }
@@ -268,6 +284,8 @@ pub struct Running {
     egress: Arc<egress::Egress>,
     stats: Arc<Stats>,
     checkpoints: Option<Arc<Checkpoints>>,
+    /// In a cluster: the network threads (joined after a clean end) and the first broken link.
+    comms: Option<(timely::communication::allocator::zero_copy::initialize::CommsGuard, cluster::Lost)>,
 }
 
 /// Sets the shutdown flag when dropped unless disarmed: a worker that fails
@@ -299,6 +317,21 @@ impl Running {
                 Err(panic) => first_error = first_error.or(Some(RuntimeError::Worker(panic))),
             }
         }
+        if let Some((comms, lost)) = self.comms {
+            let lost = lost.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            match (&first_error, lost) {
+                // The workers failed because a peer went away: say which.
+                (Some(RuntimeError::Worker(_)), Some(lost)) => first_error = Some(RuntimeError::Cluster(lost)),
+                _ => {}
+            }
+            if first_error.is_some() {
+                // Its threads may wait for peers that are gone (and it panics on drop if one
+                // of them failed): leave them to the process's exit.
+                std::mem::forget(comms);
+            } else {
+                drop(comms);
+            }
+        }
         self.egress.close();
         if let Some(hub) = &self.checkpoints {
             hub.workers_stopped();
@@ -313,7 +346,8 @@ impl Running {
 /// views of every completed time; `sinks` gives each worker's sink and the
 /// egress sink. With `checkpoints`, the run resumes from its restore point
 /// (if any), takes the checkpoints asked of it, and ends (input done or
-/// `shutdown`) with a final one (see [`crate::checkpoint`]).
+/// `shutdown`) with a final one (see [`crate::checkpoint`]). In a cluster
+/// (`config.cluster`), over `links` if already connected (else it connects).
 pub fn start(
     config: RuntimeConfig,
     sources: SourceFactory,
@@ -322,13 +356,25 @@ pub fn start(
     stats: Arc<Stats>,
     shutdown: Arc<AtomicBool>,
     checkpoints: Option<Arc<Checkpoints>>,
+    links: Option<cluster::Links>,
 ) -> Result<Running, RuntimeError> {
     let workers = config.workers.max(1);
-    let egress =
-        Arc::new(egress::Egress::new(workers, catalog, sinks(SinkRole::Egress), stats.clone(), checkpoints.clone()));
+    let (process, _) = config.process();
+    // In a cluster, the derived outputs (score changes, alerts) are written by process 0 only:
+    // every process's egress sees the whole views, so any one of them could.
+    let egress_sink = if process == 0 { sinks(SinkRole::Egress) } else { Box::new(crate::source::NullSink) };
+    let egress = Arc::new(egress::Egress::new(
+        workers,
+        process * workers,
+        catalog,
+        egress_sink,
+        stats.clone(),
+        checkpoints.clone(),
+    ));
     let (worker_stats, worker_egress) = (stats.clone(), egress.clone());
     let hub = checkpoints.clone();
-    let workers = timely::execute(timely::Config::process(workers), move |worker| {
+    let cluster = config.cluster.clone();
+    let main = move |worker: &mut timely::worker::Worker| {
         let egress = worker_egress.clone();
         let mut guard = StopPeersOnFailure(shutdown.clone(), checkpoints.clone(), false);
         let result = worker::worker_main(
@@ -343,7 +389,26 @@ pub fn start(
         );
         guard.2 = result.is_ok();
         result
-    })
-    .map_err(RuntimeError::Start)?;
-    Ok(Running { workers, egress, stats, checkpoints: hub })
+    };
+    let (workers, comms) = match cluster {
+        None => (timely::execute(timely::Config::process(workers), main).map_err(RuntimeError::Start)?, None),
+        Some(cluster) => {
+            use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+            use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
+            let links = match links {
+                Some(links) => links,
+                None => cluster::connect(&cluster, workers).map_err(RuntimeError::Cluster)?,
+            };
+            let hooks = timely::communication::Hooks::default();
+            let local = ProcessBuilder::new_typed_vector(workers, hooks.refill.clone(), hooks.spill.clone());
+            let (builders, comms) =
+                initialize_networking_from_sockets(local, links.links, cluster.process, workers, hooks)
+                    .map_err(|e| RuntimeError::Cluster(format!("cannot start the peer links: {e}")))?;
+            let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
+            let guards = timely::execute::execute_from(builders, Box::new(()), timely::WorkerConfig::default(), main)
+                .map_err(RuntimeError::Start)?;
+            (guards, Some((comms, links.lost)))
+        }
+    };
+    Ok(Running { workers, egress, stats, checkpoints: hub, comms })
 }

@@ -32,6 +32,13 @@ pub(super) struct Report {
     pub(super) captured: u64,
     /// This worker's input is done and the final watermark applied.
     pub(super) finished: bool,
+    /// This worker's process was asked to stop.
+    pub(super) stopping: bool,
+    /// The worker's last two captures: `(checkpoint, input time)` (a cluster's cut time is
+    /// the greatest over every worker; a peer may be one capture ahead).
+    pub(super) cuts: [(u64, u64); 2],
+    /// The final checkpoint this worker will stop after (0: none yet).
+    pub(super) final_cut: u64,
 }
 
 /// The global watermark from every worker's latest report (`None` until all reported).
@@ -79,7 +86,7 @@ mod tests {
     use super::*;
 
     fn report(worker: usize, active_min: Option<i64>, max_ts: Option<i64>, done: bool) -> Option<Report> {
-        Some(Report { worker, round: 1, active_min, max_ts, done, time: 0, asked: 0, captured: 0, finished: false })
+        Some(Report { worker, round: 1, active_min, max_ts, done, ..Default::default() })
     }
 
     #[test]

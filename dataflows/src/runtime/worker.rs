@@ -25,9 +25,46 @@ use timely::dataflow::{InputHandleVec, ProbeHandle};
 
 type ChangeBuffer = Rc<RefCell<Vec<(ViewChange, DataflowTime, isize)>>>;
 
+/// With `processes > 1`: every update of `coll` also goes to one worker of every other
+/// process (the one with the sender's local index), so that each process's egress — and
+/// so its catalog, its SQL — sees the whole cluster's views. Costs one copy of every view
+/// change per other process, over the network.
+fn to_every_process<'s, K, V>(
+    coll: crate::views::Keyed<'s, u64, K, V>,
+    processes: usize,
+    local_workers: usize,
+    index: usize,
+) -> crate::views::Keyed<'s, u64, K, V>
+where
+    K: timely::ExchangeData + Clone,
+    V: timely::ExchangeData + Clone,
+{
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::operators::vec::Map;
+    use timely::dataflow::operators::Exchange;
+    if processes <= 1 {
+        return coll;
+    }
+    let slot = index % local_workers;
+    coll.inner
+        .flat_map(move |(kv, t, r)| {
+            (0..processes).map(move |p| ((p * local_workers + slot) as u64, (kv.clone(), t, r)))
+        })
+        .exchange(|(target, _)| *target)
+        .map(|(_, update)| update)
+        .as_collection()
+}
+
 /// Builds the six views over `inputs`; their updates go to `changes`, their progress to `probe`.
-fn build_views(worker: &mut timely::worker::Worker, inputs: &mut Inputs, changes: &ChangeBuffer) -> ProbeHandle<u64> {
+/// In a cluster of `processes`, every process's workers receive the whole views.
+fn build_views(
+    worker: &mut timely::worker::Worker,
+    inputs: &mut Inputs,
+    changes: &ChangeBuffer,
+    processes: usize,
+) -> ProbeHandle<u64> {
     let probe = ProbeHandle::new();
+    let (index, local_workers) = (worker.index(), worker.peers() / processes.max(1));
     worker.dataflow::<u64, _, _>(|scope| {
         let tree_versions = inputs.trees.to_collection(scope);
         let revisions = inputs.assessments.to_collection(scope);
@@ -44,7 +81,7 @@ fn build_views(worker: &mut timely::worker::Worker, inputs: &mut Inputs, changes
         macro_rules! egress {
             ($coll:expr, $variant:path) => {{
                 let buf = changes.clone();
-                $coll
+                to_every_process($coll, processes, local_workers, index)
                     .inspect_batch(move |_, updates| {
                         buf.borrow_mut().extend(
                             updates.iter().map(|((k, v), t, r)| ($variant(k.clone(), v.clone()), DataflowTime(*t), *r)),
@@ -107,7 +144,8 @@ pub(super) fn worker_main(
 
     let changes: ChangeBuffer = Rc::default();
     let mut inputs = Inputs::new();
-    let probe = build_views(worker, &mut inputs, &changes);
+    let (_, processes) = config.process();
+    let probe = build_views(worker, &mut inputs, &changes, processes);
     let mut egress = ToEgress { index, egress, changes, last: None, arrivals: Vec::new() };
 
     // The control dataflow: every worker's report reaches every worker.
@@ -140,6 +178,8 @@ pub(super) fn worker_main(
     // This worker's input is done and the final watermark applied (reported to the peers).
     let mut finished = false;
     let mut catching_up = hub.is_some_and(|h| h.restore().is_some());
+    // This worker's last two captures `(checkpoint, time)`, reported to the peers.
+    let mut cuts = [(0u64, 0u64); 2];
 
     if let Some(restore) = hub.and_then(|h| h.restore()) {
         source.seek(&restore.workers.iter().flat_map(|w| w.positions.iter().copied()).collect::<Vec<_>>())?;
@@ -223,6 +263,7 @@ pub(super) fn worker_main(
                     captured,
                     Captured::new(state, inputs.tree_versions.clone(), inputs.revisions.clone(), window),
                 );
+                cuts = [cuts[1], (captured, time.0)];
                 paused = true;
             }
         }
@@ -265,17 +306,45 @@ pub(super) fn worker_main(
             asked,
             captured,
             finished,
+            stopping: shutdown.load(Ordering::Relaxed),
+            cuts,
+            final_cut: hub.map_or(0, |h| h.stop_after()),
         });
         control.advance_to(round);
         worker.step();
-        let (global, peer_time, all_done, all_captured, all_finished) = {
+        let (global, peer_time, all_done, all_captured, all_finished, final_agreed) = {
             let reports = reports.borrow();
             let global = global_watermark(&reports, config.allowed_lateness_ms);
             let peer_time = reports.iter().flatten().map(|r| r.time).max().unwrap_or(0);
             let all_done = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.done));
             let all_captured = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.captured >= captured));
             let all_finished = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.finished));
-            (global, peer_time, all_done, all_captured, all_finished)
+            if reports.iter().flatten().any(|r| r.stopping) {
+                // A peer (in a cluster: maybe another process) was asked to stop: all stop together.
+                shutdown.store(true, Ordering::SeqCst);
+            }
+            let mut final_agreed = false;
+            if let (Some(hub), true) = (hub, processes > 1) {
+                if paused && all_captured {
+                    // Every worker of every process has captured: the cut's time is the greatest
+                    // capture time. The hub learns it before this worker inserts anything after it.
+                    let t = reports
+                        .iter()
+                        .flatten()
+                        .flat_map(|r| r.cuts.iter().filter(|c| c.0 == captured).map(|c| c.1))
+                        .max()
+                        .unwrap_or(time.0);
+                    hub.global_cut(captured, t);
+                }
+                // The final checkpoint of a stop is the greatest any worker proposed; workers
+                // stop once every one has adopted it and captured it.
+                let proposed = reports.iter().flatten().map(|r| r.final_cut).max().unwrap_or(0);
+                hub.adopt_final(proposed);
+                let last = hub.stop_after();
+                final_agreed = last > 0
+                    && reports.iter().all(|r| r.as_ref().is_some_and(|r| r.final_cut == last && r.captured >= last));
+            }
+            (global, peer_time, all_done, all_captured, all_finished, final_agreed)
         };
         // Every worker has captured: the cut is complete (the peer time below is past it), resume.
         paused &= !all_captured;
@@ -320,7 +389,12 @@ pub(super) fn worker_main(
                 }
                 let last = hub.stop_after();
                 // (A worker that captured a later cut before the stop was decided is not waited for.)
-                if last > 0 && captured >= last && (!paused || captured > last) {
+                if processes > 1 {
+                    // In a cluster, every process's workers must have agreed on the final cut.
+                    if final_agreed && captured >= last {
+                        break;
+                    }
+                } else if last > 0 && captured >= last && (!paused || captured > last) {
                     break;
                 }
             }
