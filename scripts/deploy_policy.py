@@ -30,9 +30,21 @@ Objects:
 The treeai pipeline (a StatefulSet whose container runs `treeai run`):
   timely-cluster    podManagementPolicy Parallel; serviceName is a headless
                     Service with publishNotReadyAddresses; --processes,
-                    --process=auto, --peers from TREEAI_PROCESSES/TREEAI_PEERS,
-                    which agree with each other and with replicas (or 0)
-  probes            liveness on /healthz, readiness on /readyz
+                    --process=auto, --peers from TREEAI_PROCESSES/TREEAI_PEERS;
+                    replicas is TREEAI_PROCESSES (or 0); TREEAI_PEERS is either
+                    the P pods' addresses <sts>-0.<service>:<timely port>,...
+                    or the pattern <sts>-{i}.<service>:<timely port>, which the
+                    binary expands to them (then a resize changes replicas and
+                    TREEAI_PROCESSES only)
+  network-policy    (also) the timely port is admitted from the StatefulSet's
+                    own pods, and from nothing else: timely's links are plain
+                    TCP without authentication
+  probes            liveness on /healthz, readiness on /readyz; the startup
+                    budget (startupProbe, else livenessProbe: initialDelay +
+                    period x failureThreshold) exceeds the peer wait
+                    (TREEAI_PEER_TIMEOUT_MS, --peer-timeout-ms, [cluster]
+                    peer_timeout_ms; default 60 s): HTTP starts only after
+                    every peer connected and the checkpoint is loaded
   grace             terminationGracePeriodSeconds > shutdown_timeout_ms
   sa-token          automountServiceAccountToken false
   config            treeai.toml in a ConfigMap parses and uses only the fields
@@ -186,6 +198,81 @@ def env_value(container, name):
     return None
 
 
+PEER_TIMEOUT_MS_DEFAULT = 60000  # bin/src/cluster_args.rs
+
+
+def probe_budget_s(probe):
+    """Seconds a probe tolerates failing from the container's start before it gives up."""
+    return probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def port_admitted(rule_ports, number, name):
+    """Whether an ingress rule's `ports` admit TCP `number` (the container port named `name`)."""
+    if not rule_ports:
+        return True
+    for p in rule_ports:
+        if (p.get("protocol") or "TCP") != "TCP":
+            continue
+        port = p.get("port")
+        if port is None or port == name:
+            return True
+        if isinstance(port, int) and number is not None and port <= number <= p.get("endPort", port):
+            return True
+    return False
+
+
+def check_timely_ingress(sts, objects, timely_port, report):
+    """The timely port: admitted from the StatefulSet's own pods, from nothing else."""
+    _, meta = pod_spec(sts)
+    labels = meta.get("labels") or {}
+    # The pod labels of every other workload in the namespace: a peer selector that
+    # matches any of them admits more than this StatefulSet's pods.
+    others = [
+        pod_spec(o)[1].get("labels") or {}
+        for o in objects
+        if o.get("kind") in WORKLOADS and o is not sts and ns_of(o) == ns_of(sts)
+    ]
+    admitted_from_own = False
+    for pol in objects:
+        if pol.get("kind") != "NetworkPolicy" or ns_of(pol) != ns_of(sts):
+            continue
+        pspec = pol.get("spec") or {}
+        if not selects(pspec.get("podSelector"), labels):
+            continue
+        if "Ingress" not in (pspec.get("policyTypes") or ["Ingress"]):
+            continue
+        for i, rule in enumerate(pspec.get("ingress") or []):
+            if not port_admitted(rule.get("ports"), timely_port, "timely"):
+                continue
+            where = f"NetworkPolicy {pol['metadata']['name']} ingress[{i}]"
+            peers = rule.get("from")
+            if not peers:
+                report.add("network-policy", sts, f"{where} admits the timely port {timely_port} from anywhere")
+                admitted_from_own = True  # (its own pods too: the one violation is enough)
+                continue
+            for peer in peers:
+                sel = peer.get("podSelector")
+                narrow = (
+                    sel is not None
+                    and "namespaceSelector" not in peer
+                    and "ipBlock" not in peer
+                    and bool(sel.get("matchLabels") or sel.get("matchExpressions"))
+                    and selects(sel, labels)
+                    and not any(selects(sel, other) for other in others)
+                )
+                if not narrow:
+                    report.add(
+                        "network-policy",
+                        sts,
+                        f"{where} admits the timely port {timely_port} from {peer!r}, not only this "
+                        "StatefulSet's pods (timely's links are unauthenticated TCP)",
+                    )
+                else:
+                    admitted_from_own = True
+    if not admitted_from_own:
+        report.add("network-policy", sts, f"no NetworkPolicy admits the timely port {timely_port} from its own pods")
+
+
 def check_treeai_statefulset(sts, objects, configs, report):
     spec = sts.get("spec") or {}
     pspec, _ = pod_spec(sts)
@@ -212,6 +299,9 @@ def check_treeai_statefulset(sts, objects, configs, report):
             report.add("timely-cluster", sts, f"args lack {want}")
     processes, peers = env_value(c, "TREEAI_PROCESSES"), env_value(c, "TREEAI_PEERS")
     timely_port = next((p.get("containerPort") for p in c.get("ports") or [] if p.get("name") == "timely"), None)
+    if timely_port is None:
+        report.add("timely-cluster", sts, "the container has no port named timely")
+    check_timely_ingress(sts, objects, timely_port, report)
     try:
         n = int(processes)
     except (TypeError, ValueError):
@@ -220,8 +310,13 @@ def check_treeai_statefulset(sts, objects, configs, report):
     if n is not None:
         name = sts["metadata"]["name"]
         want = ",".join(f"{name}-{i}.{svc_name}:{timely_port}" for i in range(n))
-        if peers != want:
-            report.add("timely-cluster", sts, f"TREEAI_PEERS {peers!r} is not the {n} pods' addresses {want!r}")
+        pattern = f"{name}-{{i}}.{svc_name}:{timely_port}"
+        if peers not in (want, pattern):
+            report.add(
+                "timely-cluster",
+                sts,
+                f"TREEAI_PEERS {peers!r} is neither the {n} pods' addresses {want!r} nor the pattern {pattern!r}",
+            )
         replicas = spec.get("replicas", 1)
         if replicas not in (0, n):
             report.add("timely-cluster", sts, f"replicas {replicas} differs from TREEAI_PROCESSES {n} (and is not 0)")
@@ -231,6 +326,32 @@ def check_treeai_statefulset(sts, objects, configs, report):
         report.add("probes", sts, f"livenessProbe path is {live!r}, not /healthz")
     if ready != "/readyz":
         report.add("probes", sts, f"readinessProbe path is {ready!r}, not /readyz")
+    # HTTP answers only once every peer connected (up to the peer timeout) and the
+    # checkpoint is loaded: the probe that guards the start must outlast the peer wait.
+    ns_configs = [cfg for (ns, _), cfg in configs.items() if ns == ns_of(sts)]
+    timeout_ms, source = PEER_TIMEOUT_MS_DEFAULT, "the default"
+    for cfg in ns_configs:
+        if isinstance((cfg.get("cluster") or {}).get("peer_timeout_ms"), int):
+            timeout_ms, source = cfg["cluster"]["peer_timeout_ms"], "treeai.toml [cluster] peer_timeout_ms"
+    env_timeout = env_value(c, "TREEAI_PEER_TIMEOUT_MS")
+    flag_timeout = next((a.split("=", 1)[1] for a in args if a.startswith("--peer-timeout-ms=")), None)
+    for value, what in ((env_timeout, "TREEAI_PEER_TIMEOUT_MS"), (flag_timeout, "--peer-timeout-ms")):
+        if value is None:
+            continue
+        try:
+            timeout_ms, source = int(value), what
+        except ValueError:
+            report.add("timely-cluster", sts, f"{what} {value!r} is not a number")
+    guard = c.get("startupProbe") or c.get("livenessProbe")
+    if guard is not None:
+        which = "startupProbe" if c.get("startupProbe") else "livenessProbe (no startupProbe)"
+        if probe_budget_s(guard) * 1000 <= timeout_ms:
+            report.add(
+                "probes",
+                sts,
+                f"{which} gives up after {probe_budget_s(guard)} s, within the peer wait "
+                f"{timeout_ms} ms ({source}) and a restore",
+            )
     if pspec.get("automountServiceAccountToken") is not False:
         report.add("sa-token", sts, "the pipeline's pods mount a service account token")
     grace = pspec.get("terminationGracePeriodSeconds", 30)

@@ -36,6 +36,12 @@
 //! checkpoint intervals plus 10 s (the store fails, or Kafka does not take the
 //! alerts the checkpoint waits for); the body says why.
 //!
+//! `GET /v1/admin/cluster` answers the cluster's shape as this process sees it:
+//! `process`, `processes`, `workers_per_process`, `workers`, the source
+//! partitions each of this process's workers reads (`partitions_per_worker`,
+//! by global worker index), and `checkpoints` (`restored_from`,
+//! `newest_durable`).
+//!
 //! `POST /v1/admin/checkpoint` asks for a checkpoint and answers once it is
 //! durable: 200 `{"checkpoint": N}`; 503 with the reason if it failed or took
 //! longer than two minutes; 409 when checkpoints are off.
@@ -84,6 +90,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/admin/checkpoint", post(checkpoint))
+        .route("/v1/admin/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .route(
             "/v1/events",
@@ -216,6 +223,28 @@ async fn checkpoint(State(engine): State<Arc<Engine>>) -> Response {
         Ok(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("checkpoint failed: {why}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("checkpoint: {e}\n")).into_response(),
     }
+}
+
+/// `GET /v1/admin/cluster`: the cluster's shape as this process sees it — processes,
+/// workers, the partitions each of this process's workers reads — and the checkpoints in use.
+async fn cluster(State(engine): State<Arc<Engine>>) -> Response {
+    let layout = engine.metrics.stats().layout.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let checkpoints = engine.checkpoints.as_ref().map(|hub| {
+        json!({
+            "restored_from": hub.restore().map(|r| r.number),
+            "newest_durable": hub.durable_number(),
+        })
+    });
+    Json(json!({
+        "process": layout.process,
+        "processes": layout.processes,
+        "workers_per_process": layout.workers,
+        "workers": layout.workers * layout.processes,
+        "partitions_per_worker": layout.partitions,
+        "source": engine.metrics.source(),
+        "checkpoints": checkpoints,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(engine): State<Arc<Engine>>) -> Response {

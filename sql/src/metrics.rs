@@ -52,6 +52,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The pipeline's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The kind of source (`generator`, `kafka`, `file`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Readiness (`/readyz`): the views have a watermark (or the bounded input is finished)
     /// and, after a restore, every worker has caught up with its source.
     pub fn readiness(&self) -> Result<(), &'static str> {

@@ -2,7 +2,8 @@
 //! views of the naive batch implementation, for random event sets with
 //! revisions, withdrawals, deletions, re-registrations, late and out-of-order
 //! readings and malformed lines, fed in random orders and batch boundaries,
-//! over random watermark partitions, with 1, 2 and 4 workers.
+//! over random watermark partitions, with 1, 2 and 4 workers, and as clusters of
+//! 2 and 3 processes.
 
 use crate::common::{batch_rows, diff_views};
 use crate::naive::{naive_views, NaiveInput};
@@ -160,13 +161,22 @@ struct Outcome {
 }
 
 fn run_dataflow(lines: &[String], workers: usize, seed: u64) -> Outcome {
+    let mut outcomes = run_cluster(lines, 1, workers, seed);
+    outcomes.pop().expect("one process")
+}
+
+/// Runs the dataflow as a cluster of `processes` processes (threads of this one, linked over
+/// loopback by timely's networking as separate processes would be) of `workers` workers each;
+/// the outcome of every process (its views, and the dead letters of its own workers).
+fn run_cluster(lines: &[String], processes: usize, workers: usize, seed: u64) -> Vec<Outcome> {
     let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let total = processes * workers;
     // Deal the lines to workers in a random order; positions keep source order.
-    let mut dealt: Vec<Vec<(String, Position, u32)>> = vec![Vec::new(); workers];
+    let mut dealt: Vec<Vec<(String, Position, u32)>> = vec![Vec::new(); total];
     let mut order: Vec<usize> = (0..lines.len()).collect();
     order.shuffle(&mut rng);
     for i in order {
-        let w = rng.random_range(0..workers);
+        let w = rng.random_range(0..total);
         let partition = rng.random_range(0..3);
         dealt[w].push((lines[i].clone(), Position { source: 0, offset: i as u64 + 1 }, partition));
     }
@@ -184,10 +194,31 @@ fn run_dataflow(lines: &[String], workers: usize, seed: u64) -> Outcome {
         batch: 64,
         ..Default::default()
     };
-    let done = run_bounded(SourceSpec::Custom(factory), config).expect("runtime");
-    let views = view_batches(&done.views, done.watermark).into_iter().map(|(n, b)| (n, batch_rows(&b))).collect();
-    let rejected = done.collected.dead_letters.len();
-    Outcome { views, watermark: done.watermark, rejected }
+    let peers: Vec<String> = (0..processes).map(|_| crate::common::free_addr()).collect();
+    let runs: Vec<_> = (0..processes)
+        .map(|process| {
+            let mut config = config.clone();
+            if processes > 1 {
+                config.cluster = Some(treeai_dataflows::runtime::cluster::ClusterConfig {
+                    processes,
+                    process,
+                    peers: peers.clone(),
+                    connect_timeout: Duration::from_secs(20),
+                });
+            }
+            let factory = factory.clone();
+            std::thread::spawn(move || run_bounded(SourceSpec::Custom(factory), config).expect("runtime"))
+        })
+        .collect();
+    runs.into_iter()
+        .map(|run| {
+            let done = run.join().expect("a process of the cluster panicked");
+            let views =
+                view_batches(&done.views, done.watermark).into_iter().map(|(n, b)| (n, batch_rows(&b))).collect();
+            let rejected = done.collected.dead_letters.len();
+            Outcome { views, watermark: done.watermark, rejected }
+        })
+        .collect()
 }
 
 fn check(lines: &[String], seed: u64, workers: usize) {
@@ -219,6 +250,29 @@ fn the_same_input_gives_the_same_views_in_any_order_and_worker_count() {
     let lines: Vec<String> = (0..600).map(|_| random_line(&mut rng)).collect();
     for (seed, workers) in [(1, 1), (2, 2), (3, 4), (4, 4), (5, 2), (6, 1)] {
         check(&lines, seed, workers);
+    }
+}
+
+/// A cluster of 2 or 3 processes of 1 or 2 workers: every process ends with the naive views
+/// (each receives the whole views), and the processes' dead letters add up to the naive ones.
+#[test]
+fn every_process_of_a_cluster_ends_with_the_naive_views() {
+    for seed in 0..8u64 {
+        let mut rng = Pcg64Mcg::seed_from_u64(1000 + seed);
+        let n = rng.random_range(50..400);
+        let lines: Vec<String> = (0..n).map(|_| random_line(&mut rng)).collect();
+        let (processes, workers) = [(2, 1), (3, 1), (2, 2), (3, 2)][seed as usize % 4];
+        let inputs: Vec<NaiveInput> =
+            lines.iter().enumerate().map(|(i, l)| NaiveInput { order: i as u64 + 1, line: l.as_bytes() }).collect();
+        let want = naive_views(&inputs);
+        let got = run_cluster(&lines, processes, workers, seed);
+        assert_eq!(got.iter().map(|o| o.rejected).sum::<usize>(), want.rejected, "rejected (seed {seed})");
+        for (process, outcome) in got.iter().enumerate() {
+            assert_eq!(outcome.watermark, want.watermark, "watermark (seed {seed}, process {process})");
+            if let Some(diff) = diff_views(&outcome.views, &want.views) {
+                panic!("seed {seed}, {processes}x{workers}, process {process}: views differ from naive:\n{diff}");
+            }
+        }
     }
 }
 

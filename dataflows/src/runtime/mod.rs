@@ -164,6 +164,23 @@ pub struct Stats {
     /// Counters other components keep (the lake, Kafka), registered by each
     /// component when the pipeline is built and exposed by `/metrics`.
     pub components: Counters,
+    /// Where this process's workers stand in the cluster (`GET /v1/admin/cluster`).
+    pub layout: Mutex<Layout>,
+}
+
+/// This process's place in the cluster and what its workers read.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Layout {
+    /// This process's index.
+    pub process: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// Workers per process.
+    pub workers: usize,
+    /// Per worker of this process (global index), the source partitions it reads (the
+    /// sources' ids: a file, a Kafka topic-partition, a generator shard), refreshed as
+    /// partitions come and go.
+    pub partitions: std::collections::BTreeMap<usize, Vec<u32>>,
 }
 
 /// Freshness: for every applied event, the time from its arrival (when its source
@@ -319,10 +336,9 @@ impl Running {
         }
         if let Some((comms, lost)) = self.comms {
             let lost = lost.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            match (&first_error, lost) {
-                // The workers failed because a peer went away: say which.
-                (Some(RuntimeError::Worker(_)), Some(lost)) => first_error = Some(RuntimeError::Cluster(lost)),
-                _ => {}
+            // The workers failed because a peer went away: say which.
+            if let (Some(RuntimeError::Worker(_)), Some(lost)) = (&first_error, lost) {
+                first_error = Some(RuntimeError::Cluster(lost));
             }
             if first_error.is_some() {
                 // Its threads may wait for peers that are gone (and it panics on drop if one
@@ -348,6 +364,7 @@ impl Running {
 /// (if any), takes the checkpoints asked of it, and ends (input done or
 /// `shutdown`) with a final one (see [`crate::checkpoint`]). In a cluster
 /// (`config.cluster`), over `links` if already connected (else it connects).
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     config: RuntimeConfig,
     sources: SourceFactory,
@@ -359,7 +376,11 @@ pub fn start(
     links: Option<cluster::Links>,
 ) -> Result<Running, RuntimeError> {
     let workers = config.workers.max(1);
-    let (process, _) = config.process();
+    let (process, processes) = config.process();
+    {
+        let mut layout = stats.layout.lock().unwrap_or_else(|p| p.into_inner());
+        (layout.process, layout.processes, layout.workers) = (process, processes, workers);
+    }
     // In a cluster, the derived outputs (score changes, alerts) are written by process 0 only:
     // every process's egress sees the whole views, so any one of them could.
     let egress_sink = if process == 0 { sinks(SinkRole::Egress) } else { Box::new(crate::source::NullSink) };

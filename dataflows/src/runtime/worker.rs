@@ -221,6 +221,13 @@ pub(super) fn worker_main(
     loop {
         round += 1;
         let now = Instant::now();
+        if round % 256 == 1 {
+            // What this worker reads, for `GET /v1/admin/cluster`.
+            let mut partitions: Vec<u32> = source.positions().iter().map(|p| p.source).collect();
+            partitions.sort_unstable();
+            partitions.dedup();
+            stats.layout.lock().unwrap_or_else(|p| p.into_inner()).partitions.insert(index, partitions);
+        }
         stats.last_round_ms.store(super::now_ms(), Ordering::Relaxed);
         if index == 0 {
             match config.fault {
