@@ -291,8 +291,12 @@ fn runtime_config(common: &CommonArgs, file: &FileConfig) -> anyhow::Result<Runt
 fn stop_on_signal(deadline: Option<Duration>) -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // Signals are counted apart from the stop flag: in a cluster the flag is also set when
+    // another process is stopping, and this process's own first signal is still a first.
+    let signaled = AtomicBool::new(false);
     ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
+        flag.store(true, Ordering::SeqCst);
+        if signaled.swap(true, Ordering::SeqCst) {
             eprintln!("\ntreeai: second signal: exiting at once");
             std::process::exit(130);
         }

@@ -107,10 +107,16 @@ fn stop_all(cluster: &mut [Running]) {
     for run in cluster.iter() {
         run.signal("TERM");
     }
-    for (i, run) in cluster.iter_mut().enumerate() {
-        let status = run.wait_exit(40);
-        assert_eq!(status.and_then(|s| s.code()), Some(0), "process {i} did not stop cleanly");
+    let statuses: Vec<_> = cluster.iter_mut().map(|run| run.wait_exit(40)).collect();
+    let mut failed = String::new();
+    for (i, (run, status)) in cluster.iter_mut().zip(&statuses).enumerate() {
+        if status.and_then(|s| s.code()) != Some(0) {
+            let lines: Vec<String> = run.lines.try_iter().collect();
+            let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+            failed += &format!("process {i} did not stop cleanly ({status:?}); its last lines:\n{tail}\n");
+        }
     }
+    assert!(failed.is_empty(), "{failed}");
 }
 
 #[test]
