@@ -5,11 +5,13 @@ mod cluster_args;
 mod config;
 mod kafka_args;
 mod lake_args;
+mod scale;
 mod sql;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use config::FileConfig;
+use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +57,19 @@ enum Command {
     /// Manage the users and bearer tokens of --auth-file.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// The seasonal scaling policy (OPERATIONS.md): plan a region's cluster size, or apply it on Kubernetes.
+    #[command(subcommand)]
+    Scale(ScaleCommand),
+}
+
+/// `treeai scale`.
+#[derive(Subcommand)]
+enum ScaleCommand {
+    /// Print the desired process count of a region at a time, and why.
+    Plan(scale::PlanArgs),
+    /// Resize the region's cluster on Kubernetes to the planned size (checkpoint, stop, start at the
+    /// new size, wait until restored and ready); --dry-run prints the API calls instead.
+    Apply(scale::ApplyArgs),
 }
 
 /// `treeai auth`: the credentials file holds SCRAM-SHA-256 verifiers and token hashes only.
@@ -369,6 +384,7 @@ fn main() {
         Command::Produce(args) => produce(args),
         Command::Backfill(args) => backfill(args),
         Command::Auth(command) => auth(command),
+        Command::Scale(command) => scale_command(command),
     };
     if let Err(e) = result {
         eprintln!("treeai: {e:#}");
@@ -719,5 +735,127 @@ fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         rows.join(" ")
     );
+    Ok(())
+}
+
+/// One HTTP call of `treeai scale`: `(status, body as JSON or Null)`. Kubernetes calls carry the
+/// pod's service-account token and trust the cluster's CA (both mounted into the scaler's pod);
+/// pipeline calls carry the admin token. (kube-rs was weighed: its k8s-openapi types cost minutes
+/// of every clean build for three calls; reqwest is in the tree already through object_store.)
+fn scale_http(
+    api: Option<scale::Api>,
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<(&str, &Value)>,
+) -> anyhow::Result<(u16, Value)> {
+    const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let kubernetes = api == Some(scale::Api::Kubernetes);
+    let mut client = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    let mut bearer = bearer.map(str::to_string);
+    if kubernetes {
+        if let Ok(ca) = std::fs::read(format!("{SA}/ca.crt")) {
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(&ca).context("the cluster CA")?);
+        }
+        bearer = std::fs::read_to_string(format!("{SA}/token")).ok().map(|t| t.trim().to_string()).or(bearer);
+    }
+    let client = client.build().context("HTTP client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).context("HTTP method")?;
+        let mut request = client.request(method, url);
+        if let Some(token) = &bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some((kind, body)) = body {
+            request = request.header("Content-Type", kind).body(serde_json::to_vec(body)?);
+        }
+        let response = request.send().await.with_context(|| url.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.with_context(|| url.to_string())?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    })
+}
+
+/// The signals of the plan: the flags, then what Prometheus (`--metrics`) says.
+fn scale_signals(args: &scale::PlanArgs, policy: &scale::Policy) -> anyhow::Result<scale::Signals> {
+    let mut signals = args.signals();
+    if let Some(url) = &args.metrics {
+        let mut answers = Vec::new();
+        for (signal, query) in scale::prometheus_queries(policy, Some(&args.namespace())) {
+            let (status, body) =
+                scale_http(None, "GET", &scale::prometheus_query_url(url, &query, Some(args.at())), None, None)?;
+            if status != 200 && body.is_null() {
+                bail!("prometheus: {signal}: HTTP {status}");
+            }
+            answers.push((signal, body));
+        }
+        signals = signals.merge(scale::signals_from_prometheus(&answers)?);
+    }
+    Ok(signals)
+}
+
+fn scale_command(command: ScaleCommand) -> anyhow::Result<()> {
+    match command {
+        ScaleCommand::Plan(args) => {
+            let policy = args.load_policy()?;
+            let signals = scale_signals(&args, &policy)?;
+            let decision = scale::plan(&policy, args.at(), &args.region, &signals)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&decision)?);
+            } else {
+                println!("{decision}");
+            }
+        }
+        ScaleCommand::Apply(args) => {
+            let policy = args.plan.load_policy()?;
+            let target = args.target();
+            // The StatefulSet (current size, last change, storm flag); a dry run given --current
+            // plans without asking Kubernetes.
+            let (current, signals) = match (args.dry_run, args.plan.current) {
+                (true, Some(current)) => (current, scale_signals(&args.plan, &policy)?),
+                _ => {
+                    let url = target.statefulset_url();
+                    let (status, sts) = scale_http(Some(scale::Api::Kubernetes), "GET", &url, None, None)?;
+                    if status != 200 {
+                        bail!("GET {url}: HTTP {status}");
+                    }
+                    let state = scale::StatefulSetState::from_json(&sts, &target)?;
+                    if let Some(why) = state.problem(&target) {
+                        bail!("not resizing {}: {why}", target.statefulset);
+                    }
+                    (state.replicas, state.signals().merge(scale_signals(&args.plan, &policy)?))
+                }
+            };
+            let decision = scale::plan(&policy, args.plan.at(), &args.plan.region, &signals)?;
+            let steps = scale::apply_steps(&decision, current, &target);
+            if args.dry_run {
+                print!("{}", scale::dry_run_text(&decision, current, &steps));
+                return Ok(());
+            }
+            println!("{decision}");
+            let started = Instant::now();
+            for step in &steps {
+                let bearer = match step.api {
+                    scale::Api::Pipeline => args.token.as_deref(),
+                    scale::Api::Kubernetes => None,
+                };
+                let deadline = Instant::now() + Duration::from_secs(540);
+                loop {
+                    let body = step.body.as_ref().zip(step.content_type).map(|(b, k)| (k, b));
+                    let (status, body) = scale_http(Some(step.api), step.method, &step.url, bearer, body)
+                        .with_context(|| format!("{step}"))?;
+                    if step.done(status, &body) {
+                        break;
+                    }
+                    if step.until.is_none() || Instant::now() > deadline {
+                        bail!("{step}: HTTP {status} {body}");
+                    }
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                eprintln!("treeai scale: {:.1} s: done: {step}", started.elapsed().as_secs_f64());
+            }
+        }
+    }
     Ok(())
 }

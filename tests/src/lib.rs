@@ -11,6 +11,8 @@
 //! - `kafka`: Kafka in and out against a real broker (Tansu), with kcat.
 //! - `lake`: the Parquet lake on local disk and on S3 (moto).
 //! - `lifecycle`: SIGTERM, a second signal, a worker panic, a stalled dataflow and `/healthz`.
+//! - `scale`: `treeai scale plan` and `apply --dry-run` as a user runs them, with a real
+//!   Prometheus scraping a running pipeline for the emergency triggers.
 //! - `security`: TLS, SCRAM logins, bearer tokens and roles, the audit log.
 //! - `sql`: the SQL endpoint of `treeai run` with psql, psycopg and HTTP.
 //! - `sqllogic`: SQL behaviour from `data/sql/*.slt` files through the engine.
@@ -38,6 +40,8 @@ mod lifecycle;
 mod prometheus;
 #[cfg(test)]
 mod recovery;
+#[cfg(test)]
+mod scale;
 #[cfg(test)]
 mod security;
 #[cfg(test)]

@@ -134,14 +134,14 @@ impl Drop for Throttle {
 }
 
 /// A Prometheus server on a free loopback port with its storage in a temporary folder.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    fn start(config: &Path) -> Prometheus {
+    pub(crate) fn start(config: &Path) -> Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = free_addr();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("prometheus log");
@@ -184,7 +184,7 @@ impl Prometheus {
     }
 
     /// The samples of an instant query: (labels, value).
-    fn query(&self, expr: &str) -> Vec<(Value, f64)> {
+    pub(crate) fn query(&self, expr: &str) -> Vec<(Value, f64)> {
         let data = self.api(&format!("query?query={}", urlencode(expr)));
         let number = |v: &Value| v[1].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
         match data["resultType"].as_str() {
