@@ -59,7 +59,13 @@ fn free_addr() -> anyhow::Result<String> {
 
 /// Produces `events` generator events over `trees` trees to fresh topics; the topics and the
 /// greatest reading time.
-fn produce_topics(base: &KafkaConfig, prefix: &str, trees: u64, events: u64, partitions: i32) -> anyhow::Result<(KafkaConfig, i64)> {
+fn produce_topics(
+    base: &KafkaConfig,
+    prefix: &str,
+    trees: u64,
+    events: u64,
+    partitions: i32,
+) -> anyhow::Result<(KafkaConfig, i64)> {
     let mut config = base.clone();
     config.topics = topics(prefix);
     let t = &config.topics;

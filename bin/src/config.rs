@@ -28,6 +28,11 @@
 //! peers = ["treeai-{i}.treeai-peers:7000"]  # or one host:port per process, in order
 //! peer_timeout_ms = 60000     # start-up wait for every peer
 //!
+//! [webhook]                   # critical and resolved alerts to PagerDuty or Slack
+//! url = "https://events.pagerduty.com/v2/enqueue"
+//! routing_key = "…"           # PagerDuty integration key (better: env TREEAI_WEBHOOK_ROUTING_KEY)
+//! max_attempts = 6            # then the alert goes to <data_dir>/webhook/deadletter.ndjson
+//!
 //! [generator]                 # the embedded default source
 //! trees = 10000
 //! agents = 30
@@ -121,6 +126,21 @@ pub struct FileConfig {
     /// A cluster of processes.
     #[serde(default)]
     pub cluster: ClusterFile,
+    /// Alert routing to a webhook.
+    #[serde(default)]
+    pub webhook: WebhookFile,
+}
+
+/// `[webhook]`: critical and resolved alerts posted to PagerDuty (Events v2) or Slack.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    /// Where alerts are posted (flag `--webhook-url`, env `TREEAI_WEBHOOK_URL`); absent: none.
+    pub url: Option<String>,
+    /// PagerDuty integration key (flag `--webhook-routing-key`, env `TREEAI_WEBHOOK_ROUTING_KEY`).
+    pub routing_key: Option<String>,
+    /// Attempts per alert before it is dead-lettered (flag `--webhook-max-attempts`); default 6.
+    pub max_attempts: Option<u32>,
 }
 
 /// `[cluster]`: this process's place in a cluster of processes (OPERATIONS.md "Cluster").

@@ -202,6 +202,17 @@ struct RunArgs {
     checkpoint: checkpoint_args::CheckpointArgs,
     #[command(flatten)]
     cluster: cluster_args::ClusterArgs,
+    /// Post every critical and resolved alert to this URL (PagerDuty Events v2 and Slack
+    /// incoming-webhook compatible JSON; retried with backoff, then dead-lettered under
+    /// --data-dir/webhook/).
+    #[arg(long, env = "TREEAI_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// PagerDuty integration key, sent as `routing_key` with each alert.
+    #[arg(long, env = "TREEAI_WEBHOOK_ROUTING_KEY", hide_env_values = true)]
+    webhook_routing_key: Option<String>,
+    /// Attempts per alert before it is dead-lettered [default: 6].
+    #[arg(long, env = "TREEAI_WEBHOOK_MAX_ATTEMPTS")]
+    webhook_max_attempts: Option<u32>,
     /// SIGTERM, SIGINT or SIGHUP: stop the sources, drain, flush the lake and Kafka, write a final
     /// checkpoint, exit 0 within this many ms (else exit 1); a second signal exits at once
     /// [default: 25000].
@@ -509,7 +520,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let data_dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("data"));
+    let webhook = match args.webhook_url.clone().or(file.webhook.url.clone()) {
+        Some(url) => {
+            let mut w = treeai_connectors::webhook::WebhookConfig::new(url, &data_dir);
+            w.routing_key = args.webhook_routing_key.clone().or(file.webhook.routing_key.clone());
+            if let Some(n) = args.webhook_max_attempts.or(file.webhook.max_attempts) {
+                w.max_attempts = n.max(1);
+            }
+            eprintln!("treeai run: alerts to the webhook {}", w.url);
+            Some(w)
+        }
+        None => None,
+    };
     let pipeline = PipelineBuilder::new(source, config)
+        .webhook(webhook)
         .ingest(ingest_log)
         .lake(lake_config.clone())
         .kafka_output(kafka.clone())

@@ -13,6 +13,7 @@ pub mod lake;
 pub mod parquet_out;
 pub mod pipeline;
 pub mod sinks;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -63,6 +63,7 @@ pub struct PipelineBuilder {
     shutdown: Option<Arc<AtomicBool>>,
     checkpoints: Option<CheckpointConfig>,
     ingest: Option<Arc<crate::ingest::IngestLog>>,
+    webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 impl PipelineBuilder {
@@ -77,7 +78,14 @@ impl PipelineBuilder {
             shutdown: None,
             checkpoints: None,
             ingest: None,
+            webhook: None,
         }
+    }
+
+    /// Posts critical and resolved alerts to a webhook (when given; see [`crate::webhook`]).
+    pub fn webhook(mut self, config: Option<crate::webhook::WebhookConfig>) -> Self {
+        self.webhook = config;
+        self
     }
 
     /// Worker 0 also reads the local ingest log (`POST /v1/events` without Kafka; see
@@ -261,6 +269,16 @@ impl PipelineBuilder {
             }
             _ => None,
         };
+        // The webhook: alerts of process 0's egress (the only one that derives alerts).
+        let webhook = match self.webhook.clone() {
+            Some(config) if process == 0 => {
+                let webhook = crate::webhook::Webhook::start(config)?;
+                webhook.register_metrics(&stats.components);
+                sinks.push(webhook.sink_factory());
+                Some(webhook)
+            }
+            _ => None,
+        };
         let sinks: SinkFactory = match sinks.len() {
             0 => Arc::new(|_| Box::new(NullSink) as Box<dyn Sink>),
             1 => sinks.remove(0),
@@ -304,10 +322,20 @@ impl PipelineBuilder {
                     restore,
                     crate::checkpoint::CommitTargets {
                         lake: lake.clone(),
-                        outputs: kafka_output.clone().map(|o| {
-                            Box::new(move || o.flush_for_checkpoint(Duration::from_secs(30)))
-                                as crate::checkpoint::OutputsFlush
-                        }),
+                        outputs: {
+                            let (kafka, hook) = (kafka_output.clone(), webhook.clone());
+                            (kafka.is_some() || hook.is_some()).then(|| {
+                                Box::new(move || {
+                                    if let Some(o) = &kafka {
+                                        o.flush_for_checkpoint(Duration::from_secs(30))?;
+                                    }
+                                    if let Some(w) = &hook {
+                                        w.flush_for_checkpoint(Duration::from_secs(120))?;
+                                    }
+                                    Ok(())
+                                }) as crate::checkpoint::OutputsFlush
+                            })
+                        },
                     },
                     source_kind,
                     checkpoint_metrics.clone(),
@@ -362,6 +390,7 @@ impl PipelineBuilder {
             kafka_output,
             kafka_stats,
             collected,
+            webhook,
         })
     }
 }
@@ -378,6 +407,7 @@ pub struct Pipeline {
     kafka_output: Option<KafkaOutput>,
     kafka_stats: Option<Arc<KafkaStats>>,
     collected: Option<Arc<Mutex<Collected>>>,
+    webhook: Option<crate::webhook::Webhook>,
 }
 
 /// What a pipeline leaves when it has stopped.
@@ -440,10 +470,20 @@ impl Pipeline {
         if let Some(output) = &self.kafka_output {
             output.flush(Duration::from_secs(10));
         }
+        // The webhook: on a stop it gets a few seconds for its queue (what is left is
+        // dead-lettered), so the stop keeps its deadline; at the end of a bounded input the final
+        // checkpoint waits for its deliveries, retries included.
+        let stopped = self.shutdown.load(Ordering::SeqCst);
+        if let (Some(webhook), true) = (&self.webhook, stopped) {
+            webhook.close(Duration::from_secs(5));
+        }
         let checkpointed = match self.checkpointer {
             Some(c) => c.finish(Duration::from_secs(600)),
             None => Ok(()),
         };
+        if let Some(webhook) = &self.webhook {
+            webhook.close(Duration::from_secs(if stopped { 5 } else { 300 }));
+        }
         result?;
         checkpointed.map_err(|e| ConnectorError::Output(format!("final checkpoint: {e}")))?;
         let snapshot = self.catalog.snapshot();

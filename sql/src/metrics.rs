@@ -23,6 +23,14 @@
 //! | `treeai_lake_files_total`, `treeai_lake_bytes_total`, `treeai_lake_errors_total` (with a lake) | counter | |
 //! | `treeai_kafka_errors_total`, `treeai_kafka_delivered_total`, `treeai_kafka_delivery_errors_total` (with Kafka) | counter | |
 //!
+//! | `treeai_cluster_info` (always 1) | gauge | `process`, `processes`, `workers` (per process) |
+//!
+//! In a cluster every process exports its own: the event, lake and Kafka
+//! counters count its own workers' share (sum them over the processes), the
+//! views and watermarks are every process's copy of the whole cluster's
+//! (take any one, or `max`), and `treeai_alerts_total` is counted by process 0,
+//! which derives and sends the alerts (sum works).
+//!
 //! The event counters are read from the runtime's `Stats` at scrape time; the
 //! lake and Kafka counters from the atomics their connectors keep, registered
 //! by each component in the runtime's `Stats::components`.
@@ -187,6 +195,17 @@ impl Metrics {
         ] {
             counter(&mut out, name, help);
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+        {
+            let layout = s.layout.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(
+                out,
+                "# HELP treeai_cluster_info This process's place in the cluster.\n# TYPE treeai_cluster_info gauge\n\
+                 treeai_cluster_info{{process=\"{}\",processes=\"{}\",workers=\"{}\"}} 1",
+                layout.process,
+                layout.processes.max(1),
+                layout.workers
+            );
         }
         let snap = self.catalog.snapshot();
         let gauge = |out: &mut String, name: &str, help: &str, v: Option<f64>| {

@@ -15,6 +15,8 @@
 //!   Prometheus scraping a running pipeline for the emergency triggers.
 //! - `security`: TLS, SCRAM logins, bearer tokens and roles, the audit log.
 //! - `sql`: the SQL endpoint of `treeai run` with psql, psycopg and HTTP.
+//! - `webhook`: critical alerts to a local HTTP receiver (PagerDuty/Slack JSON), retries,
+//!   at-least-once across a kill -9, dead letters.
 //! - `sqllogic`: SQL behaviour from `data/sql/*.slt` files through the engine.
 //! - `sql_stream`: scans of a 1M-row view stream (memory, the memory pool,
 //!   cancel, `EXPLAIN`), on a catalog built without the dataflow.
@@ -52,3 +54,5 @@ mod sql_stream;
 mod sqllogic;
 #[cfg(test)]
 mod validation;
+#[cfg(test)]
+mod webhook;

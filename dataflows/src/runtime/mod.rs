@@ -381,8 +381,9 @@ pub fn start(
         let mut layout = stats.layout.lock().unwrap_or_else(|p| p.into_inner());
         (layout.process, layout.processes, layout.workers) = (process, processes, workers);
     }
-    // In a cluster, the derived outputs (score changes, alerts) are written by process 0 only:
-    // every process's egress sees the whole views, so any one of them could.
+    // In a cluster, the derived outputs (score changes, alerts) are derived and written by
+    // process 0 only: every process's egress sees the whole views, so any one of them could.
+    // The others' egress only publishes to their catalog (and counts no alerts).
     let egress_sink = if process == 0 { sinks(SinkRole::Egress) } else { Box::new(crate::source::NullSink) };
     let egress = Arc::new(egress::Egress::new(
         workers,
@@ -392,6 +393,9 @@ pub fn start(
         stats.clone(),
         checkpoints.clone(),
     ));
+    if process > 0 {
+        egress.close();
+    }
     let (worker_stats, worker_egress) = (stats.clone(), egress.clone());
     let hub = checkpoints.clone();
     let cluster = config.cluster.clone();
