@@ -13,6 +13,7 @@
 //! sql_timeout_ms = 30000      # time limit of one SQL statement
 //! sql_memory_limit_mb = 1024  # memory pool of all running SQL queries
 //! http_max_rows = 100000      # most rows of one HTTP /v1/sql answer
+//! sql_max_connections = 256   # Postgres wire connections at once (53300 beyond)
 //! shutdown_timeout_ms = 25000 # SIGTERM: drain and flush, exit 0 within this
 //! liveness_timeout_ms = 30000 # /healthz fails without a dataflow round for this long
 //!
@@ -90,6 +91,11 @@ pub struct FileConfig {
     pub sql_memory_limit_mb: Option<usize>,
     /// Most rows one HTTP `/v1/sql` answer carries (flag `--http-max-rows`); default 100000.
     pub http_max_rows: Option<usize>,
+    /// Postgres wire connections open at once (flag `--sql-max-connections`); default 256.
+    pub sql_max_connections: Option<usize>,
+    /// Host names HTTP answers to besides IP addresses and `localhost` (flag
+    /// `--http-allowed-hosts`); e.g. the Service's `treeai.treeai-us-east.svc`.
+    pub http_allowed_hosts: Option<Vec<String>>,
     /// Local state that is not a checkpoint, e.g. the ingest log (flag `--data-dir`, env
     /// `TREEAI_DATA_DIR`); default `./data`.
     pub data_dir: Option<PathBuf>,

@@ -56,6 +56,13 @@ pub struct SqlArgs {
     /// Most rows one HTTP /v1/sql answer carries [default: 100000].
     #[arg(long, env = "TREEAI_HTTP_MAX_ROWS")]
     http_max_rows: Option<usize>,
+    /// Postgres wire connections open at once; one more is refused (53300) [default: 256].
+    #[arg(long, env = "TREEAI_SQL_MAX_CONNECTIONS")]
+    sql_max_connections: Option<usize>,
+    /// Host names HTTP answers to besides IP addresses and localhost (without --auth-file others
+    /// are refused: DNS rebinding), and the hosts of browser origins it takes besides its own.
+    #[arg(long, env = "TREEAI_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
+    http_allowed_hosts: Vec<String>,
     /// Users and tokens (made by `treeai auth`): SQL then needs a SCRAM-SHA-256 login and HTTP a
     /// bearer token of the right role. The file is re-read when it changes.
     #[arg(long, env = "TREEAI_AUTH_FILE")]
@@ -114,6 +121,12 @@ pub fn start(
         memory_limit: args.sql_memory_limit_mb.or(file.sql_memory_limit_mb).map_or(d.memory_limit, |mb| mb << 20),
         http_max_rows: args.http_max_rows.or(file.http_max_rows).unwrap_or(d.http_max_rows),
         liveness_timeout,
+        max_connections: args.sql_max_connections.or(file.sql_max_connections).unwrap_or(d.max_connections),
+        allowed_hosts: if args.http_allowed_hosts.is_empty() {
+            file.http_allowed_hosts.clone().unwrap_or_default()
+        } else {
+            args.http_allowed_hosts.clone()
+        },
     };
     let auth_file = args.auth_file.clone().or(file.auth_file.clone());
     let insecure = args.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);

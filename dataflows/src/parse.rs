@@ -102,7 +102,11 @@ impl Rejection {
             }
             None => self.field.to_string(),
         };
-        if field.is_empty() {
+        // Only the fields events have: any other key (a duplicated unknown one) is `other`, so a
+        // sender cannot make up metric labels.
+        let base = field.split(['.', '[']).next().unwrap_or("");
+        let field = if FIELD_NAMES.contains(&base) { field.as_str() } else { "other" };
+        if field.is_empty() || base.is_empty() {
             self.rule.as_str().to_string()
         } else {
             format!("{field}:{}", self.rule.as_str())
@@ -720,5 +724,14 @@ mod tests {
             assert_eq!(field_index(name), Some(i), "{name}");
         }
         assert_eq!(field_index("firmware"), None);
+    }
+
+    #[test]
+    fn labels_name_only_the_events_fields() {
+        let label = |field: &str| Rejection::new(field.to_string(), Rule::Duplicate, "").label();
+        assert_eq!(label("defects[3].kind"), "defects.kind:duplicate");
+        assert_eq!(label("tree_id"), "tree_id:duplicate");
+        assert_eq!(label("x-made-up-by-a-sender"), "other:duplicate");
+        assert_eq!(label(""), "duplicate");
     }
 }

@@ -58,6 +58,10 @@ pub enum SqlError {
     /// An arithmetic result out of its type's range. Client's fault.
     #[error("{0}")]
     NumericOverflow(String),
+    /// A function would have produced more than one call may (see [`crate::limits`]).
+    /// Client's fault.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The query failed while running on its data (bad cast…). Client's fault.
     #[error("{0}")]
     Execution(String),
@@ -87,6 +91,7 @@ impl SqlError {
             SqlError::ResourcesExhausted(_) => "53200",
             SqlError::DivisionByZero(_) => "22012",
             SqlError::NumericOverflow(_) => "22003",
+            SqlError::LimitExceeded(_) => "54000",
             SqlError::Execution(_) => "22000",
             SqlError::Internal(_) => "XX000",
         }
@@ -136,6 +141,9 @@ fn classify(e: &DataFusionError) -> SqlError {
             ArrowError::ArithmeticOverflow(_) => SqlError::NumericOverflow(e.to_string()),
             _ => SqlError::Execution(e.to_string()),
         },
+        DataFusionError::Execution(m) if m.starts_with("program_limit_exceeded: ") => {
+            SqlError::LimitExceeded(m.trim_start_matches("program_limit_exceeded: ").to_string())
+        }
         DataFusionError::Execution(m) => SqlError::Execution(m.clone()),
         DataFusionError::ExecutionJoin(_) | DataFusionError::Internal(_) | DataFusionError::IoError(_) => {
             SqlError::Internal(message())

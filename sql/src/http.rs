@@ -98,6 +98,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(engine.ingest_limits.max_bytes)),
         )
         .layer(axum::middleware::from_fn_with_state(engine.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(engine.clone(), same_site))
         .with_state(engine)
 }
 
@@ -126,6 +127,64 @@ pub fn required_role(path: &str, metrics_auth: bool) -> Option<Role> {
         p if p.starts_with("/v1/admin/") => Some(Role::Admin),
         _ => Some(Role::Reader),
     }
+}
+
+/// The host part of a `Host` or `Origin` value (`http://a.b:8080` → `a.b`, `[::1]:80` → `::1`).
+fn host_of(value: &str) -> &str {
+    let rest = value.split_once("://").map_or(value, |(_, r)| r);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    if let Some(v6) = rest.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    rest.rsplit_once(':').map_or(rest, |(h, _)| h)
+}
+
+/// Whether `host` may be named in `Host` without being listed: an IP address or `localhost`.
+fn plain_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Browsers' requests from other sites are refused (403), whatever the route:
+/// - a request with an `Origin` header (a browser's cross-site `fetch` or form post) passes only
+///   when the origin's host is the request's own `Host` or listed in `--http-allowed-hosts`;
+/// - without `--auth-file` (an open server, as on a laptop), `Host` must be an IP address,
+///   `localhost` or a listed name: a DNS-rebinding page's host name is refused. (With
+///   credentials a rebinding page has no token to send.)
+///
+/// Probes, Prometheus, curl and programs send no `Origin` and name the address they reach.
+async fn same_site(
+    State(engine): State<Arc<Engine>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match refused_site(&engine, request.headers()) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    }
+}
+
+/// The refusal [`same_site`] answers, if any.
+fn refused_site(engine: &Engine, headers: &HeaderMap) -> Option<Response> {
+    let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header_str(header::HOST).map(host_of).unwrap_or("");
+    let allowed = |h: &str| engine.config.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h));
+    if let Some(origin) = header_str(header::ORIGIN) {
+        let from = host_of(origin);
+        if origin == "null" || !(from.eq_ignore_ascii_case(host) || allowed(from)) {
+            engine.metrics.auth_failure("http", "cross_site");
+            return Some(
+                (StatusCode::FORBIDDEN, format!("cross-site request from {origin} refused\n")).into_response(),
+            );
+        }
+    }
+    if engine.credentials.is_none() && !host.is_empty() && !plain_host(host) && !allowed(host) {
+        engine.metrics.auth_failure("http", "host");
+        return Some(
+            (StatusCode::FORBIDDEN, format!("Host {host} is not this server's (name it in --http-allowed-hosts)\n"))
+                .into_response(),
+        );
+    }
+    None
 }
 
 async fn authorize(

@@ -38,6 +38,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod lake;
+pub mod limits;
 pub mod metrics;
 pub mod pg;
 pub mod provider;
@@ -92,6 +93,11 @@ pub struct SqlConfig {
     /// `GET /healthz` fails when the running dataflow has completed no round
     /// for this long (default 30 s).
     pub liveness_timeout: Duration,
+    /// Postgres wire connections open at once (default 256); one more is refused with 53300.
+    pub max_connections: usize,
+    /// Host names HTTP answers to besides IP addresses and `localhost`, and the origins of
+    /// browsers' requests it takes besides its own (`--http-allowed-hosts`; see [`http`]).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for SqlConfig {
@@ -103,6 +109,8 @@ impl Default for SqlConfig {
             memory_limit: 1 << 30,
             http_max_rows: 100_000,
             liveness_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -233,6 +241,7 @@ impl Engine {
                 .build(),
         );
         datafusion_pg_catalog::setup_pg_catalog(&context, CATALOG, EmptyContextProvider).map_err(|e| *e)?;
+        limits::bound_functions(&context)?;
         Ok(Engine {
             catalog,
             base: context.state(),
@@ -324,6 +333,25 @@ impl Engine {
 
     /// Parses `sql` (any number of `;`-separated statements) and classifies each.
     pub fn parse(&self, sql: &str) -> Result<Vec<Action>, SqlError> {
+        if sql.len() > limits::MAX_STATEMENT_BYTES {
+            return Err(SqlError::LimitExceeded(format!(
+                "the query text is {} bytes; at most {} are taken",
+                sql.len(),
+                limits::MAX_STATEMENT_BYTES
+            )));
+        }
+        let actions = self.parse_all(sql)?;
+        if actions.len() > limits::MAX_STATEMENTS {
+            return Err(SqlError::LimitExceeded(format!(
+                "{} statements in one query; at most {} are taken",
+                actions.len(),
+                limits::MAX_STATEMENTS
+            )));
+        }
+        Ok(actions)
+    }
+
+    fn parse_all(&self, sql: &str) -> Result<Vec<Action>, SqlError> {
         if is_catalog_query(sql) {
             let statements = self.compat.parse(sql).map_err(|e| SqlError::Syntax(strip_prefix(e.to_string())))?;
             return statements.into_iter().map(|s| classify(DfStatement::Statement(Box::new(s)))).collect();

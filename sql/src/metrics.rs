@@ -18,7 +18,7 @@
 //! | `treeai_sql_queries_total` | counter | `protocol` (pg, http), `outcome` (ok, error, refused, timeout, internal_error) |
 //! | `treeai_sql_query_seconds` | histogram | `protocol` |
 //! | `treeai_sql_view_rows_scanned_total` (rows the live views' scans produced) | counter | `view` |
-//! | `treeai_auth_failures_total` (refused logins and requests, with `--auth-file`) | counter | `protocol` (pgwire, http), `reason` (unknown_user, wrong_password, role, protocol, mechanism, no_user, no_tls, no_token, bad_token) |
+//! | `treeai_auth_failures_total` (refused logins and requests, with `--auth-file`) | counter | `protocol` (pgwire, http), `reason` (unknown_user, wrong_password, role, protocol, mechanism, no_user, no_tls, no_token, bad_token, cross_site, host) |
 //!
 //! | `treeai_lake_files_total`, `treeai_lake_bytes_total`, `treeai_lake_errors_total` (with a lake) | counter | |
 //! | `treeai_kafka_errors_total`, `treeai_kafka_delivered_total`, `treeai_kafka_delivery_errors_total` (with Kafka) | counter | |

@@ -75,17 +75,25 @@ pub fn start(engine: Arc<Engine>) -> std::io::Result<SqlServer> {
                 }
             }
             let handler = Arc::new(PgHandler::new(engine.clone()));
+            let slots = Arc::new(tokio::sync::Semaphore::new(engine.config.max_connections.max(1)));
             loop {
                 match pg.accept().await {
                     Ok((socket, peer)) => {
+                        // One connection too many is still taken through TLS and its start-up
+                        // message, to get Postgres' own refusal (53300) the client can show.
+                        let slot = slots.clone().try_acquire_owned().ok();
                         // One start-up handler per connection: it holds the login exchange.
-                        let startup = PgStartup::new(handler.clone(), pg_tls.is_some());
+                        let mut startup = PgStartup::new(handler.clone(), pg_tls.is_some());
+                        if slot.is_none() {
+                            startup = startup.too_many();
+                        }
                         let handlers = PgHandlers { handler: handler.clone(), startup: Arc::new(startup) };
                         let acceptor = pg_tls.clone();
                         tokio::spawn(async move {
                             if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                                 tracing::debug!("postgres connection from {peer}: {e}");
                             }
+                            drop(slot);
                         });
                     }
                     Err(e) => {

@@ -504,3 +504,108 @@ fn sql_addresses_from_config_file_and_environment() {
         "the file's http_addr is used despite the environment"
     );
 }
+
+/// Abuse limits (the security issue): statements whose result size an argument controls, a
+/// query of 10,000 statements, a 2 MiB query text and an endless table function get errors
+/// (54000, 57014) over psql and HTTP; one connection beyond `--sql-max-connections` gets
+/// 53300; the process and the dataflow keep running through all of it.
+#[test]
+fn abusive_statements_and_connections_are_refused_and_ingestion_goes_on() {
+    let server = Server::start(&["--trees", "500", "--sql-timeout-ms", "3000", "--sql-max-connections", "3"]);
+    server.wait_for(60, |l| l.contains("SQL on postgres://"));
+    let events = |s: &Server| -> f64 {
+        let (_, _, body) = s.http("GET", "/metrics", &[], b"");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("treeai_events_read_total{")?.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = events(&server);
+    for (sql, state) in [
+        ("select length(repeat('x', 2147483647))", "54000"),
+        ("select length(lpad('x', 2147483647))", "54000"),
+        ("select length(rpad('x', 2147483647, 'yz'))", "54000"),
+        ("select cardinality(array_repeat(1, 2147483647))", "54000"),
+        ("select cardinality(range(1, 10000000000))", "54000"),
+        ("select cardinality(generate_series(1, 10000000000, 1))", "54000"),
+        ("select length(repeat(tree_id, 100000000)) from tree_scores", "54000"),
+        ("select count(*) from generate_series(1, 100000000000)", "57014"),
+    ] {
+        let (ok, _, err) = server.psql(sql);
+        assert!(!ok && err.contains(state), "{sql}: want {state}, got {err}");
+        let (status, v) = server.sql_json(sql);
+        assert_eq!(v["error"]["sqlstate"], state, "{sql}: HTTP {status} {v}");
+    }
+    // Bounded calls still work.
+    assert_eq!(server.psql_ok("select length(repeat('ab', 1000)), cardinality(range(1, 1001))"), "2000|1000");
+    let many = "select 1;".repeat(10_000);
+    let (ok, _, err) = server.psql(&many);
+    assert!(!ok && err.contains("54000") && err.contains("10000 statements"), "{err}");
+    // A query text over 1 MiB: 54000 (HTTP bodies over 2 MB stop earlier, at 413).
+    let long = format!("select '{}'", "x".repeat(3 << 19));
+    let (status, v) = server.sql_json(&long);
+    assert_eq!((status, v["error"]["sqlstate"].clone()), (400, serde_json::Value::from("54000")), "{v}");
+    let body = serde_json::json!({ "sql": format!("select '{}'", "x".repeat(3 << 20)) }).to_string();
+    let (status, _, _) = server.http("POST", "/v1/sql", &[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!(status, 413);
+    // Connections: 3 are taken, the 4th is refused with 53300, and one closing makes room.
+    let script = r#"
+import sys, psycopg
+port = int(sys.argv[1])
+url = f"host=127.0.0.1 port={port} user=treeai connect_timeout=10"
+held = [psycopg.connect(url) for _ in range(3)]
+try:
+    psycopg.connect(url)
+    print("4th connection accepted")
+    sys.exit(1)
+except psycopg.OperationalError as e:
+    assert "too many connections" in str(e), str(e)
+held.pop().close()
+import time; time.sleep(0.5)
+c = psycopg.connect(url)
+assert c.execute("select 1").fetchone() == (1,)
+print("psycopg ok")
+"#;
+    run_psycopg(script, server.pg);
+    // The dataflow went on all along, and SQL still answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while events(&server) <= before {
+        assert!(Instant::now() < deadline, "no events read after the abusive statements");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(server.psql_ok("select count(*) from trees").parse::<u64>().unwrap() > 0);
+    assert_eq!(server.http("GET", "/healthz", &[], b"").0, 200);
+}
+
+/// Browsers' cross-site requests and DNS-rebinding host names are refused (403); probes,
+/// Prometheus and programs (no `Origin`, an IP `Host`) pass; `--http-allowed-hosts` admits a name.
+#[test]
+fn http_refuses_cross_site_origins_and_rebinding_hosts() {
+    let server = Server::start(&["--input", one_tree(), "--http-allowed-hosts", "treeai.example"]);
+    server.wait_for(60, |l| l.contains("input complete"));
+    let body = br#"{"sql": "select count(*) from trees"}"#;
+    let json = ("Content-Type", "application/json");
+    let port = server.http.to_string();
+    let (own_host, own) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}"));
+    for (headers, want) in [
+        (vec![json], 200),
+        (vec![json, ("Host", own_host.as_str()), ("Origin", own.as_str())], 200),
+        (vec![json, ("Origin", "https://evil.example")], 403),
+        (vec![json, ("Origin", "null")], 403),
+        (vec![json, ("Origin", "https://treeai.example")], 200),
+        (vec![json, ("Host", "evil.example:8080")], 403),
+        (vec![json, ("Host", "localhost:8080")], 200),
+        (vec![json, ("Host", "treeai.example")], 200),
+    ] {
+        let (status, _, answer) = server.http("POST", "/v1/sql", &headers, body);
+        assert_eq!(status, want, "{headers:?}: {}", String::from_utf8_lossy(&answer));
+    }
+    // Probes and scrapes by IP pass.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(server.http("GET", path, &[], b"").0, 200, "{path}");
+    }
+    let (_, _, metrics) = server.http("GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("reason=\"cross_site\"} 2"), "{metrics}");
+    assert!(metrics.contains("reason=\"host\"} 1"), "{metrics}");
+}

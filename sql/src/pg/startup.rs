@@ -42,6 +42,8 @@ pub struct PgStartup {
     require_tls: bool,
     state: Mutex<State>,
     started: Instant,
+    /// Refuse the connection (53300): one more than `--sql-max-connections`.
+    too_many: bool,
 }
 
 impl PgStartup {
@@ -57,7 +59,15 @@ impl PgStartup {
             require_tls,
             state: Mutex::new(State::Initial),
             started: Instant::now(),
+            too_many: false,
         }
+    }
+
+    /// A handler that refuses the connection, after TLS is settled, with Postgres' 53300
+    /// (`too_many_connections`).
+    pub fn too_many(mut self) -> Self {
+        self.too_many = true;
+        self
     }
 
     fn take(&self) -> State {
@@ -99,6 +109,13 @@ impl StartupHandler for PgStartup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if self.too_many {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "53300".into(),
+                format!("too many connections (at most {})", self.handler.engine.config.max_connections),
+            ))));
+        }
         if self.require_tls && !client.is_secure() {
             self.handler.engine.metrics.auth_failure("pgwire", "no_tls");
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
