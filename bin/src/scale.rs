@@ -1518,7 +1518,9 @@ pub struct ApplyArgs {
     /// call; the CronJob takes it from the treeai-scaler Secret.
     #[arg(long, value_name = "TOKEN", env = "TREEAI_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// The Kubernetes API server; in a pod, its service account's token and CA authenticate.
+    /// The Kubernetes API server; in a pod, its service account's token and CA authenticate. From
+    /// a workstation, run `kubectl proxy` (it authenticates with the kubeconfig) and give
+    /// `--kube-api http://127.0.0.1:8001`.
     #[arg(long, value_name = "URL", env = "TREEAI_SCALE_KUBE_API", default_value = "https://kubernetes.default.svc")]
     pub kube_api: String,
 }
