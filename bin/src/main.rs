@@ -584,6 +584,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let _ = progress.join();
+    server.audit.flush();
     eprintln!("\ntreeai run: stopped — {}", summary(&catalog, &stats));
     Ok(())
 }

@@ -153,6 +153,12 @@ pub fn start(
         let credentials = treeai_sql::auth::Credentials::open(&path)?;
         let audit_to = args.audit_log.clone().or(file.audit_log.clone()).unwrap_or_else(|| "-".into());
         let audit = treeai_sql::audit::Audit::open(&audit_to)?;
+        if let Some(lake) = lake {
+            // The records also land in the lake as `lake.audit`.
+            audit
+                .land_in(&lake.url, &lake.options, Duration::from_secs(5))
+                .map_err(|e| anyhow::anyhow!("audit table in the lake {}: {e}", lake.url))?;
+        }
         let metrics_auth = args.metrics_auth || file.metrics_auth.unwrap_or(false);
         engine = engine.with_auth(credentials, audit, metrics_auth);
     }

@@ -413,7 +413,7 @@ fn writer_properties(codec: Codec, table: Table) -> WriterProperties {
     let (plain, delta, no_stats): (&[&str], &[&str], &[&str]) = match table {
         Table::Readings => (&["value"], &["ts", "source", "offset"], &["tree_id", "sensor_id", "metric"]),
         Table::Assessments | Table::Trees => (&[], &["source", "offset"], &[]),
-        Table::ScoreChanges | Table::Alerts | Table::Deadletter => (&[], &[], &[]),
+        Table::ScoreChanges | Table::Alerts | Table::Deadletter | Table::Audit => (&[], &[], &[]),
     };
     let mut props = WriterProperties::builder().set_compression(codec.compression());
     for &column in plain.iter().chain(delta) {

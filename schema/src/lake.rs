@@ -9,6 +9,7 @@
 //! | score_changes | `score_changes/date=YYYY-MM-DD/` (of the change's watermark) |
 //! | alerts | `alerts/date=YYYY-MM-DD/` (of the alert's watermark) |
 //! | deadletter | `deadletter/date=YYYY-MM-DD/` (of arrival) |
+//! | audit | `audit/date=YYYY-MM-DD/` (of the record's time; written by the SQL servers, see `treeai_sql::audit`) |
 //!
 //! Partition columns live in the path only, as Hive does. Timestamps are
 //! `Timestamp(ms, UTC)`.
@@ -36,12 +37,21 @@ pub enum Table {
     Alerts,
     /// `deadletter`
     Deadletter,
+    /// `audit`: the audit log's records (logins, statements, ingest and admin calls).
+    Audit,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 6] =
-        [Table::Readings, Table::Assessments, Table::Trees, Table::ScoreChanges, Table::Alerts, Table::Deadletter];
+    pub const ALL: [Table; 7] = [
+        Table::Readings,
+        Table::Assessments,
+        Table::Trees,
+        Table::ScoreChanges,
+        Table::Alerts,
+        Table::Deadletter,
+        Table::Audit,
+    ];
     /// Folder name under the root.
     pub fn name(self) -> &'static str {
         match self {
@@ -51,6 +61,7 @@ impl Table {
             Table::ScoreChanges => "score_changes",
             Table::Alerts => "alerts",
             Table::Deadletter => "deadletter",
+            Table::Audit => "audit",
         }
     }
 
@@ -114,6 +125,19 @@ impl Table {
                 ("top_penalty", S, false),
             ]),
             Table::Deadletter => return deadletter_schema(),
+            Table::Audit => columns(vec![
+                ("time", ts_type(), false),
+                ("user", S, true),
+                ("role", S, true),
+                ("client", S, true),
+                ("action", S, false),
+                ("statement", S, true),
+                ("request", S, true),
+                ("reason", S, true),
+                ("events", I, true),
+                ("outcome", S, false),
+                ("duration_ms", F, false),
+            ]),
         };
         Arc::new(Schema::new(fields))
     }

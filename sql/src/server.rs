@@ -15,6 +15,8 @@ pub struct SqlServer {
     pub pg_addr: SocketAddr,
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
+    /// The audit log (flushed into the lake at the end of a run).
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 fn bind(addr: &str, what: &str) -> std::io::Result<std::net::TcpListener> {
@@ -30,7 +32,7 @@ fn bind(addr: &str, what: &str) -> std::io::Result<std::net::TcpListener> {
 pub fn start(engine: Arc<Engine>) -> std::io::Result<SqlServer> {
     let pg = bind(&engine.config.pg_addr, "--sql-addr")?;
     let http = bind(&engine.config.http_addr, "--http-addr")?;
-    let server = SqlServer { pg_addr: pg.local_addr()?, http_addr: http.local_addr()? };
+    let server = SqlServer { pg_addr: pg.local_addr()?, http_addr: http.local_addr()?, audit: engine.audit.clone() };
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
     // TLS configurations now, so a bad certificate is a start-up error.
     let tls = match &engine.tls {

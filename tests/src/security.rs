@@ -320,3 +320,79 @@ fn an_open_non_loopback_address_is_a_start_up_error() {
         "{stderr}"
     );
 }
+
+/// With a lake, the audit records also land in it: `lake.audit` answers who logged in, ran
+/// what and was refused, as the JSON lines do; the rest is written when the server stops.
+#[test]
+fn audit_records_land_in_the_lake_as_lake_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("auth.toml");
+    let file = creds.to_str().unwrap();
+    auth(&["add-user", "ana", "--role", "reader", "--file", file], "pw-of-ana\n");
+    let admin = auth(&["add-token", "ops", "--role", "admin", "--file", file], "");
+    let (lake, audit) = (dir.path().join("lake"), dir.path().join("audit.log"));
+    let mut run = Running::start(&[
+        "run",
+        "--workers",
+        "1",
+        "--rate",
+        "300",
+        "--no-checkpoint",
+        "--lake",
+        lake.to_str().unwrap(),
+        "--auth-file",
+        file,
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    run.wait_for(60, |l| l.contains("SQL on"));
+    let port = run.pg.rsplit(':').next().unwrap().to_string();
+    let conn = |user: &str| format!("host=127.0.0.1 port={port} user={user} dbname=treeai sslmode=disable");
+    let (ok, out, err) = psql(&conn("ana"), "pw-of-ana", "select 40 + 2 as answer");
+    assert!(ok && out == "42", "{out} {err}");
+    let (ok, _, _) = psql(&conn("ana"), "not her password", "select 1");
+    assert!(!ok);
+    let bearer = format!("Bearer {admin}");
+    let sql = |q: &str| -> serde_json::Value {
+        let body = serde_json::json!({ "sql": q }).to_string();
+        let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+        let (status, _, body) = crate::common::http(&run.http, "POST", "/v1/sql", &headers, body.as_bytes()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 200, "{q}: {v}");
+        v
+    };
+    // The records reach the lake within the flush interval (5 s).
+    let query = "select action, outcome, \"user\", coalesce(statement, reason, request) from lake.audit \
+                 where \"user\" = 'ana' order by time";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let rows = loop {
+        let rows = sql(query)["rows"].as_array().cloned().unwrap_or_default();
+        if rows.len() >= 3 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|c| c.as_str().unwrap_or("").to_string()).collect())
+        .collect();
+    let has = |want: [&str; 4]| rows.iter().any(|r| r == &want.map(String::from).to_vec());
+    assert!(rows.iter().any(|r| r[0] == "login" && r[1] == "ok"), "{rows:?}");
+    assert!(has(["sql", "ok", "ana", "select 40 + 2 as answer"]), "{rows:?}");
+    assert!(has(["login", "refused", "ana", "wrong_password"]), "{rows:?}");
+    // Every JSON line is a row once the server has stopped (the last ones are flushed then).
+    run.signal("TERM");
+    assert_eq!(run.wait_exit(30).and_then(|s| s.code()), Some(0));
+    let lines = std::fs::read_to_string(&audit).unwrap().lines().count();
+    let mut rows = 0;
+    for f in crate::common::files_under(&lake.join("audit")) {
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+        rows += reader.map(|b| b.unwrap().num_rows()).sum::<usize>();
+        assert!(f.to_str().unwrap().contains("/audit/date="), "{}", f.display());
+    }
+    assert_eq!(rows, lines, "lake.audit rows vs audit log lines");
+}
