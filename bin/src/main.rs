@@ -347,14 +347,14 @@ fn exit_on_pipeline_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let name = std::thread::current().name().unwrap_or("").to_string();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
         if let Some(peer) = name.strip_prefix("timely:recv-").or(name.strip_prefix("timely:send-")) {
             // A link to another process of the cluster broke: it died, or the network failed.
-            let message = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
             eprintln!(
                 "\ntreeai: fatal: lost the link to cluster process {peer} ({message}); stopping — restart the \
                  cluster to resume from its newest checkpoint"
@@ -362,12 +362,6 @@ fn exit_on_pipeline_panic() {
             std::process::exit(70);
         }
         if name.starts_with("timely:") || name.starts_with("treeai-") {
-            let message = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
             let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
             eprintln!("\ntreeai: fatal: thread '{name}' panicked{at}: {message}");
             std::process::exit(70);

@@ -5,9 +5,10 @@
 //! another (1×2 → 3×1 → 2×2) while Kafka keeps producing — views, lake and alert topic as
 //! with one uninterrupted run.
 
-use crate::common::{free_addr, http, Running};
+use crate::common::{free_addr, Running};
 use crate::kafka::{
-    backfill_views, check_outputs, generated, input_file, kcat_produce, treeai, wait_views, Broker, Views,
+    backfill_views, check_exactly_once, check_lake, generated, input_file, kcat_produce, treeai, wait_views, Broker,
+    Views,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -80,26 +81,6 @@ impl Input {
         let (views, w) = backfill_views(&input, &self.dir.path().join("backfill"));
         (views, w, rejected)
     }
-}
-
-/// The lake holds every valid event once and every dead letter once; `score_changes` nets to
-/// `tree_scores`; no alert repeats (queried on `run`).
-fn check_lake(run: &Running, valid: i64, rejected: i64) {
-    let (status, _, body) = http(&run.http, "POST", "/v1/admin/checkpoint", &[], b"").unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let count = |q: &str| crate::recovery::sql(run, q)[0][0].as_i64().unwrap();
-    let events = "select (select count(*) from lake.readings) + (select count(*) from lake.assessments) + (select count(*) from lake.trees)";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(events) < valid && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(count(events), valid, "valid events in the lake");
-    for table in ["readings", "assessments", "trees"] {
-        let distinct = count(&format!("select count(*) from (select distinct source, \"offset\" from lake.{table})"));
-        assert_eq!(distinct, count(&format!("select count(*) from lake.{table}")), "{table} duplicated in the lake");
-    }
-    assert_eq!(count("select count(*) from lake.deadletter"), rejected, "dead letters in the lake");
-    crate::recovery::check_derived(run);
 }
 
 /// Stops every process with SIGTERM; each exits 0 (after the cluster's final checkpoint).
@@ -176,13 +157,7 @@ fn kill_9_of_one_process_stops_the_others_and_the_restarted_cluster_resumes() {
             run.wait_for(60, |l| l.contains("resumed from checkpoint"));
         }
         wait_every_process(&cluster, &want, w, 300);
-        check_lake(&cluster[1], valid, rejected);
-        check_outputs(
-            &broker.addr,
-            &prefix,
-            rejected as usize,
-            &crate::recovery::sql(&cluster[2], "select tree_id, band from tree_scores"),
-        );
+        check_exactly_once(&cluster[1], &broker.addr, &prefix, valid, rejected);
         stop_all(&mut cluster);
     }
 }
@@ -217,13 +192,7 @@ fn rescale_one_by_two_to_three_by_one_to_two_by_two_while_kafka_produces() {
             stop_all(&mut cluster);
         } else {
             wait_every_process(&cluster, &want, w, 300);
-            check_lake(&cluster[0], valid, rejected);
-            check_outputs(
-                &broker.addr,
-                &prefix,
-                rejected as usize,
-                &crate::recovery::sql(&cluster[1], "select tree_id, band from tree_scores"),
-            );
+            check_exactly_once(&cluster[0], &broker.addr, &prefix, valid, rejected);
             stop_all(&mut cluster);
         }
     }
