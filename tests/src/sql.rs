@@ -199,9 +199,13 @@ fn psql_backslash_commands_list_and_describe_views_and_lake_tables() {
     assert!(views.iter().all(|r| r[2] == "view"), "{views:?}");
     let lake = rows(server.psql_ok("\\dt lake.*"));
     let names: Vec<&str> = lake.iter().map(|r| r[1].as_str()).collect();
-    assert_eq!(names, ["alerts", "assessments", "deadletter", "readings", "score_changes", "trees"], "{lake:?}");
-    // \d: all twelve relations; \l: the database.
-    assert_eq!(rows(server.psql_ok("\\d")).len(), 12);
+    assert_eq!(
+        names,
+        ["alerts", "assessments", "audit", "deadletter", "readings", "score_changes", "trees"],
+        "{lake:?}"
+    );
+    // \d: all thirteen relations (six views, seven lake tables); \l: the database.
+    assert_eq!(rows(server.psql_ok("\\d")).len(), 13);
     assert!(rows(server.psql_ok("\\l")).iter().any(|r| r[0] == "treeai"));
     // \dn: the schemas.
     let schemas = server.psql_ok("\\dn");
