@@ -341,8 +341,9 @@ fn stop_on_signal(deadline: Option<Duration>) -> anyhow::Result<Arc<AtomicBool>>
 /// A panic on a pipeline thread (a timely worker or communication thread,
 /// the egress, the lake's threads) ends the process at once with one line
 /// and exit code 70: the pipeline cannot go on without it, and waiting for it
-/// would hang. Panics elsewhere (a SQL query's task, caught and answered as
-/// an error) keep the default behaviour.
+/// would hang. A panic in a task of the SQL servers (threads `treeai-sql`: one
+/// connection or request, which tokio catches) is logged and ends that task
+/// only — a malformed client message must not stop the pipeline.
 fn exit_on_pipeline_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -353,6 +354,13 @@ fn exit_on_pipeline_panic() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
+        if name == "treeai-sql" {
+            // A task of the SQL servers (one connection, one request): tokio catches the panic and
+            // ends that task only; the pipeline and the other clients go on.
+            let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            tracing::error!("a SQL or HTTP connection's task panicked{at}: {message}; that connection is closed");
+            return;
+        }
         if let Some(peer) = name.strip_prefix("timely:recv-").or(name.strip_prefix("timely:send-")) {
             // A link to another process of the cluster broke: it died, or the network failed.
             eprintln!(

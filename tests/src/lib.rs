@@ -7,6 +7,8 @@
 //! - `backfill`: the `treeai` binary end to end.
 //! - `cluster`: clusters of `treeai run` processes on loopback reading Kafka: views on every
 //!   process, kill -9 of one process, rescale through checkpoints.
+//! - `fuzz`: seeded mutations of valid inputs against the event parser, HTTP and the Postgres
+//!   port: no panic, every request answered, the process still running.
 //! - `ingest`: `POST /v1/events` into the local ingest log, through a kill -9.
 //! - `kafka`: Kafka in and out against a real broker (Tansu), with kcat.
 //! - `lake`: the Parquet lake on local disk and on S3 (moto).
@@ -30,6 +32,8 @@ mod backfill;
 mod cluster;
 #[cfg(test)]
 mod equivalence;
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod ingest;
 #[cfg(test)]
