@@ -176,6 +176,14 @@ fn plan_reads_freshness_and_alerts_from_prometheus_and_enters_the_emergency() {
     assert!(triggers.iter().any(|t| t.contains("alert")), "{triggers:?}");
     // The same plan names them in its reason.
     assert!(d["reason"].as_str().unwrap().contains("emergency"), "{d}");
+    // apply --dry-run against the same policy and metrics: the calls of a scale-out to 20.
+    let mut dry = vec!["apply", "--dry-run", "--current", "4"];
+    dry.extend(args.iter().copied());
+    let (ok, out, err) = scale(&dry);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("4 → 20 processes"), "{out}");
+    assert!(out.contains("1. POST http://treeai:8080/v1/admin/checkpoint"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("4. PATCH") && l.contains(r#""replicas":20"#)), "{out}");
     // Another namespace's series do not count (a DR drill must not scale its primary).
     let mut args = args.clone();
     let ns = args.iter().position(|a| *a == "treeai-test").unwrap();
