@@ -189,6 +189,32 @@ fn one() -> usize {
     1
 }
 
+impl Manifest {
+    /// The manifest of checkpoint `number` (one worker part per worker), written now.
+    fn new(
+        number: u64,
+        (time, watermark): (u64, Option<i64>),
+        source: &str,
+        (parts, egress): (Vec<PartEntry>, PartEntry),
+        lake_files: Vec<StagedFile>,
+        processes: usize,
+    ) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            number,
+            created_ms: now_ms(),
+            time,
+            watermark,
+            workers: parts.len(),
+            source: source.to_string(),
+            parts,
+            egress,
+            lake_files,
+            processes,
+        }
+    }
+}
+
 /// One process's share of a cluster's checkpoint (`process-<i>.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -424,23 +450,11 @@ impl CheckpointStore {
         source: &str,
         lake_files: Vec<StagedFile>,
     ) -> Result<(u64, Manifest), CheckpointError> {
-        let (time, watermark, workers) = (cut.time.0, cut.watermark, cut.workers.len());
+        let (time, watermark) = (cut.time.0, cut.watermark);
         let (mut total, parts, egress) = self.write_parts(number, cut, true)?;
         let egress = egress.ok_or_else(|| CheckpointError::Store("no egress part".into()))?;
         self.hang_if_asked(number);
-        let manifest = Manifest {
-            format: FORMAT_VERSION,
-            number,
-            created_ms: now_ms(),
-            time,
-            watermark,
-            workers,
-            source: source.to_string(),
-            parts,
-            egress,
-            lake_files,
-            processes: 1,
-        };
+        let manifest = Manifest::new(number, (time, watermark), source, (parts, egress), lake_files, 1);
         total += self.put_manifest(&manifest)?;
         Ok((total, manifest))
     }
@@ -560,19 +574,8 @@ impl CheckpointStore {
         };
         parts.sort_by_key(worker_of);
         let egress = shares[0].egress.clone().ok_or_else(|| CheckpointError::Store("no egress part".into()))?;
-        let manifest = Manifest {
-            format: FORMAT_VERSION,
-            number,
-            created_ms: now_ms(),
-            time,
-            watermark,
-            workers: parts.len(),
-            source: source.to_string(),
-            parts,
-            egress,
-            lake_files: shares.into_iter().flat_map(|s| s.lake_files).collect(),
-            processes,
-        };
+        let lake_files = shares.into_iter().flat_map(|s| s.lake_files).collect();
+        let manifest = Manifest::new(number, (time, watermark), source, (parts, egress), lake_files, processes);
         total += self.put_manifest(&manifest)?;
         Ok((total, Some(manifest)))
     }
