@@ -34,6 +34,17 @@ python3 -c 'import moto.server, boto3' 2>/dev/null \
   || python3 -m pip install --quiet 'moto[server]' \
   || python3 -m pip install --quiet --break-system-packages 'moto[server]'
 
+step "DuckDB baseline of the city-scale benchmark: its own tests, and the same views as treeai backfill"
+python3 -c 'import duckdb' 2>/dev/null \
+  || python3 -m pip install --quiet duckdb \
+  || python3 -m pip install --quiet --break-system-packages duckdb
+python3 benchmarks/duckdb/test_views.py
+duck_input="$(mktemp -d)"
+"$CARGO_TARGET_DIR/debug/treeai" produce --count 50000 --trees 1000 --seed 3 --bad-fraction 0.01 \
+  --output "$duck_input/events.ndjson" >/dev/null
+python3 benchmarks/duckdb/compare.py --input "$duck_input/events.ndjson" --treeai "$CARGO_TARGET_DIR/debug/treeai"
+rm -rf "$duck_input"
+
 step "Kafka: Tansu broker (installed once) and kcat"
 # cargo install keeps its build outside the clone too, so a reinstall is incremental.
 CARGO_TARGET_DIR=/var/tmp/tansu-target scripts/kafka.sh install

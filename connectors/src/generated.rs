@@ -25,6 +25,9 @@ pub struct GeneratorSource {
     emitted: u64,
     /// Events emitted before `started` (by an earlier run, when resumed).
     resumed_at: u64,
+    /// The shard's registrations, emitted first and unpaced: the inventory a city already
+    /// has is loaded at once, not at the events' rate (see [`Generator::local_trees`]).
+    inventory: u64,
 }
 
 impl GeneratorSource {
@@ -35,8 +38,10 @@ impl GeneratorSource {
         let shard = worker as u64;
         let paced_rate = paced.then(|| config.rate / peers as f64);
         let limit = count.map(|c| c / peers + u64::from(shard < c % peers));
+        let generator = Generator::new(config, shard as u32, peers as u32);
         GeneratorSource {
-            generator: Generator::new(config, shard as u32, peers as u32),
+            inventory: generator.local_trees(),
+            generator,
             shard: shard as u32,
             paced_rate,
             limit,
@@ -68,7 +73,7 @@ impl Source for GeneratorSource {
             budget = budget.min(limit - self.emitted);
         }
         if let Some(rate) = self.paced_rate {
-            let due = self.resumed_at + (self.started.elapsed().as_secs_f64() * rate) as u64;
+            let due = self.resumed_at.max(self.inventory) + (self.started.elapsed().as_secs_f64() * rate) as u64;
             budget = budget.min(due.saturating_sub(self.emitted));
         }
         if budget == 0 {

@@ -259,6 +259,9 @@ impl PipelineBuilder {
                     // What the crashed run wrote after the checkpoint is not sent again.
                     let offsets = loaded.sink_offsets();
                     let found = output.suppress_written(&offsets)?;
+                    let seqs: Vec<(String, u32)> =
+                        loaded.egress.alert_seqs.iter().map(|(tree, n)| (tree.to_string(), *n)).collect();
+                    output.reconcile_with(&seqs, stats.clone(), catalog.clone());
                     tracing::info!(
                         "kafka: {found} alerts and dead letters written after checkpoint {}",
                         loaded.manifest.number

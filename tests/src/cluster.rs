@@ -5,10 +5,10 @@
 //! another (1×2 → 3×1 → 2×2) while Kafka keeps producing — views, lake and alert topic as
 //! with one uninterrupted run.
 
-use crate::common::{free_addr, Running};
+use crate::common::{free_addr, signal, Moto, Running};
 use crate::kafka::{
-    backfill_views, check_exactly_once, check_lake, generated, input_file, kcat_produce, treeai, wait_views, Broker,
-    Views,
+    backfill_views, check_exactly_once, check_lake, generated, input_file, kcat_produce, metric, treeai, wait_views,
+    Broker, Views,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 /// Starts a cluster of `processes` × `workers` with `args` (every process the same) and its
 /// peers on free loopback ports.
 fn start_cluster(processes: usize, workers: usize, args: &[String]) -> Vec<Running> {
+    start_cluster_with_env(processes, workers, args, &[])
+}
+
+/// As [`start_cluster`], with extra environment variables for every process.
+fn start_cluster_with_env(processes: usize, workers: usize, args: &[String], envs: &[(&str, &str)]) -> Vec<Running> {
     let peers: Vec<String> = (0..processes).map(|_| free_addr()).collect();
     let peers = peers.join(",");
     (0..processes)
@@ -24,7 +29,7 @@ fn start_cluster(processes: usize, workers: usize, args: &[String]) -> Vec<Runni
             all.extend(["--processes".into(), processes.to_string(), "--process".into(), i.to_string()]);
             all.extend(["--peers".into(), peers.clone(), "--peer-timeout-ms".into(), "30000".into()]);
             all.extend(args.iter().cloned());
-            Running::start(&all.iter().map(String::as_str).collect::<Vec<_>>())
+            Running::start_with_env(&all.iter().map(String::as_str).collect::<Vec<_>>(), envs)
         })
         .collect()
 }
@@ -196,6 +201,94 @@ fn rescale_one_by_two_to_three_by_one_to_two_by_two_while_kafka_produces() {
             stop_all(&mut cluster);
         }
     }
+}
+
+/// Events read by the whole cluster (each process counts what its own workers read).
+fn read_by(cluster: &[Running]) -> f64 {
+    cluster.iter().map(|run| metric(&run.http, "treeai_events_read_total").unwrap_or(0.0)).sum()
+}
+
+/// Waits until `cluster` has read `n` events, every process still running.
+fn wait_read_by(cluster: &mut [Running], n: usize, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while read_by(cluster) < n as f64 {
+        assert_running(cluster);
+        assert!(Instant::now() < deadline, "the cluster read {} of {n} events in {secs} s", read_by(cluster));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn assert_running(cluster: &mut [Running]) {
+    for (i, run) in cluster.iter_mut().enumerate() {
+        assert!(run.child.try_wait().unwrap().is_none(), "process {i} stopped");
+    }
+}
+
+/// Outages while clustered: the object store of the lake and the checkpoints hangs (its
+/// server paused) while Kafka brings more events, then the broker goes away and comes back
+/// with its log. Neither outage stops a process; the views, the lake (on S3) and the output
+/// topics end as without them: nothing lost, nothing twice.
+#[test]
+fn broker_and_object_store_outages_while_clustered_lose_nothing_and_repeat_nothing() {
+    // A broker that keeps its log across restarts (Tansu on S3 storage), and another S3 for us.
+    let broker_store = Moto::start();
+    broker_store.create_bucket("tansu");
+    let mut broker = Broker::private("s3://tansu/", &broker_store.envs);
+    let store = Moto::start();
+    store.create_bucket("treeai");
+    let envs: Vec<(&str, &str)> = store.envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let input = Input::new(&["--count", "30000", "--trees", "400", "--seed", "17", "--bad-fraction", "0.01"]);
+    let (want, w, rejected) = input.backfill();
+    let valid = input.lines().len() as i64 - rejected;
+    let lines = input.lines();
+    let third = lines.len() / 3;
+    let prefix = "outage";
+    let mut args = broker.topics(prefix, 4);
+    args.extend(
+        ["--idle-timeout-ms", "1000", "--lake-roll-ms", "1000", "--checkpoint-interval-ms", "500"].map(String::from),
+    );
+    args.extend(["--lake".to_string(), "s3://treeai/lake".to_string()]);
+    kcat_produce(&broker.addr, prefix, &lines[..third], input.dir.path());
+    let mut cluster = start_cluster_with_env(2, 1, &args, &envs);
+    wait_read_by(&mut cluster, third, 120);
+
+    // The object store hangs: ingest goes on, checkpoints wait.
+    eprintln!("object store paused");
+    signal(store.pid(), "STOP");
+    kcat_produce(&broker.addr, prefix, &lines[third..2 * third], input.dir.path());
+    wait_read_by(&mut cluster, 2 * third, 120);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_running(&mut cluster);
+    signal(store.pid(), "CONT");
+    eprintln!("object store back");
+
+    // The broker goes away and comes back with its log; the rest arrives.
+    broker.stop();
+    cluster[0].wait_for(60, |l| l.contains("kafka errors"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_running(&mut cluster);
+    broker.start(&broker_store.envs);
+    kcat_produce(&broker.addr, prefix, &lines[2 * third..], input.dir.path());
+    wait_every_process(&cluster, &want, w, 300);
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_exactly_once(&cluster[1], &broker.addr, prefix, valid, rejected)
+    }));
+    if let Err(panic) = checked {
+        for (i, run) in cluster.iter().enumerate() {
+            let lines: Vec<String> = run.lines.try_iter().collect();
+            let interesting: Vec<&String> = lines
+                .iter()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("checkpoint"))
+                .collect();
+            let tail = &interesting[interesting.len().saturating_sub(30)..];
+            eprintln!("process {i}'s warnings, errors and checkpoints (last 30):");
+            for line in tail {
+                eprintln!("  {line}");
+            }
+        }
+        std::panic::resume_unwind(panic);
+    }
+    stop_all(&mut cluster);
 }
 
 #[test]

@@ -238,6 +238,11 @@ impl Drop for Running {
     }
 }
 
+/// Sends a signal (`STOP`, `CONT`, ...) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill").args([format!("-{name}"), pid.to_string()]).status();
+}
+
 /// An S3-compatible server (moto, from PyPI) on a free port, killed when dropped.
 pub struct Moto {
     child: std::process::Child,
@@ -270,6 +275,11 @@ impl Moto {
             ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
         ];
         Moto { child, envs }
+    }
+
+    /// The server's process id (to pause it with `SIGSTOP`: an outage where requests hang).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Creates a bucket (with boto3, an independent client).

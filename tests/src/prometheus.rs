@@ -13,7 +13,7 @@
 //!   while its topics fill, then throttled), checkpoint failing (the checkpoint
 //!   folder replaced by a file), pipeline down (the process killed).
 
-use crate::common::{free_addr, http, treeai_bin, Running};
+use crate::common::{free_addr, http, signal, treeai_bin, Running};
 use crate::kafka::Broker;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -91,11 +91,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Sends a signal (`STOP`, `CONT`, ...) to a process.
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").args([format!("-{name}"), pid.to_string()]).status();
 }
 
 /// Lets a process run `on` out of every `on + off` (SIGCONT, SIGSTOP) until dropped; then it runs.

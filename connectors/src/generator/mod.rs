@@ -3,7 +3,9 @@
 //! A [`Generator`] simulates one city-scale urban forest spread over the three
 //! primary regions (`us-east`, `eu-west`, `ap-southeast`):
 //!
-//! * **the tree registry** — first one `tree` event per tree, then rare updates
+//! * **the tree registry** — first one `tree` event per tree, all at the start
+//!   time (the city's existing inventory: these events do not advance event
+//!   time, and the live source emits them unpaced), then rare updates
 //!   (growth, re-surveyed baselines) and, very rarely, a removal
 //!   (`"deleted": true`) followed later by a re-registration;
 //! * **IoT sensors** — four per tree (`tilt_deg`, `sway_hz`,
@@ -293,6 +295,11 @@ impl Generator {
         self.count
     }
 
+    /// The trees of this shard: its first events register them (the inventory, at `start_ms`).
+    pub fn local_trees(&self) -> u64 {
+        self.trees.len() as u64
+    }
+
     fn tree_index(&self, local: usize) -> u64 {
         self.shard as u64 + local as u64 * self.shards as u64
     }
@@ -313,7 +320,10 @@ impl Iterator for Generator {
         if self.trees.is_empty() {
             return None;
         }
-        let now = self.cfg.start_ms + (self.count as f64 * self.ms_per_event) as i64;
+        // The registry comes first as the city's existing inventory, all at `start_ms`: its
+        // events do not advance event time, so sensors report from the first second.
+        let clock = self.count - self.registry_cursor as u64;
+        let now = self.cfg.start_ms + (clock as f64 * self.ms_per_event) as i64;
         if now >= self.next_tick_ms {
             self.tick(now);
         }

@@ -180,8 +180,8 @@ fn generator_valid_events_follow_the_spec() {
             };
             assert_eq!(ts_of(&ev), e.ts_ms);
             int_ts += v[ts_key].is_number() as u64;
-            // Event time advances with the rate.
-            let now = cfg.start_ms + (i as f64 * 1000.0 / cfg.rate) as i64;
+            // Event time advances with the rate, after the inventory (registered at the start).
+            let now = cfg.start_ms + (i.saturating_sub(cfg.trees as usize) as f64 * 1000.0 / cfg.rate) as i64;
             match e.kind {
                 EventKind::Reading => {
                     assert!(e.ts_ms <= now && e.ts_ms >= now - 2 * HOUR_MS, "reading ts {} at {now}", e.ts_ms);
@@ -395,11 +395,21 @@ fn generator_storms_make_trees_critical_and_back() {
 fn generator_empty_shard_and_event_time() {
     let cfg = GeneratorConfig { trees: 2, ..Default::default() };
     assert_eq!(Generator::new(cfg.clone(), 2, 3).next(), None);
-    // Each of 4 shards advances at rate/4: event i at start + i * 4 / rate s.
+    // The shard's 25 trees are registered first, all at the start (the inventory); then each
+    // of 4 shards advances at rate/4: event 25 + i at start + i * 4 / rate s (a reading's own
+    // time may be earlier: sensors report late).
     let cfg = GeneratorConfig { trees: 100, rate: 1_000.0, ..Default::default() };
-    let events: Vec<_> = Generator::new(cfg.clone(), 3, 4).take(10).collect();
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.kind, EventKind::Tree);
-        assert_eq!(e.ts_ms, cfg.start_ms + i as i64 * 4);
+    let g = Generator::new(cfg.clone(), 3, 4);
+    assert_eq!(g.local_trees(), 25);
+    for (i, e) in g.take(2025).enumerate() {
+        if i < 25 {
+            assert_eq!((e.kind, e.ts_ms), (EventKind::Tree, cfg.start_ms));
+        } else {
+            let now = cfg.start_ms + (i as i64 - 25) * 4;
+            assert!(e.ts_ms <= now, "event {i} at {} after {now}", e.ts_ms);
+            if e.kind == EventKind::Tree {
+                assert_eq!(e.ts_ms, now, "a registry update at the shard's clock");
+            }
+        }
     }
 }

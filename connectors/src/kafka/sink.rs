@@ -14,6 +14,18 @@
 //! deliveries and record the topics' end offsets; a restored run first reads
 //! both topics from those offsets to their end and does not send again what
 //! it finds there ([`KafkaOutput::suppress_written`]).
+//!
+//! Alerts are derived per completed dataflow time, and a restored run reads its
+//! input in other rounds than the crashed one: a tree that the crashed run saw
+//! turn critical and back may, replayed, never look critical at all. So the ids
+//! found are also the topic's state: per tree, the greatest alert number in it.
+//! Once the restored run has caught up, a tree whose number in the topic ran
+//! ahead of this run's gets its numbering moved past it, and, where the topic
+//! says critical but the tree is not (or the other way round), one alert that
+//! brings the topic to the tree's band ([`KafkaOutput::reconcile_with`]). The
+//! topic's alerts then alternate, never repeat an id and end with each tree's
+//! band. The moves are recorded in the checkpoints beside the topic offsets
+//! (keys `treeai.alert_seq_shift/<tree_id>`).
 
 use super::{Context, KafkaClientError, KafkaConfig, KafkaStats};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -25,7 +37,11 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use treeai_dataflows::source::{Alert, DeadLetter, Sink, SinkFactory, SourceRef};
+use treeai_dataflows::alerts::AlertKind;
+use treeai_dataflows::rating::Band;
+use treeai_dataflows::runtime::Stats;
+use treeai_dataflows::source::{Alert, DeadLetter, Sink, SinkFactory, SinkRole, SourceRef};
+use treeai_dataflows::store::Catalog;
 use treeai_dataflows::time::format_ts;
 
 /// Dead-letter headers (all UTF-8 strings).
@@ -62,7 +78,25 @@ pub struct KafkaOutput {
     floor: Arc<Mutex<BTreeMap<String, i64>>>,
     /// The topics' end offsets at start ([`KafkaOutput::end_offsets`]).
     started: Arc<Mutex<BTreeMap<String, i64>>>,
+    /// Per tree, how far the alert numbers in the topic run ahead of the derived ones.
+    shift: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// Set at a restore: the topic's state to reconcile with once caught up.
+    reconcile: Arc<Mutex<Option<Reconcile>>>,
     config: KafkaConfig,
+}
+
+/// Prefix of the checkpoint entries holding [`KafkaOutput`]'s `shift`.
+const SHIFT_KEY: &str = "treeai.alert_seq_shift/";
+
+/// What a restored run reconciles the alert topic with (see the module documentation).
+struct Reconcile {
+    /// Per tree, the greatest alert number found in the topic after the checkpoint.
+    published: BTreeMap<String, u32>,
+    /// Per tree, the newest alert number this run derived (the checkpoint's, then its own).
+    derived: BTreeMap<String, u32>,
+    /// Caught up: restored and ready.
+    stats: Option<Arc<Stats>>,
+    catalog: Option<Arc<Catalog>>,
 }
 
 impl KafkaOutput {
@@ -86,6 +120,8 @@ impl KafkaOutput {
             written: Arc::default(),
             floor: Arc::default(),
             started: Arc::default(),
+            shift: Arc::default(),
+            reconcile: Arc::default(),
             config: config.clone(),
         })
     }
@@ -94,6 +130,10 @@ impl KafkaOutput {
     /// recorded by a checkpoint) to their current end and remembers the ids found, so that
     /// the restored run does not send them again. Returns how many it found.
     pub fn suppress_written(&self, offsets: &BTreeMap<String, i64>) -> Result<usize, KafkaClientError> {
+        *self.shift.lock().unwrap_or_else(|p| p.into_inner()) = offsets
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(SHIFT_KEY)?.to_string(), u32::try_from(*v).ok()?)))
+            .collect();
         let timeout = Duration::from_secs(30);
         let consumer: BaseConsumer<Context> = self
             .config
@@ -135,6 +175,7 @@ impl KafkaOutput {
         }
         consumer.assign(&list).map_err(|e| KafkaClientError::Request { what: "assign".into(), source: e })?;
         let mut found = HashSet::new();
+        let mut published: BTreeMap<String, u32> = BTreeMap::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(300);
         // Read to the end offsets, then on until nothing more comes for a second (a broker's
         // end offset may lag behind the last batch it holds: Tansu 0.6 reports a batch's start).
@@ -155,7 +196,14 @@ impl KafkaOutput {
                 })
             };
             let id = if message.topic() == &*self.alerts {
-                header(headers::ALERT_ID)
+                let id = header(headers::ALERT_ID);
+                if let Some((tree, seq)) = id.as_deref().and_then(|id| id.rsplit_once('/')) {
+                    if let Ok(seq) = seq.parse::<u32>() {
+                        let max = published.entry(tree.to_string()).or_default();
+                        *max = (*max).max(seq);
+                    }
+                }
+                id
             } else {
                 header(headers::SOURCE).zip(header(headers::OFFSET)).map(|(s, o)| format!("{s}#{o}"))
             };
@@ -174,11 +222,107 @@ impl KafkaOutput {
         let n = found.len();
         *self.started.lock().unwrap_or_else(|p| p.into_inner()) = highs;
         if n > 0 {
-            *self.floor.lock().unwrap_or_else(|p| p.into_inner()) =
-                offsets.iter().map(|(k, v)| (k.clone(), (*v).max(0))).collect();
+            *self.floor.lock().unwrap_or_else(|p| p.into_inner()) = offsets
+                .iter()
+                .filter(|(k, _)| !k.starts_with(SHIFT_KEY))
+                .map(|(k, v)| (k.clone(), (*v).max(0)))
+                .collect();
+        }
+        if !published.is_empty() {
+            *self.reconcile.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Reconcile { published, derived: BTreeMap::new(), stats: None, catalog: None });
         }
         self.written.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
         Ok(n)
+    }
+
+    /// After [`KafkaOutput::suppress_written`] at a restore: the alert numbers the restored
+    /// checkpoint holds per tree, and where to see that the run has caught up and each tree's
+    /// band. Once caught up, the egress's sink reconciles the topic at its next checkpoint.
+    pub fn reconcile_with(&self, restored: &[(String, u32)], stats: Arc<Stats>, catalog: Arc<Catalog>) {
+        if let Some(r) = self.reconcile.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            r.derived = restored.iter().cloned().collect();
+            r.stats = Some(stats);
+            r.catalog = Some(catalog);
+        }
+    }
+
+    /// The alert number a derived alert gets in the topic (and records it as derived).
+    fn number(&self, alert: &Alert) -> u32 {
+        if let Some(r) = self.reconcile.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            r.derived.insert(alert.tree_id.clone(), alert.seq);
+        }
+        alert.seq + self.shift.lock().unwrap_or_else(|p| p.into_inner()).get(&alert.tree_id).copied().unwrap_or(0)
+    }
+
+    /// Once the restored run has caught up: moves the numbering of every tree whose alerts in
+    /// the topic ran ahead past them, and sends the alert that brings the topic to the tree's
+    /// band where the topic's last alert says otherwise. Then nothing is suppressed any more.
+    fn reconcile_if_caught_up(&self) {
+        let mut slot = self.reconcile.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(r) = slot.as_ref() else { return };
+        let (Some(stats), Some(catalog)) = (&r.stats, &r.catalog) else { return };
+        let snapshot = catalog.snapshot();
+        if !(stats.restored() && snapshot.is_ready()) {
+            return;
+        }
+        let Some(r) = slot.take() else { return };
+        drop(slot);
+        let mut shift = self.shift.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sent = 0;
+        for (tree, &published) in &r.published {
+            let moved = shift.get(tree).copied().unwrap_or(0);
+            let ours = r.derived.get(tree).copied().unwrap_or(0) + moved;
+            if published <= ours {
+                continue;
+            }
+            let mut next = published;
+            if (published - ours) % 2 == 1 {
+                // The topic's last alert says the opposite of this run's state (odd numbers are
+                // `critical`): one alert more brings it back.
+                next += 1;
+                let row = snapshot.views.tree_scores.get(tree.as_str());
+                let alert = Alert {
+                    kind: if next % 2 == 1 { AlertKind::Critical } else { AlertKind::Resolved },
+                    tree_id: tree.clone(),
+                    region: row.map(|r| r.region),
+                    score: row.map(|r| r.score.score.0),
+                    band: row.map(|r| r.score.band),
+                    previous_band: (published % 2 == 1).then_some(Band::Critical),
+                    watermark: snapshot.watermark,
+                    top_penalty: row.map_or("none", |r| r.score.top_penalty()),
+                    seq: next,
+                };
+                tracing::info!(
+                    "kafka: alert {} ({}) sent to bring the alert topic to the tree's band after the restore",
+                    alert.id(),
+                    alert.kind.as_str()
+                );
+                self.send_alert(&alert);
+                sent += 1;
+            }
+            shift.insert(tree.clone(), moved + next - ours);
+        }
+        drop(shift);
+        if sent > 0 {
+            tracing::info!("kafka: {sent} alerts sent to reconcile the alert topic after the restore");
+        }
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.floor.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn send_alert(&self, alert: &Alert) {
+        let id = alert.id();
+        let value = alert_json(alert).to_string();
+        let topic = self.alerts.clone();
+        let h = OwnedHeaders::new().insert(Header { key: headers::ALERT_ID, value: Some(id.as_str()) });
+        self.send(BaseRecord::to(&topic).key(alert.tree_id.as_bytes()).payload(value.as_bytes()).headers(h));
+    }
+
+    /// The checkpoint entries of `shift`.
+    fn shift_entries(&self) -> Vec<(String, i64)> {
+        let shift = self.shift.lock().unwrap_or_else(|p| p.into_inner());
+        shift.iter().map(|(tree, n)| (format!("{SHIFT_KEY}{tree}"), i64::from(*n))).collect()
     }
 
     /// Whether `id` was already written (then it is not sent again).
@@ -246,7 +390,7 @@ impl KafkaOutput {
     /// A sink per worker and one for the egress, all sharing this producer.
     pub fn sink_factory(&self) -> SinkFactory {
         let output = self.clone();
-        Arc::new(move |_role| Box::new(KafkaSink(output.clone())) as Box<dyn Sink>)
+        Arc::new(move |role| Box::new(KafkaSink(output.clone(), role == SinkRole::Egress)) as Box<dyn Sink>)
     }
 
     /// Sends one record, waiting while the producer queue is full.
@@ -296,8 +440,8 @@ pub fn alert_json(alert: &Alert) -> serde_json::Value {
     })
 }
 
-/// One worker's handle on the [`KafkaOutput`].
-struct KafkaSink(KafkaOutput);
+/// One worker's (or, `true`, the egress's) handle on the [`KafkaOutput`].
+struct KafkaSink(KafkaOutput, bool);
 
 impl Sink for KafkaSink {
     fn dead_letter(&mut self, letter: DeadLetter) {
@@ -327,21 +471,28 @@ impl Sink for KafkaSink {
         self.0.send(record);
     }
 
-    fn alert(&mut self, alert: Alert) {
-        let id = alert.id();
-        if self.0.already_written(&id) {
+    fn alert(&mut self, mut alert: Alert) {
+        alert.seq = self.0.number(&alert);
+        if self.0.already_written(&alert.id()) {
             return;
         }
-        let value = alert_json(&alert).to_string();
-        let topic = self.0.alerts.clone();
-        let h = OwnedHeaders::new().insert(Header { key: headers::ALERT_ID, value: Some(id.as_str()) });
-        self.0.send(BaseRecord::to(&topic).key(alert.tree_id.as_bytes()).payload(value.as_bytes()).headers(h));
+        self.0.send_alert(&alert);
     }
 
     /// Records where the topics stand (the checkpoint's writer waits for the deliveries of
-    /// everything sent before the cut: [`KafkaOutput::flush_for_checkpoint`]).
+    /// everything sent before the cut: [`KafkaOutput::flush_for_checkpoint`]). The egress's
+    /// sink first reconciles the alert topic after a restore, once caught up (every alert
+    /// derived before the cut has passed it).
     fn checkpoint(&mut self, _number: u64) -> Vec<(String, i64)> {
-        self.0.known_offsets()
+        if !self.1 {
+            return self.0.known_offsets();
+        }
+        // Only the egress reports the numbering moves: the parts' entries are merged by their
+        // least value, and a worker's could be older than this checkpoint's reconciliation.
+        self.0.reconcile_if_caught_up();
+        let mut out = self.0.known_offsets();
+        out.extend(self.0.shift_entries());
+        out
     }
 
     fn close(&mut self) {
