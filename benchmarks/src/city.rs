@@ -24,6 +24,13 @@
 //! 5. Update latency: rounds of 10,000 events (≈97 % readings) into the warm views of
 //!    all `--trees` trees, 2 workers, p50/p99.
 //!
+//! 6. Live (`--live-hours H`, default 3; 0 skips): `treeai run` (the release binary beside this
+//!    one) with the generator at `--trees` trees and 10,000 events per second of event time,
+//!    event time running `--speedup` (default 30) times the wall clock, no lake, no
+//!    checkpoints: its RSS at each event-time hour, and — the same at 10,000 events/s of wall
+//!    clock for a minute after the inventory is loaded — the freshness its
+//!    `treeai_freshness_seconds` histogram reports (arrival → visible to SQL), p50/p99.
+//!
 //! To scale the workers elsewhere: `--workers 1,2,4,8,16`.
 
 use anyhow::{bail, Context};
@@ -298,5 +305,138 @@ fn main() -> anyhow::Result<()> {
     // 5. Update latency into the warm city.
     let (_, rss, latency) = child(&["update", "--trees", &trees.to_string(), "--workers", "2"])?;
     println!("  10k-event rounds into {trees} warm trees: {latency} (target p99 < 10 ms); peak RSS {rss:.0} MB");
+
+    // 6. Live.
+    let hours = num(&args, "--live-hours", 3)?;
+    let speedup = num(&args, "--speedup", 30)?;
+    if hours > 0 {
+        live(trees, hours, speedup)?;
+    }
+    Ok(())
+}
+
+/// A running `treeai run` (killed when dropped).
+struct Run {
+    child: std::process::Child,
+    http: String,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> anyhow::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+/// `treeai run --trees T --rate R --speedup S`, no lake, no checkpoints.
+fn start_run(trees: u64, rate: u64, speedup: u64) -> anyhow::Result<Run> {
+    let exe = std::env::current_exe()?.with_file_name("treeai");
+    if !exe.exists() {
+        bail!("{} missing: cargo build --release -p treeai", exe.display());
+    }
+    let http = free_addr()?;
+    let child = Command::new(&exe)
+        .args(["run", "--workers", "2", "--no-lake", "--no-checkpoint", "--trees", &trees.to_string()])
+        .args(["--rate", &rate.to_string(), "--speedup", &speedup.to_string()])
+        .args(["--http-addr", &http, "--sql-addr", &free_addr()?])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    Ok(Run { child, http })
+}
+
+/// The `/metrics` text of `addr` (HTTP/1.0: the body ends with the connection).
+fn metrics(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// A sample of `name` (the first line naming it exactly, or with `{labels}` when given).
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The freshness histogram: (upper bound s, cumulative count) per bucket, `+Inf` last.
+fn freshness(text: &str) -> Vec<(f64, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("treeai_freshness_seconds_bucket{le=\"")?;
+            let (le, n) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The quantile `q` of the difference of two cumulative histograms (its bucket's upper bound).
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let diff: Vec<(f64, f64)> = after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    let total = diff.last().map_or(0.0, |d| d.1);
+    diff.iter().find(|(_, n)| *n >= q * total).map_or(f64::NAN, |(le, _)| *le)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Phase 6: RSS per event-time hour, and freshness at the real rate.
+fn live(trees: u64, hours: u64, speedup: u64) -> anyhow::Result<()> {
+    const START_MS: f64 = 1_795_564_800_000.0; // the generator's start time
+    let run = start_run(trees, 10_000 * speedup, speedup)?;
+    let started = Instant::now();
+    let mut next = 1;
+    while next <= hours {
+        if started.elapsed().as_secs() > 3600 * hours / speedup * 4 + 600 {
+            bail!("live: event-time hour {next} not reached in {:?}", started.elapsed());
+        }
+        let watermark = metrics(&run.http).and_then(|m| sample(&m, "treeai_watermark_ms"));
+        if watermark.is_some_and(|w| w >= START_MS + next as f64 * 3_600_000.0) {
+            println!(
+                "  live, {trees} trees, 10k events per event-time second, x{speedup}: RSS {:.0} MB at event-time \
+                 hour {next} ({:.0} s of wall clock)",
+                rss_mb(run.child.id()),
+                started.elapsed().as_secs_f64()
+            );
+            next += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    drop(run);
+
+    // Freshness at the real rate: a minute after the inventory is in the views.
+    let run = start_run(trees, 10_000, 1)?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    while metrics(&run.http).and_then(|m| sample(&m, "treeai_view_rows{view=\"trees\"}")).unwrap_or(0.0) < trees as f64
+    {
+        if Instant::now() > deadline {
+            bail!("live: the inventory of {trees} trees not in the views within 600 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let before = freshness(&metrics(&run.http).context("metrics")?);
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    let after = freshness(&metrics(&run.http).context("metrics")?);
+    println!(
+        "  freshness at 10,000 events/s, {trees} trees, over a minute: p50 <= {} s, p99 <= {} s (histogram bucket \
+         bounds; target p99 < 0.1 s)",
+        quantile(&before, &after, 0.5),
+        quantile(&before, &after, 0.99)
+    );
     Ok(())
 }
