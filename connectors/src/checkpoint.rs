@@ -238,12 +238,13 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// The least recorded end offset per output topic-partition.
+    /// The least recorded end offset per output topic-partition (and the greatest of other
+    /// entries: the Kafka alert numbering moves, which only grow).
     pub fn sink_offsets(&self) -> std::collections::BTreeMap<String, i64> {
         let mut out = std::collections::BTreeMap::new();
         for (key, offset) in self.states.iter().flat_map(|w| &w.sink_offsets).chain(&self.egress.sink_offsets) {
             let e = out.entry(key.clone()).or_insert(*offset);
-            *e = (*e).min(*offset);
+            *e = if key.starts_with("treeai.alert_seq_shift/") { (*e).max(*offset) } else { (*e).min(*offset) };
         }
         out
     }

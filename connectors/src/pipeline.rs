@@ -258,10 +258,12 @@ impl PipelineBuilder {
                 if let Some(loaded) = &loaded {
                     // What the crashed run wrote after the checkpoint is not sent again.
                     let offsets = loaded.sink_offsets();
-                    let found = output.suppress_written(&offsets)?;
-                    let seqs: Vec<(String, u32)> =
-                        loaded.egress.alert_seqs.iter().map(|(tree, n)| (tree.to_string(), *n)).collect();
-                    output.reconcile_with(&seqs, stats.clone(), catalog.clone());
+                    let found = output.suppress_written(&offsets, process == 0)?;
+                    if process == 0 {
+                        let seqs: Vec<(String, u32)> =
+                            loaded.egress.alert_seqs.iter().map(|(tree, n)| (tree.to_string(), *n)).collect();
+                        output.reconcile_with(&seqs, stats.clone(), catalog.clone());
+                    }
                     tracing::info!(
                         "kafka: {found} alerts and dead letters written after checkpoint {}",
                         loaded.manifest.number

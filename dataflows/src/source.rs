@@ -205,6 +205,13 @@ pub trait Source {
     fn owns(&self, _source: u32) -> bool {
         false
     }
+    /// After a [`Source::seek`]: whether this worker has read up to where its partitions
+    /// ended when it resumed (what a crashed run can have read). A restored worker counts as
+    /// caught up (`/readyz`) only once this holds and a round read less than a full batch.
+    /// Sources that know nothing better answer `true`.
+    fn caught_up(&self) -> bool {
+        true
+    }
 }
 
 /// Builds the source of worker `index` of `peers`.

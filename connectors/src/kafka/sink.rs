@@ -97,6 +97,8 @@ struct Reconcile {
     /// Caught up: restored and ready.
     stats: Option<Arc<Stats>>,
     catalog: Option<Arc<Catalog>>,
+    /// Caught up at the previous checkpoint: this one's cut was taken after that.
+    armed: bool,
 }
 
 impl KafkaOutput {
@@ -129,7 +131,9 @@ impl KafkaOutput {
     /// Reads the alert and dead-letter topics from `offsets` (`topic/partition` → offset, as
     /// recorded by a checkpoint) to their current end and remembers the ids found, so that
     /// the restored run does not send them again. Returns how many it found.
-    pub fn suppress_written(&self, offsets: &BTreeMap<String, i64>) -> Result<usize, KafkaClientError> {
+    /// `alerts`: this process derives the alerts (process 0 of a cluster); other processes
+    /// never send an alert, so they only look for dead letters.
+    pub fn suppress_written(&self, offsets: &BTreeMap<String, i64>, alerts: bool) -> Result<usize, KafkaClientError> {
         *self.shift.lock().unwrap_or_else(|p| p.into_inner()) = offsets
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(SHIFT_KEY)?.to_string(), u32::try_from(*v).ok()?)))
@@ -200,7 +204,8 @@ impl KafkaOutput {
                 })
             };
             let id = if message.topic() == &*self.alerts {
-                let id = header(headers::ALERT_ID);
+                // (Read to the end all the same: the loop ends when every partition has.)
+                let id = header(headers::ALERT_ID).filter(|_| alerts);
                 if let Some((tree, seq)) = id.as_deref().and_then(|id| id.rsplit_once('/')) {
                     if let Ok(seq) = seq.parse::<u32>() {
                         let max = published.entry(tree.to_string()).or_default();
@@ -240,7 +245,7 @@ impl KafkaOutput {
         }
         if !published.is_empty() {
             *self.reconcile.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Reconcile { published, derived: BTreeMap::new(), stats: None, catalog: None });
+                Some(Reconcile { published, derived: BTreeMap::new(), stats: None, catalog: None, armed: false });
         }
         self.written.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
         Ok(n)
@@ -270,10 +275,16 @@ impl KafkaOutput {
     /// band where the topic's last alert says otherwise. Then nothing is suppressed any more.
     fn reconcile_if_caught_up(&self) {
         let mut slot = self.reconcile.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(r) = slot.as_ref() else { return };
+        let Some(r) = slot.as_mut() else { return };
         let (Some(stats), Some(catalog)) = (&r.stats, &r.catalog) else { return };
         let snapshot = catalog.snapshot();
         if !(stats.restored() && snapshot.is_ready()) {
+            return;
+        }
+        // Caught up now, but this checkpoint's cut may have been taken before: wait for the
+        // next one, whose alerts include everything the replay derives.
+        if !r.armed {
+            r.armed = true;
             return;
         }
         let Some(r) = slot.take() else { return };
@@ -317,8 +328,9 @@ impl KafkaOutput {
         if sent > 0 {
             tracing::info!("kafka: {sent} alerts sent to reconcile the alert topic after the restore");
         }
-        self.written.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.floor.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // Alert ids found at the restore and not derived again are behind the numbering now;
+        // dead letters (`source#offset`) are still suppressed as they are read again.
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| id.contains('#'));
     }
 
     fn send_alert(&self, alert: &Alert) {

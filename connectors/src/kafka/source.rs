@@ -42,6 +42,8 @@ pub struct KafkaSource {
     next: BTreeMap<(usize, i32), i64>,
     /// Offsets to resume at, by position source id (from [`Source::seek`]).
     resume: BTreeMap<u32, u64>,
+    /// After a restore: where each resumed partition ended when it was assigned.
+    resume_ends: std::cell::RefCell<BTreeMap<(usize, i32), i64>>,
     /// Topic names as dead letters carry them.
     names: [Arc<str>; 3],
     stop: Arc<AtomicBool>,
@@ -104,6 +106,7 @@ impl KafkaSource {
             metadata: rx,
             next: BTreeMap::new(),
             resume: BTreeMap::new(),
+            resume_ends: Default::default(),
             names,
             topics,
             stop,
@@ -126,7 +129,8 @@ impl KafkaSource {
     fn resume_at(&self, t: usize, p: i32, next: i64) -> (Offset, i64) {
         let topic = &self.topics[t];
         match self.consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-            Ok((low, _)) if next < low => {
+            Ok((low, high)) if next < low => {
+                self.resume_ends.borrow_mut().insert((t, p), high);
                 let lost = low - next;
                 self.stats.gaps.fetch_add(1, Ordering::Relaxed);
                 self.stats.gap_messages.fetch_add(lost as u64, Ordering::Relaxed);
@@ -144,7 +148,10 @@ impl KafkaSource {
                 );
                 (Offset::Offset(next), next)
             }
-            Ok(_) => (Offset::Offset(next), next),
+            Ok((_, high)) => {
+                self.resume_ends.borrow_mut().insert((t, p), high);
+                (Offset::Offset(next), next)
+            }
             Err(e) => {
                 tracing::warn!("kafka: bounds of {topic}/{p}: {e}; resuming at the checkpoint's offset {next}");
                 (Offset::Offset(next), next)
@@ -284,6 +291,16 @@ impl Source for KafkaSource {
 
     /// Remembers the offsets; each partition is assigned at its offset when its
     /// metadata arrives. Positions of partitions another worker owns are ignored.
+    /// Caught up once the partitions are assigned and each resumed one has been read to
+    /// where it ended when it was assigned.
+    fn caught_up(&self) -> bool {
+        if self.resume.is_empty() {
+            return true;
+        }
+        self.known.iter().any(|&k| k > 0)
+            && self.resume_ends.borrow().iter().all(|(key, end)| self.next.get(key).is_some_and(|n| n >= end))
+    }
+
     fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {
         for p in positions {
             let (topic, partition) =

@@ -295,7 +295,7 @@ pub(super) fn worker_main(
         if read.applied > 0 {
             egress.arrivals.push((time, read.arrival_ms, read.applied));
         }
-        if catching_up && !paused && (read.read < config.batch as u64 || done) {
+        if catching_up && !paused && (read.read < config.batch as u64 || done) && (done || source.caught_up()) {
             catching_up = false;
             stats.catching_up.fetch_sub(1, Ordering::SeqCst);
         }
