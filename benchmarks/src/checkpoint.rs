@@ -20,7 +20,10 @@
 //!    beside this one) with `--speedup 60`, resident memory after 1 and 3
 //!    event-time hours (1 and 3 wall-clock minutes) and at M minutes.
 
+#[path = "shared.rs"]
+mod shared;
 use anyhow::{bail, Context};
+use shared::rss_mb;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -166,15 +169,6 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn free_port() -> anyhow::Result<String> {

@@ -33,8 +33,12 @@
 //!
 //! To scale the workers elsewhere: `--workers 1,2,4,8,16`.
 
+#[path = "shared.rs"]
+mod shared;
+
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use shared::{peak_rss_mb, rss_mb, TimedSource};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,19 +49,9 @@ use treeai_connectors::generated::GeneratorSource;
 use treeai_connectors::generator::{Generator, GeneratorConfig};
 use treeai_connectors::pipeline::{run_bounded, PipelineBuilder, BATCH_ROUND};
 use treeai_connectors::SourceSpec;
-use treeai_dataflows::event::Position;
 use treeai_dataflows::parse::parse_event;
 use treeai_dataflows::runtime::RuntimeConfig;
-use treeai_dataflows::source::{PartitionPosition, Poll, RawMessage, Source, SourceError, SourceFactory, SourceRef};
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
+use treeai_dataflows::source::{Poll, Source, SourceFactory};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
@@ -181,38 +175,6 @@ fn run_child(args: &[String]) -> anyhow::Result<()> {
         other => bail!("unknown --child {other}"),
     }
     Ok(())
-}
-
-/// A source that records how long each round takes (time between polls) once warm.
-struct TimedSource {
-    inner: GeneratorSource,
-    rounds: Arc<Mutex<Histogram<u64>>>,
-    last: Option<Instant>,
-    warmup: u64,
-}
-
-impl Source for TimedSource {
-    fn poll(&mut self, max: usize, emit: &mut dyn FnMut(RawMessage<'_>)) -> Poll {
-        let now = Instant::now();
-        if let Some(last) = self.last {
-            if self.warmup == 0 {
-                let _ = self.rounds.lock().map(|mut h| h.record(now.duration_since(last).as_micros() as u64));
-            } else {
-                self.warmup -= 1;
-            }
-        }
-        self.last = Some(now);
-        self.inner.poll(max, emit)
-    }
-    fn source_ref(&self, pos: Position) -> SourceRef {
-        self.inner.source_ref(pos)
-    }
-    fn positions(&self) -> Vec<PartitionPosition> {
-        self.inner.positions()
-    }
-    fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {
-        self.inner.seek(positions)
-    }
 }
 
 /// DuckDB over `input` (seconds, peak RSS MB), if python3 has duckdb.
@@ -383,15 +345,6 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     let diff: Vec<(f64, f64)> = after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
     let total = diff.last().map_or(0.0, |d| d.1);
     diff.iter().find(|(_, n)| *n >= q * total).map_or(f64::NAN, |(le, _)| *le)
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Phase 6: RSS per event-time hour, and freshness at the real rate.

@@ -17,8 +17,12 @@
 //!
 //! Prints events/s, the ratio pipeline / parse-only, and peak memory (VmHWM).
 
+#[path = "shared.rs"]
+mod shared;
+
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use shared::{peak_rss_mb, TimedSource};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,19 +32,9 @@ use treeai_connectors::generated::GeneratorSource;
 use treeai_connectors::generator::{Generator, GeneratorConfig};
 use treeai_connectors::pipeline::{run_bounded, PipelineBuilder};
 use treeai_connectors::SourceSpec;
-use treeai_dataflows::event::Position;
 use treeai_dataflows::parse::parse_event;
 use treeai_dataflows::runtime::RuntimeConfig;
-use treeai_dataflows::source::{PartitionPosition, Poll, RawMessage, Source, SourceError, SourceFactory, SourceRef};
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
+use treeai_dataflows::source::{Poll, Source, SourceFactory};
 
 fn arg(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
     match args.iter().position(|a| a == name) {
@@ -48,38 +42,6 @@ fn arg(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
             args.get(i + 1).with_context(|| format!("{name} needs a value"))?.parse().with_context(|| name.to_string())
         }
         None => Ok(default),
-    }
-}
-
-/// A source that records how long each round takes (time between polls) once warm.
-struct TimedSource {
-    inner: GeneratorSource,
-    rounds: Arc<Mutex<Histogram<u64>>>,
-    last: Option<Instant>,
-    warmup: u64,
-}
-
-impl Source for TimedSource {
-    fn poll(&mut self, max: usize, emit: &mut dyn FnMut(RawMessage<'_>)) -> Poll {
-        let now = Instant::now();
-        if let Some(last) = self.last {
-            if self.warmup == 0 {
-                let _ = self.rounds.lock().map(|mut h| h.record(now.duration_since(last).as_micros() as u64));
-            } else {
-                self.warmup -= 1;
-            }
-        }
-        self.last = Some(now);
-        self.inner.poll(max, emit)
-    }
-    fn source_ref(&self, pos: Position) -> SourceRef {
-        self.inner.source_ref(pos)
-    }
-    fn positions(&self) -> Vec<PartitionPosition> {
-        self.inner.positions()
-    }
-    fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {
-        self.inner.seek(positions)
     }
 }
 

@@ -1,0 +1,60 @@
+//! What several benchmarks share (included by `#[path]`: each benchmark is its own binary).
+#![allow(dead_code)]
+
+use hdrhistogram::Histogram;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use treeai_connectors::generated::GeneratorSource;
+use treeai_dataflows::event::Position;
+use treeai_dataflows::source::{PartitionPosition, Poll, RawMessage, Source, SourceError, SourceRef};
+
+/// This process's peak RSS (VmHWM), MB.
+pub fn peak_rss_mb() -> f64 {
+    status_mb("self", "VmHWM:")
+}
+
+/// Process `pid`'s current RSS (VmRSS), MB.
+pub fn rss_mb(pid: u32) -> f64 {
+    status_mb(&pid.to_string(), "VmRSS:")
+}
+
+fn status_mb(pid: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A source that records how long each round takes (time between polls) once warm.
+pub struct TimedSource {
+    pub inner: GeneratorSource,
+    pub rounds: Arc<Mutex<Histogram<u64>>>,
+    pub last: Option<Instant>,
+    pub warmup: u64,
+}
+
+impl Source for TimedSource {
+    fn poll(&mut self, max: usize, emit: &mut dyn FnMut(RawMessage<'_>)) -> Poll {
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            if self.warmup == 0 {
+                let _ = self.rounds.lock().map(|mut h| h.record(now.duration_since(last).as_micros() as u64));
+            } else {
+                self.warmup -= 1;
+            }
+        }
+        self.last = Some(now);
+        self.inner.poll(max, emit)
+    }
+    fn source_ref(&self, pos: Position) -> SourceRef {
+        self.inner.source_ref(pos)
+    }
+    fn positions(&self) -> Vec<PartitionPosition> {
+        self.inner.positions()
+    }
+    fn seek(&mut self, positions: &[PartitionPosition]) -> Result<(), SourceError> {
+        self.inner.seek(positions)
+    }
+}
