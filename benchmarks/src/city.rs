@@ -38,7 +38,7 @@ mod shared;
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use shared::{peak_rss_mb, rss_mb, TimedSource};
+use shared::{free_addr, peak_rss_mb, rss_mb, TimedSource};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -290,11 +290,6 @@ impl Drop for Run {
     }
 }
 
-fn free_addr() -> anyhow::Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    Ok(format!("127.0.0.1:{port}"))
-}
-
 /// `treeai run --trees T --rate R --speedup S`, no lake, no checkpoints.
 fn start_run(trees: u64, rate: u64, speedup: u64) -> anyhow::Result<Run> {
     let exe = std::env::current_exe()?.with_file_name("treeai");
@@ -312,15 +307,9 @@ fn start_run(trees: u64, rate: u64, speedup: u64) -> anyhow::Result<Run> {
     Ok(Run { child, http })
 }
 
-/// The `/metrics` text of `addr` (HTTP/1.0: the body ends with the connection).
+/// The `/metrics` text of `addr`.
 fn metrics(addr: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
+    shared::http(addr, "GET", "/metrics", "")
 }
 
 /// A sample of `name` (the first line naming it exactly, or with `{labels}` when given).

@@ -27,7 +27,11 @@
 //!    the trigger (the stop request) to every one of the 5 answering SQL over HTTP with the whole
 //!    restored registry (`select count(*) from trees`).
 
+#[path = "shared.rs"]
+mod shared;
+
 use anyhow::{bail, Context as _};
+use shared::free_addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,11 +56,6 @@ fn topics(prefix: &str) -> Topics {
         alerts: format!("{prefix}.alerts"),
         deadletter: format!("{prefix}.deadletter"),
     }
-}
-
-fn free_addr() -> anyhow::Result<String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    Ok(format!("127.0.0.1:{port}"))
 }
 
 /// Produces `events` generator events over `trees` trees to fresh topics; the topics and the
@@ -340,23 +339,7 @@ impl Drop for Processes {
 
 /// `select count(*) from trees` over HTTP; `None` until the process answers.
 fn count_trees(addr: &str) -> Option<u64> {
-    use std::io::{Read, Write};
-    let body = r#"{"sql":"select count(*) from trees"}"#;
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let head = format!(
-        "POST /v1/sql HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    // HTTP/1.0: the body is not chunked, it ends with the connection.
-    if out.split_whitespace().nth(1) != Some("200") {
-        return None;
-    }
-    let json: serde_json::Value = serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()?;
+    let body = shared::http(addr, "POST", "/v1/sql", r#"{"sql":"select count(*) from trees"}"#)?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
     json["rows"][0][0].as_u64()
 }

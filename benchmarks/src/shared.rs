@@ -58,3 +58,29 @@ impl Source for TimedSource {
         self.inner.seek(positions)
     }
 }
+
+/// A free loopback address.
+pub fn free_addr() -> anyhow::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+/// One HTTP/1.0 request (the body is not chunked, it ends with the connection); the
+/// response body when the status is 200.
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    if out.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
