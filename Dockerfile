@@ -19,12 +19,15 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 # LIBZ_SYS_STATIC: link zlib (librdkafka's) statically; the distroless
-# runtime has no libz.
+# runtime has no libz. OPENSSL_STATIC: link OpenSSL (librdkafka's TLS and
+# SASL, from the builder's libssl-dev) statically too, so the binary needs
+# only glibc, libgcc and libstdc++ (checked below).
 ENV CARGO_TERM_COLOR=never \
     CARGO_TARGET_DIR=/src/target \
-    LIBZ_SYS_STATIC=1
-# rust:*-bookworm already has gcc, g++, make, perl and python3, which
-# librdkafka's bundled build (rdkafka-sys) needs.
+    LIBZ_SYS_STATIC=1 \
+    OPENSSL_STATIC=1
+# rust:*-bookworm already has gcc, g++, make, perl, python3 and libssl-dev,
+# which librdkafka's bundled build (rdkafka-sys) needs.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \

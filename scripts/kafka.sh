@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A local Kafka-protocol broker for tests and for trying treeai: Tansu with in-memory storage.
 #
-#   scripts/kafka.sh install          # cargo install tansu (skipped when installed), kcat (apt) and
-#                                     # the librdkafka scripts/kcat runs it with
+#   scripts/kafka.sh install          # cargo install tansu (skipped when installed), kcat and
+#                                     # stunnel4 (apt: the TLS test puts stunnel in front of
+#                                     # Tansu) and the librdkafka scripts/kcat runs it with
 #   scripts/kafka.sh start            # start Tansu on $KAFKA_ADDR, create the topics
 #   scripts/kafka.sh topics           # (re)create the topics
 #   scripts/kafka.sh stop             # stop the broker started by `start`
@@ -25,9 +26,16 @@ install() {
         say "installing Tansu (cargo install tansu --locked --features dynostore; several minutes on 2 cores)"
         cargo install tansu --locked --features dynostore
     fi
-    if ! command -v kcat >/dev/null; then
-        say "installing kcat (Debian package)"
-        if [ "$(id -u)" = 0 ]; then apt-get install -y -q kcat >/dev/null; else sudo apt-get install -y -q kcat >/dev/null; fi
+    local missing=()
+    command -v kcat >/dev/null || missing+=(kcat)
+    command -v stunnel4 >/dev/null || missing+=(stunnel4)
+    [ -f /usr/include/zstd.h ] || missing+=(libzstd-dev)
+    [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        say "installing ${missing[*]} (Debian packages)"
+        local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get install -y -q "${missing[@]}" >/dev/null \
+            || { $sudo apt-get update -qq && $sudo apt-get install -y -q "${missing[@]}" >/dev/null; }
     fi
     librdkafka
 }
@@ -38,7 +46,9 @@ install() {
 # ABI, librdkafka.so.1), built here once as a shared library.
 LIBRDKAFKA_DIR="${TREEAI_LIBRDKAFKA:-/var/tmp/treeai-librdkafka}"
 librdkafka() {
-    [ -f "$LIBRDKAFKA_DIR/lib/librdkafka.so.1" ] && return 0
+    # Rebuilt when an older build lacks TLS or zstd (the features file says what it has).
+    [ -f "$LIBRDKAFKA_DIR/lib/librdkafka.so.1" ] && [ "$(cat "$LIBRDKAFKA_DIR/lib/features" 2>/dev/null)" = "ssl zstd" ] \
+        && return 0
     local root src
     root="$(cd "$(dirname "$0")/.." && pwd)"
     src="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/rdkafka-sys-*/librdkafka 2>/dev/null | sort -V | tail -1)"
@@ -49,9 +59,10 @@ librdkafka() {
     say "building librdkafka.so.1 for kcat from $src (about a minute)"
     rm -rf "$LIBRDKAFKA_DIR/build" && mkdir -p "$LIBRDKAFKA_DIR/lib" && cp -r "$src" "$LIBRDKAFKA_DIR/build"
     (cd "$LIBRDKAFKA_DIR/build" \
-        && ./configure --disable-ssl --disable-gssapi --disable-curl --disable-zstd --disable-lz4-ext --disable-sasl >/dev/null \
+        && ./configure --enable-ssl --enable-zstd --disable-gssapi --disable-curl --disable-lz4-ext --disable-sasl >/dev/null \
         && make -j"$(nproc)" -C src librdkafka.so.1 >/dev/null)
     cp "$LIBRDKAFKA_DIR/build/src/librdkafka.so.1" "$LIBRDKAFKA_DIR/lib/"
+    echo "ssl zstd" >"$LIBRDKAFKA_DIR/lib/features"
 }
 
 running() {

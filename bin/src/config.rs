@@ -14,6 +14,8 @@
 //! sql_memory_limit_mb = 1024  # memory pool of all running SQL queries
 //! http_max_rows = 100000      # most rows of one HTTP /v1/sql answer
 //! sql_max_connections = 256   # Postgres wire connections at once (53300 beyond)
+//! sql_idle_timeout_ms = 3600000 # close Postgres sessions idle this long (57P05); 0: never
+//! sql_max_message_bytes = 4194304 # longest Postgres wire message (54000 beyond)
 //! shutdown_timeout_ms = 25000 # SIGTERM: drain and flush, exit 0 within this
 //! liveness_timeout_ms = 30000 # /healthz fails without a dataflow round for this long
 //!
@@ -93,6 +95,11 @@ pub struct FileConfig {
     pub http_max_rows: Option<usize>,
     /// Postgres wire connections open at once (flag `--sql-max-connections`); default 256.
     pub sql_max_connections: Option<usize>,
+    /// A Postgres wire session with no traffic for this long is closed, ms (flag
+    /// `--sql-idle-timeout-ms`); 0: never; default 3600000.
+    pub sql_idle_timeout_ms: Option<u64>,
+    /// Longest Postgres wire message in bytes (flag `--sql-max-message-bytes`); default 4194304.
+    pub sql_max_message_bytes: Option<usize>,
     /// Host names HTTP answers to besides IP addresses and `localhost` (flag
     /// `--http-allowed-hosts`); e.g. the Service's `treeai.treeai-us-east.svc`.
     pub http_allowed_hosts: Option<Vec<String>>,

@@ -7,6 +7,7 @@ mod kafka_args;
 mod lake_args;
 mod scale;
 mod sql;
+mod telemetry;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +35,11 @@ struct Cli {
     /// one JSON object per line for log collectors. The progress line stays text.
     #[arg(long, global = true, env = "TREEAI_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Export spans (HTTP requests, SQL statements, checkpoints; dataflow rounds with
+    /// TREEAI_OTLP_FILTER=info,treeai_dataflows=debug) as OTLP/HTTP to this base URL, e.g.
+    /// http://jaeger:4318 (sent to URL/v1/traces). Off by default.
+    #[arg(long, global = true, env = "TREEAI_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -384,13 +390,13 @@ fn now_ms() -> i64 {
 
 fn main() {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TREEAI_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    let telemetry = match telemetry::init(matches!(cli.log_format, LogFormat::Json), cli.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("treeai: {e:#}");
+            std::process::exit(1);
+        }
+    };
     exit_on_pipeline_panic();
     let result = match cli.command {
         Command::Run(args) => run(*args),
@@ -399,6 +405,7 @@ fn main() {
         Command::Auth(command) => auth(command),
         Command::Scale(command) => scale_command(command),
     };
+    telemetry.shutdown();
     if let Err(e) = result {
         eprintln!("treeai: {e:#}");
         std::process::exit(1);

@@ -59,6 +59,14 @@ pub struct SqlArgs {
     /// Postgres wire connections open at once; one more is refused (53300) [default: 256].
     #[arg(long, env = "TREEAI_SQL_MAX_CONNECTIONS")]
     sql_max_connections: Option<usize>,
+    /// Close a Postgres wire session with no traffic either way for this long (57P05), ms;
+    /// 0: never. Never shorter than --sql-timeout-ms + 5 s [default: 3600000].
+    #[arg(long, env = "TREEAI_SQL_IDLE_TIMEOUT_MS")]
+    sql_idle_timeout_ms: Option<u64>,
+    /// Longest Postgres wire message, bytes; a longer one ends the connection (54000) before
+    /// it is read [default: 4194304].
+    #[arg(long, env = "TREEAI_SQL_MAX_MESSAGE_BYTES")]
+    sql_max_message_bytes: Option<usize>,
     /// Host names HTTP answers to besides IP addresses and localhost (without --auth-file others
     /// are refused: DNS rebinding), and the hosts of browser origins it takes besides its own.
     #[arg(long, env = "TREEAI_HTTP_ALLOWED_HOSTS", value_delimiter = ',')]
@@ -122,6 +130,12 @@ pub fn start(
         http_max_rows: args.http_max_rows.or(file.http_max_rows).unwrap_or(d.http_max_rows),
         liveness_timeout,
         max_connections: args.sql_max_connections.or(file.sql_max_connections).unwrap_or(d.max_connections),
+        idle_timeout: match args.sql_idle_timeout_ms.or(file.sql_idle_timeout_ms) {
+            None => d.idle_timeout,
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+        },
+        max_message_bytes: args.sql_max_message_bytes.or(file.sql_max_message_bytes).unwrap_or(d.max_message_bytes),
         allowed_hosts: if args.http_allowed_hosts.is_empty() {
             file.http_allowed_hosts.clone().unwrap_or_default()
         } else {

@@ -266,6 +266,8 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CheckpointError> {
 }
 
 const MANIFEST: &str = "MANIFEST.json";
+/// In a cluster's checkpoint folder: a process gave this checkpoint up (its reason inside).
+const ABANDONED: &str = "ABANDONED";
 
 fn folder_name(number: u64) -> String {
     format!("{number:020}")
@@ -541,13 +543,22 @@ impl CheckpointStore {
             if abort() {
                 return Err(CheckpointError::Store(format!("checkpoint {number}: the pipeline stopped ({what})")));
             }
+            // A process whose share failed (its outputs not delivered, its store down) says so:
+            // the others give this checkpoint up at once rather than at the deadline, and stay
+            // in step for the next one.
+            if let Some(reason) = self.get(&format!("{folder}/{ABANDONED}"))? {
+                return Err(CheckpointError::Store(format!(
+                    "checkpoint {number} abandoned: {}",
+                    String::from_utf8_lossy(&reason)
+                )));
+            }
             if Instant::now() >= deadline {
                 return Err(CheckpointError::Store(format!(
                     "checkpoint {number}: {what} not there within {:.0} s",
                     wait.as_secs_f64()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
             Ok(())
         };
         if process != 0 {
@@ -579,6 +590,16 @@ impl CheckpointStore {
         let manifest = Manifest::new(number, (time, watermark), source, (parts, egress), lake_files, processes);
         total += self.put_manifest(&manifest)?;
         Ok((total, Some(manifest)))
+    }
+
+    /// Marks a cluster's checkpoint `number` as given up by `process` (best effort): the other
+    /// processes stop waiting for its share or its manifest. A folder with the marker and
+    /// without a manifest is incomplete like any other; one with a manifest is complete.
+    pub(crate) fn abandon(&self, number: u64, process: usize, reason: &str) {
+        let text = format!("process {process}: {reason}");
+        if let Err(e) = self.put(&format!("{}/{ABANDONED}", folder_name(number)), text.into_bytes()) {
+            tracing::warn!("checkpoint {number}: could not mark it abandoned: {e}");
+        }
     }
 
     /// Deletes every checkpoint folder but the newest `kept` complete ones (and incomplete
@@ -819,6 +840,14 @@ impl Checkpointer {
                     let number = cut.number;
                     let started = cut.started;
                     let abort = || weak.upgrade().is_none_or(|h| h.failed());
+                    // A span per checkpoint (exported with --otlp-endpoint).
+                    let span = tracing::info_span!(
+                        "checkpoint",
+                        treeai.checkpoint = number,
+                        treeai.bytes = tracing::field::Empty,
+                        otel.status_code = tracing::field::Empty,
+                    );
+                    let _entered = span.enter();
                     let result = write_one(
                         &store,
                         cut,
@@ -830,6 +859,7 @@ impl Checkpointer {
                     let Some(hub) = weak.upgrade() else { return };
                     match result {
                         Ok(bytes) => {
+                            span.record("treeai.bytes", bytes);
                             w_metrics.observe(started.elapsed());
                             w_metrics.bytes.store(bytes, Ordering::Relaxed);
                             w_metrics.last_success_ms.store(now_ms(), Ordering::Relaxed);
@@ -841,8 +871,12 @@ impl Checkpointer {
                             hub.written(number, None);
                         }
                         Err(e) => {
+                            span.record("otel.status_code", "ERROR");
                             w_metrics.failures.fetch_add(1, Ordering::Relaxed);
                             tracing::error!("checkpoint {number} failed: {e}");
+                            if let Some((process, _)) = cluster.filter(|_| !abort()) {
+                                store.abandon(number, process, &e.to_string());
+                            }
                             let fatal = matches!(e, WriteError::Lake(_));
                             hub.written(number, Some(e.to_string()));
                             if fatal {

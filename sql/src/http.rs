@@ -99,21 +99,51 @@ pub fn router(engine: Arc<Engine>) -> Router {
         )
         .layer(axum::middleware::from_fn_with_state(engine.clone(), authorize))
         .layer(axum::middleware::from_fn_with_state(engine.clone(), same_site))
+        .layer(axum::middleware::from_fn(traced))
         .with_state(engine)
+}
+
+/// One span per request (`METHOD /path`, kind server; exported with `--otlp-endpoint`), in
+/// the trace of the request's W3C `traceparent` when it has one (the propagator the binary
+/// installs reads it; without one nothing is read). Its status is recorded at the end.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{method} {path}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = path,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
+    });
+    if opentelemetry::trace::TraceContextExt::has_active_span(&parent) {
+        // Fails only when no OpenTelemetry layer is installed: then there is nothing to join.
+        let _ = span.set_parent(parent);
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 /// The client's address (the connection's peer), for the audit log.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::idle::IdleListener<L>>>
+    for ClientAddr
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::idle::IdleListener<L>>) -> Self {
         ClientAddr(*stream.remote_addr())
     }
 }

@@ -36,6 +36,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod idle;
 pub mod ingest;
 pub mod lake;
 pub mod limits;
@@ -95,6 +96,12 @@ pub struct SqlConfig {
     pub liveness_timeout: Duration,
     /// Postgres wire connections open at once (default 256); one more is refused with 53300.
     pub max_connections: usize,
+    /// A Postgres wire session with no byte either way for this long is closed with 57P05
+    /// (default 1 h; `None`: never; never shorter than `query_timeout` + 5 s). See [`pg::wire`].
+    pub idle_timeout: Option<Duration>,
+    /// Longest Postgres wire message after start-up, bytes (default 4 MiB); a longer one ends
+    /// the connection with 54000 before it is read.
+    pub max_message_bytes: usize,
     /// Host names HTTP answers to besides IP addresses and `localhost`, and the origins of
     /// browsers' requests it takes besides its own (`--http-allowed-hosts`; see [`http`]).
     pub allowed_hosts: Vec<String>,
@@ -110,6 +117,8 @@ impl Default for SqlConfig {
             http_max_rows: 100_000,
             liveness_timeout: Duration::from_secs(30),
             max_connections: 256,
+            idle_timeout: Some(Duration::from_secs(3600)),
+            max_message_bytes: 4 << 20,
             allowed_hosts: Vec::new(),
         }
     }
@@ -485,24 +494,54 @@ impl Engine {
     /// an empty result.
     pub async fn query(&self, sql: &str, max_rows: Option<usize>, protocol: &str) -> Result<QueryOutput, SqlError> {
         let started = Instant::now();
-        let result = async {
-            let mut actions = self.parse(sql)?;
-            if actions.len() != 1 {
-                return Err(SqlError::Plan(format!("expected exactly one statement, got {}", actions.len())));
-            }
-            let out = self.run_action(actions.remove(0), None, max_rows).await?;
-            Ok(out.unwrap_or_else(|| QueryOutput {
-                schema: Arc::new(Schema::empty()),
-                batches: vec![],
-                rows: 0,
-                truncated: false,
-                watermark: self.catalog.snapshot().watermark,
-                reservation: None,
-            }))
-        }
+        let span = statement_span(protocol, sql);
+        let result = tracing::Instrument::instrument(
+            async {
+                let mut actions = self.parse(sql)?;
+                if actions.len() != 1 {
+                    return Err(SqlError::Plan(format!("expected exactly one statement, got {}", actions.len())));
+                }
+                let out = self.run_action(actions.remove(0), None, max_rows).await?;
+                Ok(out.unwrap_or_else(|| QueryOutput {
+                    schema: Arc::new(Schema::empty()),
+                    batches: vec![],
+                    rows: 0,
+                    truncated: false,
+                    watermark: self.catalog.snapshot().watermark,
+                    reservation: None,
+                }))
+            },
+            span.clone(),
+        )
         .await;
+        end_statement_span(&span, result.as_ref().err());
         self.metrics.record_query(protocol, result.as_ref().err(), started.elapsed());
         result
+    }
+}
+
+/// The span of one SQL statement (`sql.statement`; exported with `--otlp-endpoint`): its
+/// text (at most 4 kB), the protocol, and its outcome once known.
+pub fn statement_span(protocol: &str, sql: &str) -> tracing::Span {
+    let text = match sql.char_indices().nth(4096) {
+        Some((cut, _)) => &sql[..cut],
+        None => sql,
+    };
+    tracing::info_span!(
+        "sql.statement",
+        db.system.name = "treeai",
+        db.query.text = text,
+        treeai.protocol = protocol,
+        treeai.outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Records a statement's outcome on its span.
+pub fn end_statement_span(span: &tracing::Span, error: Option<&SqlError>) {
+    span.record("treeai.outcome", error.map_or("ok", SqlError::outcome));
+    if error.is_some() {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

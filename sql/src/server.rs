@@ -2,7 +2,9 @@
 //! in a background thread, beside the timely workers.
 
 use crate::http::{router, ClientAddr};
+use crate::idle::IdleListener;
 use crate::pg::startup::PgStartup;
+use crate::pg::wire::{self, Peer, WireLimits};
 use crate::pg::{PgHandler, PgHandlers};
 use crate::{tls, Engine};
 use std::net::SocketAddr;
@@ -54,12 +56,20 @@ pub fn start(engine: Arc<Engine>) -> std::io::Result<SqlServer> {
                 Ok(l) => l,
                 Err(e) => return tracing::error!("http listener: {e}"),
             };
+            // HTTP connections may idle as long as Postgres sessions (1 h when that is off), never
+            // shorter than a statement plus a margin. (An ingest post waiting longer for Kafka is
+            // cut; its client's retry with the same Idempotency-Key is safe.)
+            let http_idle = engine
+                .config
+                .idle_timeout
+                .unwrap_or(Duration::from_secs(3600))
+                .max(engine.config.query_timeout + Duration::from_secs(5));
             let app = router(engine.clone()).into_make_service_with_connect_info::<ClientAddr>();
-            let pg_tls = tls.as_ref().map(|(pg, _)| pgwire::tokio::TlsAcceptor::from(pg.clone()));
+            let pg_tls = tls.as_ref().map(|(pg, _)| tokio_rustls::TlsAcceptor::from(pg.clone()));
             match tls.map(|(_, http)| http) {
                 Some(config) => {
                     let listener = match tls::TlsListener::new(http, config) {
-                        Ok(l) => l,
+                        Ok(l) => IdleListener::new(l, http_idle),
                         Err(e) => return tracing::error!("https listener: {e}"),
                     };
                     tokio::spawn(async move {
@@ -69,8 +79,9 @@ pub fn start(engine: Arc<Engine>) -> std::io::Result<SqlServer> {
                     });
                 }
                 None => {
+                    let listener = IdleListener::new(http, http_idle);
                     tokio::spawn(async move {
-                        if let Err(e) = axum::serve(http, app).await {
+                        if let Err(e) = axum::serve(listener, app).await {
                             tracing::error!("http server stopped: {e}");
                         }
                     });
@@ -78,21 +89,34 @@ pub fn start(engine: Arc<Engine>) -> std::io::Result<SqlServer> {
             }
             let handler = Arc::new(PgHandler::new(engine.clone()));
             let slots = Arc::new(tokio::sync::Semaphore::new(engine.config.max_connections.max(1)));
+            let limits = WireLimits {
+                max_message: engine.config.max_message_bytes,
+                // A running statement sends nothing until it ends: never shorter than its limit.
+                idle: engine
+                    .config
+                    .idle_timeout
+                    .map(|idle| idle.max(engine.config.query_timeout + Duration::from_secs(5))),
+            };
+            let require_tls = pg_tls.is_some();
             loop {
                 match pg.accept().await {
                     Ok((socket, peer)) => {
                         // One connection too many is still taken through TLS and its start-up
                         // message, to get Postgres' own refusal (53300) the client can show.
                         let slot = slots.clone().try_acquire_owned().ok();
+                        let too_many = slot.is_none();
+                        let handler = handler.clone();
                         // One start-up handler per connection: it holds the login exchange.
-                        let mut startup = PgStartup::new(handler.clone(), pg_tls.is_some());
-                        if slot.is_none() {
-                            startup = startup.too_many();
-                        }
-                        let handlers = PgHandlers { handler: handler.clone(), startup: Arc::new(startup) };
+                        let handlers = move |peer: Peer| {
+                            let mut startup = PgStartup::new(handler.clone(), require_tls, peer);
+                            if too_many {
+                                startup = startup.too_many();
+                            }
+                            PgHandlers { handler, startup: Arc::new(startup) }
+                        };
                         let acceptor = pg_tls.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
+                            if let Err(e) = wire::serve(socket, peer, acceptor, limits, handlers).await {
                                 tracing::debug!("postgres connection from {peer}: {e}");
                             }
                             drop(slot);

@@ -40,22 +40,31 @@ pub struct Broker {
     child: Option<Child>,
     storage: String,
     log: PathBuf,
+    /// What the broker tells clients to connect to (`addr` unless a TLS terminator is in front).
+    advertised: Option<String>,
 }
 
 impl Broker {
     /// The shared broker if there is one, else a private one with memory storage.
     pub fn for_test() -> Broker {
         match std::env::var("TREEAI_TEST_BROKERS") {
-            Ok(addr) if !addr.is_empty() => Broker { addr, child: None, storage: String::new(), log: PathBuf::new() },
+            Ok(addr) if !addr.is_empty() => {
+                Broker { addr, child: None, storage: String::new(), log: PathBuf::new(), advertised: None }
+            }
             _ => Broker::private("memory://tansu/", &[]),
         }
     }
 
     /// A broker of this test's own on a free port.
     pub fn private(storage: &str, envs: &[(&str, String)]) -> Broker {
+        Broker::private_advertising(storage, envs, None)
+    }
+
+    /// A private broker that tells clients to connect to `advertised` (a TLS terminator).
+    pub fn private_advertising(storage: &str, envs: &[(&str, String)], advertised: Option<String>) -> Broker {
         let addr = free_addr();
         let log = std::env::temp_dir().join(format!("tansu-{}.log", addr.replace([':', '.'], "-")));
-        let mut b = Broker { addr, child: None, storage: storage.to_string(), log };
+        let mut b = Broker { addr, child: None, storage: storage.to_string(), log, advertised };
         b.start(envs);
         b
     }
@@ -63,10 +72,11 @@ impl Broker {
     /// Starts (or restarts) a private broker and waits until it listens.
     pub fn start(&mut self, envs: &[(&str, String)]) {
         let url = format!("tcp://{}", self.addr);
+        let advertised = format!("tcp://{}", self.advertised.as_deref().unwrap_or(&self.addr));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("broker log");
         let child = Command::new(tansu())
             .args(["broker", "--storage-engine", &self.storage, "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
@@ -133,6 +143,11 @@ pub(crate) fn produce_file(path: &Path, args: &[&str]) {
 /// Sends `lines` to the topics by their `type` (unreadable lines to readings) with kcat,
 /// keyed by `tree_id` as the generator does.
 pub(crate) fn kcat_produce(broker: &str, prefix: &str, lines: &[&str], dir: &Path) {
+    kcat_produce_with(broker, prefix, lines, dir, |_| Vec::new())
+}
+
+/// [`kcat_produce`] with more kcat arguments per topic (`-X` settings, `-z` codec).
+fn kcat_produce_with(broker: &str, prefix: &str, lines: &[&str], dir: &Path, extra: impl Fn(&str) -> Vec<String>) {
     let mut by_topic: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for line in lines {
         assert!(!line.contains('\t'), "a line with a tab cannot go through kcat -K: {line}");
@@ -151,6 +166,7 @@ pub(crate) fn kcat_produce(broker: &str, prefix: &str, lines: &[&str], dir: &Pat
         std::fs::write(&file, data).unwrap();
         let out = kcat()
             .args(["-P", "-b", broker, "-t", &topic, "-K", "\t", "-l", file.to_str().unwrap()])
+            .args(extra(&topic))
             .output()
             .expect("kcat (scripts/kafka.sh install)");
         assert!(out.status.success(), "kcat -P {topic}: {}", String::from_utf8_lossy(&out.stderr));
@@ -172,9 +188,15 @@ fn key_of(v: Option<&Value>) -> String {
 /// bound; a second kcat without `-e` reads until it has at least that many and nothing more
 /// came for two seconds.
 pub(crate) fn kcat_consume(broker: &str, topic: &str) -> Vec<(String, String, String)> {
+    kcat_consume_with(broker, topic, &[])
+}
+
+/// [`kcat_consume`] with more kcat arguments (`-X` settings).
+fn kcat_consume_with(broker: &str, topic: &str, extra: &[String]) -> Vec<(String, String, String)> {
     let format = ["-f", "%k\u{1}%h\u{1}%s\u{2}"];
     let out = kcat()
         .args(["-C", "-b", broker, "-t", topic, "-o", "beginning", "-e", "-q"])
+        .args(extra)
         .args(format)
         .output()
         .expect("kcat -C");
@@ -182,6 +204,7 @@ pub(crate) fn kcat_consume(broker: &str, topic: &str) -> Vec<(String, String, St
     let at_least = out.stdout.iter().filter(|&&b| b == 2).count();
     let mut child = kcat()
         .args(["-C", "-u", "-b", broker, "-t", topic, "-o", "beginning", "-q"])
+        .args(extra)
         .args(format)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -857,5 +880,134 @@ fn posted_events_go_to_the_input_topics_and_reach_the_views() {
         assert!(Instant::now() < deadline, "posted events not in the views ({rows} rows, {rejected} rejected)");
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(run.interrupt().success());
+}
+
+/// stunnel (Debian's stunnel4) terminating TLS on `accept` for a plain `connect`; stopped on drop.
+struct Stunnel {
+    child: Child,
+    _conf: tempfile::TempDir,
+}
+
+impl Stunnel {
+    fn start(accept: &str, connect: &str, cert: &Path, key: &Path) -> Stunnel {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\nsslVersionMin = TLSv1.2\n[kafka]\naccept = {accept}\nconnect = {connect}\n\
+                 cert = {}\nkey = {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("stunnel4")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel4 (scripts/kafka.sh install)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(accept).is_err() {
+            assert!(Instant::now() < deadline, "stunnel did not listen on {accept}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Stunnel { child, _conf: dir }
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kafka over TLS: Tansu behind stunnel (Tansu 0.6 parses `--cert`/`--key` but serves plain
+/// TCP), advertising the TLS port. kcat produces the input over TLS compressed with zstd
+/// (trees), lz4 (assessments) and snappy (readings); `treeai run` reads it with
+/// `security.protocol=SSL` and our CA and ends with the views of `treeai backfill`, and its
+/// alerts and dead letters reach the output topics over TLS. A client given another CA is
+/// refused by its TLS handshake and says so, without stopping.
+#[test]
+fn kafka_over_tls_with_compressed_topics() {
+    let pki = crate::security::Pki::new();
+    let tls_addr = free_addr();
+    let broker = Broker::private_advertising("memory://tansu/", &[], Some(tls_addr.clone()));
+    let _stunnel = Stunnel::start(&tls_addr, &broker.addr, &pki.path("server.pem"), &pki.path("server.key"));
+    let ca = pki.path("ca.pem").to_str().unwrap().to_string();
+    let ssl = vec!["-X".to_string(), "security.protocol=SSL".into(), "-X".into(), format!("ssl.ca.location={ca}")];
+
+    let text = generated(&["--count", "6000", "--trees", "200", "--bad-fraction", "0.02", "--season", "emergency"]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.contains('\t')).collect();
+    let prefix = format!("tls-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), &lines);
+    let mut flags = broker.topics(&prefix, 2);
+    flags[1] = tls_addr.clone();
+    kcat_produce_with(&tls_addr, &prefix, &lines, dir.path(), |topic| {
+        let codec = if topic.ends_with(".trees") {
+            "zstd"
+        } else if topic.ends_with(".assessments") {
+            "lz4"
+        } else {
+            "snappy"
+        };
+        [ssl.clone(), vec!["-z".into(), codec.into()]].concat()
+    });
+    let (want, w) = backfill_views(&input, &dir.path().join("backfill"));
+    let ca_property = format!("ssl.ca.location={ca}");
+    let mut args = vec!["run", "--workers", "2", "--no-lake", "--idle-timeout-ms", "1000"];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(["--kafka-property", "security.protocol=SSL", "--kafka-property", &ca_property]);
+    let mut run = Running::start(&args);
+    wait_settled(&run, lines.len(), w, 120);
+    if let Some(diff) = diff_views(&live_views(&run.http), &want) {
+        panic!("over TLS: live views differ from backfill:\n{diff}");
+    }
+    let rejected = metric(&run.http, "treeai_events_rejected_total").unwrap() as usize;
+    assert!(rejected > 20, "the input has malformed events: {rejected}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&run.http, "treeai_kafka_delivered_total").unwrap_or(0.0) <= rejected as f64 {
+        assert!(Instant::now() < deadline, "dead letters and alerts not delivered over TLS");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dead = kcat_consume_with(&tls_addr, &format!("{prefix}.deadletter"), &ssl);
+    assert_eq!(dead.len(), rejected, "dead letters over TLS");
+    let alerts = kcat_consume_with(&tls_addr, &format!("{prefix}.alerts"), &ssl);
+    assert!(!alerts.is_empty(), "an emergency season raises alerts");
+    assert!(run.interrupt().success());
+
+    // Another CA: the handshake fails, the pipeline says why and keeps running.
+    let other = crate::security::Pki::new();
+    let wrong = format!("ssl.ca.location={}", other.path("ca.pem").display());
+    let mut run = Running::start(&[
+        "run",
+        "--workers",
+        "1",
+        "--no-lake",
+        "--no-checkpoint",
+        "--brokers",
+        &tls_addr,
+        "--kafka-property",
+        "security.protocol=SSL",
+        "--kafka-property",
+        &wrong,
+    ]);
+    // The handshake's reason is logged (the progress line's last error may be librdkafka's
+    // consequence, "all brokers down").
+    run.wait_for(60, |l| l.contains("kafka") && (l.contains("SSL") || l.contains("certificate")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let read = loop {
+        match metric(&run.http, "treeai_events_read_total") {
+            Some(read) => break read,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            None => panic!("no /metrics"),
+        }
+    };
+    assert_eq!(read, 0.0, "nothing is read through a refused handshake");
+    assert!(run.child.try_wait().unwrap().is_none(), "still running");
     assert!(run.interrupt().success());
 }

@@ -13,6 +13,8 @@
 //! - `kafka`: Kafka in and out against a real broker (Tansu), with kcat.
 //! - `lake`: the Parquet lake on local disk and on S3 (moto).
 //! - `lifecycle`: SIGTERM, a second signal, a worker panic, a stalled dataflow and `/healthz`.
+//! - `otlp`: spans exported with `--otlp-endpoint` to a local OTLP/HTTP receiver, in the trace
+//!   of the request's `traceparent`.
 //! - `scale`: `treeai scale plan` and `apply --dry-run` as a user runs them, with a real
 //!   Prometheus scraping a running pipeline for the emergency triggers.
 //! - `security`: TLS, SCRAM logins, bearer tokens and roles, the audit log.
@@ -42,6 +44,8 @@ mod kafka;
 mod lake;
 #[cfg(test)]
 mod lifecycle;
+#[cfg(test)]
+mod otlp;
 #[cfg(test)]
 mod prometheus;
 #[cfg(test)]

@@ -581,6 +581,120 @@ print("psycopg ok")
     assert_eq!(server.http("GET", "/healthz", &[], b"").0, 200);
 }
 
+/// The Postgres wire connection's own limits (sql/src/pg/wire.rs): a message over
+/// `--sql-max-message-bytes` ends the connection with 54000 before it is read, a session idle
+/// for `--sql-idle-timeout-ms` is closed with 57P05 while a busy one stays, and a client that
+/// stops reading a long result has its statement ended at the time limit (counted as a
+/// timeout, so its snapshot is released) and its connection closed at the idle limit.
+#[test]
+fn postgres_sessions_are_bounded_in_message_size_idle_time_and_slow_readers() {
+    // The idle limit is never shorter than the statement limit + 5 s: 1 s + 5 s here.
+    let server = Server::start(&[
+        "--trees",
+        "300",
+        "--sql-timeout-ms",
+        "1000",
+        "--sql-idle-timeout-ms",
+        "2000",
+        "--sql-max-message-bytes",
+        "65536",
+    ]);
+    server.wait_for(60, |l| l.contains("SQL on postgres://"));
+    // A 100 kB query text: refused before it is read; a new connection works.
+    let (ok, _, err) = server.psql(&format!("select length('{}')", "x".repeat(100_000)));
+    assert!(!ok && err.contains("54000") && err.contains("--sql-max-message-bytes"), "{err}");
+    assert_eq!(server.psql_ok(&format!("select length('{}')", "x".repeat(60_000))), "60000");
+    // Idle and busy sessions, and a bound parameter over the limit (psycopg sends it in Bind).
+    let script = r#"
+import sys, time, psycopg
+port = int(sys.argv[1])
+url = f"host=127.0.0.1 port={port} user=treeai connect_timeout=10"
+big = psycopg.connect(url)
+try:
+    big.execute("select length(%s::text)", ("y" * 100000,)).fetchone()
+    print("a 100 kB Bind was taken"); sys.exit(1)
+except psycopg.Error as e:
+    assert "longer than the server takes" in str(e), str(e)
+idle, busy = psycopg.connect(url), psycopg.connect(url)
+for _ in range(8):
+    time.sleep(1)
+    assert busy.execute("select 1").fetchone() == (1,)
+try:
+    idle.execute("select 1").fetchone()
+    print("an idle session outlived the idle limit"); sys.exit(1)
+except psycopg.OperationalError as e:
+    assert any(w in str(e) for w in ("idle-session timeout", "closed", "reset", "terminat")), str(e)
+assert busy.execute("select count(*) from trees").fetchone()[0] > 0
+print("psycopg ok")
+"#;
+    run_psycopg(script, server.pg);
+    // A client that sends a query with a long result and never reads.
+    let timeouts = |s: &Server| -> f64 {
+        let (_, _, body) = s.http("GET", "/metrics", &[], b"");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with("treeai_sql_queries_total{") && l.contains("protocol=\"pg\""))
+            .filter(|l| l.contains("outcome=\"timeout\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = timeouts(&server);
+    let mut stalled = TcpStream::connect(("127.0.0.1", server.pg)).unwrap();
+    let params = b"user\0treeai\0database\0treeai\0\0";
+    let mut startup = ((8 + params.len()) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(params);
+    let sql = b"select t1.tree_id, t2.tree_id, repeat('z', 500) from trees t1, trees t2\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((4 + sql.len()) as i32).to_be_bytes());
+    query.extend_from_slice(sql);
+    std::io::Write::write_all(&mut stalled, &[startup, query].concat()).unwrap();
+    let sent = Instant::now();
+    let deadline = sent + Duration::from_secs(20);
+    while timeouts(&server) <= before {
+        assert!(Instant::now() < deadline, "the stalled statement was not ended at its time limit");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("stalled statement counted as timed out after {:?}", sent.elapsed());
+    // The idle limit then closes the connection: reading now ends (EOF or reset).
+    stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut read = 0usize;
+    let mut all = Vec::new();
+    loop {
+        match std::io::Read::read(&mut stalled, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                read += n;
+                all.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the stalled connection was not closed: {e} after {read} bytes"),
+        }
+    }
+    let text = String::from_utf8_lossy(&all);
+    assert!(read > 0, "the stalled client got no rows at all");
+    // Its rows end with the time limit's error (never a silently short result), then the
+    // idle limit's.
+    assert!(text.contains("C57014"), "no 57014 after {read} bytes");
+    assert!(text.contains("C57P05"), "no 57P05 after {read} bytes");
+    // HTTP: a request whose headers never end (slowloris) is closed at the same idle limit.
+    let mut slow = TcpStream::connect(("127.0.0.1", server.http)).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+    let opened = Instant::now();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    match std::io::Read::read(&mut slow, &mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a half-sent HTTP request was answered or kept open: {other:?}"),
+    }
+    let held = opened.elapsed();
+    assert!(held >= Duration::from_secs(5), "closed after {held:?}, before the idle limit");
+    // Everything else went on.
+    assert!(server.psql_ok("select count(*) from trees").parse::<u64>().unwrap() > 0);
+    assert_eq!(server.http("GET", "/healthz", &[], b"").0, 200);
+}
+
 /// Browsers' cross-site requests and DNS-rebinding host names are refused (403); probes,
 /// Prometheus and programs (no `Origin`, an IP `Host`) pass; `--http-allowed-hosts` admits a name.
 #[test]

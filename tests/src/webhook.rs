@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 /// A local HTTP receiver: answers 500 to the first `fail_first` requests (all of them with
 /// `usize::MAX`), 202 after; keeps the JSON bodies it accepted.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     accepted: Arc<Mutex<Vec<Value>>>,
     requests: Arc<AtomicUsize>,
 }
 
 impl Receiver {
-    fn start(fail_first: usize) -> Receiver {
+    pub(crate) fn start(fail_first: usize) -> Receiver {
         let addr = free_addr();
         let listener = TcpListener::bind(&addr).unwrap();
         let accepted: Arc<Mutex<Vec<Value>>> = Arc::default();
@@ -77,7 +77,7 @@ impl Receiver {
         Receiver { url: format!("http://{addr}/hook"), accepted, requests }
     }
 
-    fn bodies(&self) -> Vec<Value> {
+    pub(crate) fn bodies(&self) -> Vec<Value> {
         self.accepted.lock().unwrap().clone()
     }
 }

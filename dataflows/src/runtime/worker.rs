@@ -295,6 +295,17 @@ pub(super) fn worker_main(
         if read.applied > 0 {
             egress.arrivals.push((time, read.arrival_ms, read.applied));
         }
+        // A span for the rest of a round that read events (`dataflow.round`, debug level: exported
+        // with --otlp-endpoint and TREEAI_OTLP_FILTER=info,treeai_dataflows=debug).
+        let _round = (read.read > 0).then(|| {
+            tracing::debug_span!(
+                "dataflow.round",
+                treeai.worker = index,
+                treeai.round = round,
+                treeai.events = read.read
+            )
+            .entered()
+        });
         if catching_up && !paused && (read.read < config.batch as u64 || done) && (done || source.caught_up()) {
             catching_up = false;
             stats.catching_up.fetch_sub(1, Ordering::SeqCst);

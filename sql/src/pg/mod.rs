@@ -35,6 +35,7 @@ pub mod encode;
 pub mod startup;
 pub mod stream;
 pub mod types;
+pub mod wire;
 
 pub use types::pg_type;
 
@@ -70,6 +71,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use stream::{arm_cancel, next_batch, streamed_response, CancelSignal};
 use tokio::sync::watch;
+use tracing::Instrument;
 use types::{arrow_type, fields, param_types, param_value};
 
 /// `e` as a Postgres error response.
@@ -175,7 +177,7 @@ impl PgHandler {
         self.engine.audit.record(crate::audit::AuditEvent {
             user: metadata.get("user").map(String::as_str),
             role: metadata.get(startup::ROLE_KEY).and_then(|r| r.parse().ok()),
-            client: Some(client.socket_addr()),
+            client: client.session_extensions().get::<wire::Peer>().map(|p| p.addr),
             action: "sql",
             detail: Some(sql),
             events: None,
@@ -259,9 +261,11 @@ impl SimpleQueryHandler for PgHandler {
         };
         let mut responses = Vec::with_capacity(actions.len());
         let (cancel_tx, cancel) = watch::channel(false);
+        let span = crate::statement_span("pg", query);
         for action in actions {
             let started = Instant::now();
-            match self.timed(started, self.respond(action, None, &Format::UnifiedText, &cancel, started).await) {
+            let response = self.respond(action, None, &Format::UnifiedText, &cancel, started).instrument(span.clone());
+            match self.timed(started, response.await) {
                 Ok(r) => responses.push(r),
                 Err(PgWireError::UserError(info)) => {
                     // Postgres stops a multi-statement query at its first error.
@@ -272,7 +276,12 @@ impl SimpleQueryHandler for PgHandler {
             }
         }
         drop(cancel);
-        self.audit(client, query, !responses.iter().any(|r| matches!(r, Response::Error(_))), started);
+        let ok = !responses.iter().any(|r| matches!(r, Response::Error(_)));
+        span.record("treeai.outcome", if ok { "ok" } else { "error" });
+        if !ok {
+            span.record("otel.status_code", "ERROR");
+        }
+        self.audit(client, query, ok, started);
         arm_cancel(client, cancel_tx).await;
         Ok(responses)
     }
@@ -302,6 +311,7 @@ impl ExtendedQueryHandler for PgHandler {
         let started = Instant::now();
         let (cancel_tx, cancel) = watch::channel(false);
         let format = &portal.result_column_format;
+        let span = crate::statement_span("pg", &portal.statement.statement);
         let result = async {
             match self.portal_plan(portal).await? {
                 Some((state, plan)) => {
@@ -313,7 +323,9 @@ impl ExtendedQueryHandler for PgHandler {
                 }
             }
         }
+        .instrument(span.clone())
         .await;
+        crate::end_statement_span(&span, result.as_ref().err());
         drop(cancel);
         self.audit(client, &portal.statement.statement, result.is_ok(), started);
         arm_cancel(client, cancel_tx).await;

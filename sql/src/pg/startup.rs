@@ -9,6 +9,7 @@
 //! `treeai_auth_failures_total{protocol="pgwire"}` and written to the audit log.
 //! One handler serves one connection (it holds the exchange's state).
 
+use super::wire::Peer;
 use super::PgHandler;
 use crate::audit::{Audit, AuditEvent};
 use crate::auth::{Credentials, Role, ScramOutcome, ScramServer};
@@ -40,6 +41,8 @@ pub struct PgStartup {
     credentials: Option<Arc<Credentials>>,
     audit: Arc<Audit>,
     require_tls: bool,
+    /// The client's address and whether it speaks TLS (from [`super::wire`]).
+    peer: Peer,
     state: Mutex<State>,
     started: Instant,
     /// Refuse the connection (53300): one more than `--sql-max-connections`.
@@ -49,7 +52,7 @@ pub struct PgStartup {
 impl PgStartup {
     /// A handler for a new connection (credentials and audit log from the engine); with
     /// `require_tls`, a client that did not ask for TLS is refused.
-    pub fn new(handler: Arc<PgHandler>, require_tls: bool) -> PgStartup {
+    pub fn new(handler: Arc<PgHandler>, require_tls: bool, peer: Peer) -> PgStartup {
         let credentials = handler.engine.credentials.clone();
         let audit = handler.engine.audit.clone();
         PgStartup {
@@ -57,6 +60,7 @@ impl PgStartup {
             credentials,
             audit,
             require_tls,
+            peer,
             state: Mutex::new(State::Initial),
             started: Instant::now(),
             too_many: false,
@@ -78,19 +82,12 @@ impl PgStartup {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
-    fn refuse<C: ClientInfo>(
-        &self,
-        client: &C,
-        user: &str,
-        reason: &'static str,
-        code: &str,
-        message: String,
-    ) -> PgWireError {
+    fn refuse(&self, user: &str, reason: &'static str, code: &str, message: String) -> PgWireError {
         self.handler.engine.metrics.auth_failure("pgwire", reason);
         self.audit.record(AuditEvent {
             user: Some(user),
             role: None,
-            client: Some(client.socket_addr()),
+            client: Some(self.peer.addr),
             action: "login",
             detail: Some(reason),
             events: None,
@@ -116,7 +113,11 @@ impl StartupHandler for PgStartup {
                 format!("too many connections (at most {})", self.handler.engine.config.max_connections),
             ))));
         }
-        if self.require_tls && !client.is_secure() {
+        // The statements' audit lines name the client too.
+        if client.session_extensions().get::<Peer>().is_none() {
+            client.session_extensions().insert(self.peer);
+        }
+        if self.require_tls && !self.peer.secure {
             self.handler.engine.metrics.auth_failure("pgwire", "no_tls");
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                 "FATAL".into(),
@@ -137,7 +138,7 @@ impl StartupHandler for PgStartup {
                 startup.protocol_number_minor = minor;
                 startup.parameters.retain(|k, _| !k.starts_with("_pq_."));
                 let Some(user) = startup.parameters.get("user").cloned() else {
-                    return Err(self.refuse(client, "", "no_user", "28000", "no user name given".into()));
+                    return Err(self.refuse("", "no_user", "28000", "no user name given".into()));
                 };
                 let (role, verifier) = match credentials.user(&user) {
                     Some((role, v)) => (Some(role), v),
@@ -154,7 +155,6 @@ impl StartupHandler for PgStartup {
                 let first = msg.into_sasl_initial_response()?;
                 if first.auth_method != "SCRAM-SHA-256" {
                     return Err(self.refuse(
-                        client,
                         &user,
                         "mechanism",
                         "28000",
@@ -163,7 +163,7 @@ impl StartupHandler for PgStartup {
                 }
                 let data = first.data.unwrap_or_default();
                 let (scram, server_first) = ScramServer::start(&data, verifier)
-                    .map_err(|e| self.refuse(client, &user, "protocol", "08P01", e.to_string()))?;
+                    .map_err(|e| self.refuse(&user, "protocol", "08P01", e.to_string()))?;
                 client
                     .send(PgWireBackendMessage::Authentication(Authentication::SASLContinue(server_first.into())))
                     .await?;
@@ -172,14 +172,12 @@ impl StartupHandler for PgStartup {
             }
             (State::Challenged { startup, user, role, scram }, PgWireFrontendMessage::PasswordMessageFamily(msg)) => {
                 let last = msg.into_sasl_response()?;
-                let outcome = scram
-                    .finish(&last.data)
-                    .map_err(|e| self.refuse(client, &user, "protocol", "08P01", e.to_string()))?;
+                let outcome =
+                    scram.finish(&last.data).map_err(|e| self.refuse(&user, "protocol", "08P01", e.to_string()))?;
                 let server_final = match (outcome, role) {
                     (ScramOutcome::Ok(v), Some(_)) => v,
                     (_, None) => {
                         return Err(self.refuse(
-                            client,
                             &user,
                             "unknown_user",
                             "28P01",
@@ -188,7 +186,6 @@ impl StartupHandler for PgStartup {
                     }
                     (ScramOutcome::WrongPassword, Some(_)) => {
                         return Err(self.refuse(
-                            client,
                             &user,
                             "wrong_password",
                             "28P01",
@@ -199,7 +196,6 @@ impl StartupHandler for PgStartup {
                 let role = role.unwrap_or(Role::Reader);
                 if !role.allows(Role::Reader) {
                     return Err(self.refuse(
-                        client,
                         &user,
                         "role",
                         "28000",
@@ -213,7 +209,7 @@ impl StartupHandler for PgStartup {
                 self.audit.record(AuditEvent {
                     user: Some(&user),
                     role: Some(role),
-                    client: Some(client.socket_addr()),
+                    client: Some(self.peer.addr),
                     action: "login",
                     detail: None,
                     events: None,

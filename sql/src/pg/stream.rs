@@ -9,7 +9,7 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::{stream, StreamExt};
 use pgwire::api::results::{FieldInfo, QueryResponse};
 use pgwire::api::{ClientInfo, ConnectionHandle};
-use pgwire::error::PgWireResult;
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -79,10 +79,21 @@ pub(super) fn streamed_response(
 ) -> QueryResponse {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<PgWireResult<DataRow>>>(CHUNKS_AHEAD);
     let encoder_fields = fields.clone();
+    let failed = Arc::new(std::sync::Mutex::new(None::<PgWireError>));
+    let failed_slot = failed.clone();
     tokio::spawn(async move {
         let end = async {
             // The client is gone (or the response was dropped): dropping the stream stops the query.
-            tx.send(encode_batch(&encoder_fields, &first)).await.map_err(|_| SqlError::Canceled)?;
+            // A client that stops reading holds the send: at the deadline the query and its
+            // snapshot go, and the statement counts as timed out.
+            let tx = &tx;
+            let send = move |chunk| async move {
+                match tokio::time::timeout_at(deadline, tx.send(chunk)).await {
+                    Ok(sent) => sent.map_err(|_| SqlError::Canceled),
+                    Err(_) => Err(SqlError::Timeout(limit)),
+                }
+            };
+            send(encode_batch(&encoder_fields, &first)).await?;
             loop {
                 let next = tokio::select! {
                     biased;
@@ -95,18 +106,28 @@ pub(super) fn streamed_response(
                 let chunk = match next {
                     Ok(Some(batch)) => encode_batch(&encoder_fields, &batch),
                     Ok(None) => return Ok(()),
-                    Err(e) => {
-                        let _ = tx.send(vec![Err(pg_error(&e))]).await;
-                        return Err(e);
-                    }
+                    Err(e) => return Err(e),
                 };
-                tx.send(chunk).await.map_err(|_| SqlError::Canceled)?;
+                send(chunk).await?;
             }
         }
         .await;
+        // The error goes beside the channel, which a client that stopped reading keeps full:
+        // the rows end with it once those queued are sent (never a silently short result).
+        if let Err(e) = &end {
+            *failed_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(pg_error(e));
+        }
         record(end.as_ref().err());
     });
-    let rows =
-        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) }).flat_map(stream::iter);
+    let rows = stream::unfold((rx, failed), |(mut rx, failed)| async move {
+        match rx.recv().await {
+            Some(chunk) => Some((chunk, (rx, failed))),
+            None => {
+                let error = failed.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+                Some((vec![Err(error)], (rx, failed)))
+            }
+        }
+    })
+    .flat_map(stream::iter);
     QueryResponse::new(fields, rows)
 }

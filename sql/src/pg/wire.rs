@@ -1,0 +1,316 @@
+//! The bytes of a Postgres wire connection, before pgwire sees them: TLS
+//! negotiation and the limits pgwire does not have.
+//!
+//! pgwire 0.41 buffers a whole message before it decodes it and takes a
+//! `Query`, `Parse` or `Bind` of up to 1 GiB; it closes no idle session; and
+//! a client that stops reading blocks the writer of its connection for good.
+//! So each connection is read here first, and handed to pgwire over a local
+//! socket pair (`process_socket_unix`):
+//!
+//! - **TLS**: an `SSLRequest` is answered `S` (with `--tls-cert`) or `N`, a
+//!   `GSSENCRequest` `N`; a direct TLS hello (libpq 17 `sslnegotiation=direct`)
+//!   is accepted with TLS configured. The start-up handler learns whether the
+//!   connection is secure and the client's address from here ([`Peer`]).
+//! - **Message size**: a message longer than `--sql-max-message-bytes` ends the
+//!   connection with `FATAL 54000` when its length arrives, before its body is
+//!   read (start-up packets: 10,000 bytes, as pgwire).
+//! - **Idle sessions**: no byte either way for `--sql-idle-timeout-ms` ends the
+//!   connection with `FATAL 57P05` (Postgres' `idle_session_timeout`). A
+//!   running statement sends nothing until its end, so the limit is never
+//!   shorter than the statement timeout plus 5 s.
+//! - **Clients that stop reading**: their statement ends at its time limit (the
+//!   rows' producer stops then, [`super::stream`]) and frees its snapshot; the
+//!   bytes already encoded wait in socket buffers until the idle limit closes
+//!   the connection.
+//!
+//! The cost is one more local socket hop per byte (a few microseconds per
+//! round trip), paid only by Postgres wire clients.
+
+use pgwire::api::PgWireServerHandlers;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+
+/// `SSLRequest`'s code.
+const SSL_REQUEST: i32 = 80877103;
+/// `GSSENCRequest`'s code.
+const GSSENC_REQUEST: i32 = 80877104;
+/// Longest start-up packet (pgwire's limit too).
+const MAX_STARTUP: usize = 10_000;
+/// Time for TLS and the start-up packet (pgwire's start-up timeout).
+const STARTUP_TIME: Duration = Duration::from_secs(60);
+
+/// Limits of one connection's bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct WireLimits {
+    /// Longest message after start-up, bytes (its type and length excluded).
+    pub max_message: usize,
+    /// No byte either way for this long closes the session (`None`: never).
+    pub idle: Option<Duration>,
+}
+
+/// What the start-up handler learns of a connection from here.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Whether the connection is TLS.
+    pub secure: bool,
+}
+
+/// Why a connection ended here rather than by either side closing it.
+enum End {
+    /// The client closed its side, or pgwire closed the session.
+    Closed,
+    /// A limit: the error the client gets before the connection closes.
+    Fatal(&'static str, String),
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Reads one start-up packet (length included) from `io`.
+async fn startup_packet<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<Vec<u8>> {
+    let len = io.read_i32().await?;
+    if !(8..=MAX_STARTUP as i32).contains(&len) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("start-up packet of {len} bytes")));
+    }
+    let mut packet = vec![0; len as usize];
+    packet[..4].copy_from_slice(&len.to_be_bytes());
+    io.read_exact(&mut packet[4..]).await?;
+    Ok(packet)
+}
+
+fn code(packet: &[u8]) -> i32 {
+    i32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]])
+}
+
+/// An `ErrorResponse` with severity FATAL.
+fn fatal(code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = vec![b'E'];
+    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Negotiates TLS and reads the start-up packet: the stream to go on with,
+/// whether it is TLS, and the packet.
+async fn negotiate(
+    mut tcp: TcpStream,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<(Box<dyn Io>, bool, Vec<u8>)> {
+    // A direct TLS hello (a handshake record) instead of a start-up packet.
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 1 && first[0] == 0x16 {
+        if let Some(acceptor) = tls {
+            let mut stream = acceptor.accept(tcp).await?;
+            let packet = startup_packet(&mut stream).await?;
+            return Ok((Box::new(stream), true, packet));
+        }
+    }
+    let mut asked_ssl = false;
+    loop {
+        let packet = startup_packet(&mut tcp).await?;
+        match code(&packet) {
+            GSSENC_REQUEST if packet.len() == 8 => tcp.write_all(b"N").await?,
+            SSL_REQUEST if packet.len() == 8 && !asked_ssl => {
+                asked_ssl = true;
+                match tls {
+                    Some(acceptor) => {
+                        tcp.write_all(b"S").await?;
+                        let mut stream = acceptor.accept(tcp).await?;
+                        let packet = startup_packet(&mut stream).await?;
+                        return Ok((Box::new(stream), true, packet));
+                    }
+                    None => tcp.write_all(b"N").await?,
+                }
+            }
+            _ => return Ok((Box::new(tcp), false, packet)),
+        }
+    }
+}
+
+/// Milliseconds since `origin`, for the activity clock.
+fn now_ms(origin: Instant) -> u64 {
+    origin.elapsed().as_millis() as u64
+}
+
+/// Client to pgwire: messages checked for size, passed on as they come.
+async fn upstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    client: &mut BufReader<R>,
+    server: &mut BufWriter<W>,
+    limits: WireLimits,
+    activity: &AtomicU64,
+    origin: Instant,
+) -> std::io::Result<End> {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        // Everything received is passed on before waiting for more; many small messages
+        // (Parse, Bind, Execute, Sync) go out as one write.
+        if client.buffer().is_empty() {
+            server.flush().await?;
+        }
+        let mut header = [0u8; 5];
+        match client.read_exact(&mut header).await {
+            Ok(_) => {}
+            // The client closed its side: so does this one; pgwire answers what came before
+            // and closes, and its last bytes still go to the client.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                server.flush().await?;
+                server.get_mut().shutdown().await?;
+                return Ok(End::Closed);
+            }
+            Err(e) => return Err(e),
+        }
+        activity.store(now_ms(origin), Ordering::Relaxed);
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        if len < 4 {
+            return Ok(End::Fatal("08P01", format!("invalid message length {len}")));
+        }
+        let mut rest = len as usize - 4;
+        if rest > limits.max_message {
+            return Ok(End::Fatal(
+                "54000",
+                format!(
+                    "message of {rest} bytes is longer than the server takes ({} bytes, --sql-max-message-bytes)",
+                    limits.max_message
+                ),
+            ));
+        }
+        server.write_all(&header).await?;
+        while rest > 0 {
+            let want = rest.min(chunk.len());
+            let n = client.read(&mut chunk[..want]).await?;
+            if n == 0 {
+                return Ok(End::Closed);
+            }
+            server.write_all(&chunk[..n]).await?;
+            rest -= n;
+            activity.store(now_ms(origin), Ordering::Relaxed);
+        }
+    }
+}
+
+/// pgwire to client: bytes as they come; the activity clock moves only when
+/// the client takes them.
+async fn downstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    server: &mut R,
+    client: &mut W,
+    activity: &AtomicU64,
+    origin: Instant,
+) -> std::io::Result<End> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = server.read(&mut buf).await?;
+        if n == 0 {
+            client.flush().await?;
+            return Ok(End::Closed);
+        }
+        client.write_all(&buf[..n]).await?;
+        client.flush().await?;
+        activity.store(now_ms(origin), Ordering::Relaxed);
+    }
+}
+
+/// Resolves once no byte moved for `idle`.
+async fn idle_for(idle: Option<Duration>, activity: &AtomicU64, origin: Instant) -> End {
+    let Some(idle) = idle else { return std::future::pending().await };
+    let limit = idle.as_millis() as u64;
+    loop {
+        let quiet = now_ms(origin).saturating_sub(activity.load(Ordering::Relaxed));
+        if quiet >= limit {
+            return End::Fatal("57P05", format!("terminating connection due to idle-session timeout ({} ms)", limit));
+        }
+        tokio::time::sleep(Duration::from_millis(limit - quiet)).await;
+    }
+}
+
+/// Serves one Postgres wire connection: negotiates TLS, hands the session to
+/// pgwire (`handlers` get the [`Peer`] through `peer`) and moves its bytes
+/// under `limits`.
+pub async fn serve<H, F>(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: WireLimits,
+    handlers: F,
+) -> std::io::Result<()>
+where
+    H: PgWireServerHandlers + Send + Sync + 'static,
+    F: FnOnce(Peer) -> H,
+{
+    let _ = tcp.set_nodelay(true);
+    let (io, secure, startup) = match tokio::time::timeout(STARTUP_TIME, negotiate(tcp, tls.as_ref())).await {
+        Ok(negotiated) => negotiated?,
+        Err(_) => return Ok(()),
+    };
+    let (ours, theirs) = tokio::net::UnixStream::pair()?;
+    let session = tokio::spawn(pgwire::tokio::process_socket_unix(theirs, handlers(Peer { addr, secure })));
+    let (client_read, mut client_write) = tokio::io::split(io);
+    let mut client_read = BufReader::with_capacity(16 * 1024, client_read);
+    let (server_read, server_write) = ours.into_split();
+    let mut server_read = server_read;
+    let mut server_write = BufWriter::with_capacity(16 * 1024, server_write);
+    server_write.write_all(&startup).await?;
+    server_write.flush().await?;
+    let origin = Instant::now();
+    let activity = AtomicU64::new(0);
+    let end = {
+        let up = upstream(&mut client_read, &mut server_write, limits, &activity, origin);
+        let down = downstream(&mut server_read, &mut client_write, &activity, origin);
+        let idle = idle_for(limits.idle, &activity, origin);
+        tokio::pin!(up, down, idle);
+        tokio::select! {
+            end = &mut up => match end {
+                Ok(End::Closed) => tokio::select! { end = &mut down => end, end = &mut idle => Ok(end) },
+                end => end,
+            },
+            end = &mut down => end,
+            end = &mut idle => Ok(end),
+        }
+    };
+    if let Ok(End::Fatal(code, message)) = &end {
+        tracing::debug!("postgres connection from {addr}: {code} {message}");
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            client_write.write_all(&fatal(code, message)).await?;
+            client_write.flush().await
+        })
+        .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), client_write.shutdown()).await;
+    // What the client still sends (the rest of a refused message) is read and dropped for a
+    // moment: closing with unread bytes would reset the connection before the client reads
+    // the error.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut sink = vec![0u8; 16 * 1024];
+        while client_read.read(&mut sink).await.unwrap_or(0) > 0 {}
+    })
+    .await;
+    drop((server_read, server_write));
+    // pgwire's task ends on the closed socket; its own errors are the client's business.
+    let _ = session.await;
+    end.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fatal_error_response_is_well_formed() {
+        let msg = fatal("57P05", "bye");
+        assert_eq!(msg[0], b'E');
+        let len = i32::from_be_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
+        assert_eq!(len + 1, msg.len());
+        assert_eq!(&msg[5..], b"SFATAL\0VFATAL\0C57P05\0Mbye\0\0");
+    }
+}
