@@ -104,6 +104,14 @@ pub enum CheckpointError {
         /// Why.
         message: String,
     },
+    /// Another process of the cluster gave this checkpoint up; the next one is taken as usual.
+    #[error("checkpoint {number} abandoned by {reason}")]
+    Abandoned {
+        /// Its number.
+        number: u64,
+        /// Which process and why (from its `ABANDONED` marker).
+        reason: String,
+    },
 }
 
 impl CheckpointError {
@@ -111,7 +119,7 @@ impl CheckpointError {
     pub fn fault(&self) -> treeai_dataflows::source::Fault {
         use treeai_dataflows::source::Fault;
         match self {
-            CheckpointError::Store(_) => Fault::Environment,
+            CheckpointError::Store(_) | CheckpointError::Abandoned { .. } => Fault::Environment,
             _ => Fault::User,
         }
     }
@@ -547,10 +555,7 @@ impl CheckpointStore {
             // the others give this checkpoint up at once rather than at the deadline, and stay
             // in step for the next one.
             if let Some(reason) = self.get(&format!("{folder}/{ABANDONED}"))? {
-                return Err(CheckpointError::Store(format!(
-                    "checkpoint {number} abandoned: {}",
-                    String::from_utf8_lossy(&reason)
-                )));
+                return Err(CheckpointError::Abandoned { number, reason: String::from_utf8_lossy(&reason).into() });
             }
             if Instant::now() >= deadline {
                 return Err(CheckpointError::Store(format!(
@@ -874,7 +879,9 @@ impl Checkpointer {
                             span.record("otel.status_code", "ERROR");
                             w_metrics.failures.fetch_add(1, Ordering::Relaxed);
                             tracing::error!("checkpoint {number} failed: {e}");
-                            if let Some((process, _)) = cluster.filter(|_| !abort()) {
+                            // (Not again for a checkpoint another process gave up: its reason stays.)
+                            let abandoned = matches!(e, WriteError::Store(CheckpointError::Abandoned { .. }));
+                            if let Some((process, _)) = cluster.filter(|_| !abort() && !abandoned) {
                                 store.abandon(number, process, &e.to_string());
                             }
                             let fatal = matches!(e, WriteError::Lake(_));

@@ -109,6 +109,20 @@ pub fn router(engine: Arc<Engine>) -> Router {
 async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use tracing::Instrument;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    // The connection is answering a request: not idle however long this takes.
+    struct Answering(Option<crate::idle::Busy>);
+    impl Drop for Answering {
+        fn drop(&mut self) {
+            if let Some(busy) = &self.0 {
+                busy.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+    let busy = request.extensions().get::<axum::extract::ConnectInfo<ClientAddr>>().map(|c| c.0 .1.clone());
+    if let Some(busy) = &busy {
+        busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let _answering = Answering(busy);
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let span = tracing::info_span!(
         "http.request",
@@ -135,8 +149,8 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
 }
 
 /// The client's address (the connection's peer), for the audit log.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub std::net::SocketAddr);
+#[derive(Clone, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr, pub crate::idle::Busy);
 
 impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::idle::IdleListener<L>>>
     for ClientAddr
@@ -144,7 +158,7 @@ where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, crate::idle::IdleListener<L>>) -> Self {
-        ClientAddr(*stream.remote_addr())
+        ClientAddr(*stream.remote_addr(), stream.io().busy())
     }
 }
 

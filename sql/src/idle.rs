@@ -4,29 +4,41 @@
 //! left open nor a client that sends its headers one byte a minute (slowloris)
 //! is ever closed. [`IdleListener`] wraps each accepted connection in
 //! [`IdleIo`], whose reads and writes fail with `TimedOut` once nothing moved
-//! either way for the limit; hyper then drops the connection. A request being
-//! answered moves nothing until its answer is ready, so the limit is never
-//! shorter than the statement time limit plus 5 s (an ingest post that waits
-//! longer for Kafka is cut; a retry with its `Idempotency-Key` is safe).
+//! either way for the limit while no request was being answered; hyper then
+//! drops the connection. A request being answered (counted by the router's
+//! outermost layer through [`IdleIo::busy`]) keeps its connection open however
+//! long its handler takes.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// A connection that fails once no byte moved for `idle`.
+/// Requests of a connection being answered: while there is one, the connection is not idle
+/// (a handler may wait longer than the limit: a checkpoint, an ingest post's Kafka acks).
+pub type Busy = Arc<AtomicUsize>;
+
+/// A connection that fails once no byte moved for `idle` while no request was being answered.
 pub struct IdleIo<T> {
     inner: T,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    busy: Busy,
 }
 
 impl<T> IdleIo<T> {
     /// Wraps `inner`.
     pub fn new(inner: T, idle: Duration) -> Self {
-        IdleIo { inner, idle, timer: Box::pin(tokio::time::sleep(idle)) }
+        IdleIo { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), busy: Busy::default() }
+    }
+
+    /// The count of requests being answered on this connection (kept by the HTTP router).
+    pub fn busy(&self) -> Busy {
+        self.busy.clone()
     }
 
     fn moved(&mut self) {
@@ -35,6 +47,10 @@ impl<T> IdleIo<T> {
 
     /// `Pending` from the inner stream: an error instead once the limit passed.
     fn pending<R>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            // Answering: the limit starts again once the answer moves.
+            self.moved();
+        }
         match self.timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

@@ -56,9 +56,8 @@ pub fn start(engine: Arc<Engine>) -> std::io::Result<SqlServer> {
                 Ok(l) => l,
                 Err(e) => return tracing::error!("http listener: {e}"),
             };
-            // HTTP connections may idle as long as Postgres sessions (1 h when that is off), never
-            // shorter than a statement plus a margin. (An ingest post waiting longer for Kafka is
-            // cut; its client's retry with the same Idempotency-Key is safe.)
+            // HTTP connections may idle (no request being answered, no byte moving) as long as
+            // Postgres sessions; 1 h when that is off.
             let http_idle = engine
                 .config
                 .idle_timeout

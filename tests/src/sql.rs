@@ -695,6 +695,56 @@ print("psycopg ok")
     assert_eq!(server.http("GET", "/healthz", &[], b"").0, 200);
 }
 
+/// Raw Postgres wire bytes: a start-up message (protocol 3.0, user treeai), then `then`.
+fn pg_raw(port: u16, then: &[u8]) -> TcpStream {
+    let params = b"user\0treeai\0database\0treeai\0\0";
+    let mut bytes = ((8 + params.len()) as i32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&196608i32.to_be_bytes());
+    bytes.extend_from_slice(params);
+    bytes.extend_from_slice(then);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut s, &bytes).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// pgwire reads on after it refused a start-up: a query pipelined behind a refused start-up
+/// (here one connection too many, 53300) must not run.
+#[test]
+fn a_query_pipelined_behind_a_refused_start_up_does_not_run() {
+    let server = Server::start(&["--trees", "100", "--sql-max-connections", "1"]);
+    server.wait_for(60, |l| l.contains("SQL on postgres://"));
+    let pg_queries = |s: &Server| -> f64 {
+        let (_, _, body) = s.http("GET", "/metrics", &[], b"");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with("treeai_sql_queries_total{") && l.contains("protocol=\"pg\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // The one connection allowed, logged in (ReadyForQuery) and idle.
+    let mut held = pg_raw(server.pg, b"");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = std::io::Read::read(&mut held, &mut buf).unwrap();
+        assert!(n > 0, "the first connection was closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let before = pg_queries(&server);
+    let sql = b"select count(*) from trees\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((4 + sql.len()) as i32).to_be_bytes());
+    query.extend_from_slice(sql);
+    let mut refused = pg_raw(server.pg, &query);
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut refused, &mut answer);
+    assert!(String::from_utf8_lossy(&answer).contains("53300"), "{:?}", String::from_utf8_lossy(&answer));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pg_queries(&server), before, "the pipelined query ran");
+    drop(held);
+}
+
 /// Browsers' cross-site requests and DNS-rebinding host names are refused (403); probes,
 /// Prometheus and programs (no `Origin`, an IP `Host`) pass; `--http-allowed-hosts` admits a name.
 #[test]

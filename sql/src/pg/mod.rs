@@ -123,7 +123,12 @@ impl PgHandler {
             None => Ok((Response::Query(QueryResponse::new(fields, futures_stream::empty())), false)),
             Some(first) => {
                 let metrics = self.engine.metrics.clone();
-                let record = move |e: Option<&SqlError>| metrics.record_query("pg", e, started.elapsed());
+                // The statement's span (when there is one) ends with its streamed rows.
+                let span = tracing::Span::current();
+                let record = move |e: Option<&SqlError>| {
+                    metrics.record_query("pg", e, started.elapsed());
+                    crate::end_statement_span(&span, e);
+                };
                 let rows = streamed_response(fields, first, stream, deadline, limit, cancel.clone(), record);
                 Ok((Response::Query(rows), true))
             }
@@ -251,6 +256,7 @@ impl SimpleQueryHandler for PgHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        startup::logged_in(client)?;
         let started = Instant::now();
         let actions = match self.engine.parse(query) {
             Ok(a) => a,
@@ -308,6 +314,7 @@ impl ExtendedQueryHandler for PgHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        startup::logged_in(client)?;
         let started = Instant::now();
         let (cancel_tx, cancel) = watch::channel(false);
         let format = &portal.result_column_format;
@@ -325,7 +332,10 @@ impl ExtendedQueryHandler for PgHandler {
         }
         .instrument(span.clone())
         .await;
-        crate::end_statement_span(&span, result.as_ref().err());
+        if !matches!(result, Ok((_, true))) {
+            // (Streamed rows end the span themselves.)
+            crate::end_statement_span(&span, result.as_ref().err());
+        }
         drop(cancel);
         self.audit(client, &portal.statement.statement, result.is_ok(), started);
         arm_cancel(client, cancel_tx).await;
@@ -400,7 +410,7 @@ impl ExtendedQueryHandler for PgHandler {
 
     async fn do_describe_statement<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         target: &StoredStatement<Self::Statement>,
     ) -> PgWireResult<DescribeStatementResponse>
     where
@@ -409,6 +419,7 @@ impl ExtendedQueryHandler for PgHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        startup::logged_in(client)?;
         let Some((inferred, schema)) = self.describe(&target.statement).await.map_err(|e| pg_error(&e))? else {
             return Ok(DescribeStatementResponse::no_data());
         };
@@ -431,7 +442,7 @@ impl ExtendedQueryHandler for PgHandler {
 
     async fn do_describe_portal<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Self::Statement>,
     ) -> PgWireResult<DescribePortalResponse>
     where
@@ -440,6 +451,7 @@ impl ExtendedQueryHandler for PgHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        startup::logged_in(client)?;
         let result = async {
             let schema = match self.portal_plan(portal).await? {
                 Some((_, plan)) => Some(plan.schema().as_arrow().clone()),

@@ -127,7 +127,12 @@ impl StartupHandler for PgStartup {
         }
         let Some(credentials) = &self.credentials else {
             // Open: any user, no password.
-            return StartupHandler::on_startup(&*self.handler, client, message).await;
+            let is_startup = matches!(message, PgWireFrontendMessage::Startup(_));
+            StartupHandler::on_startup(&*self.handler, client, message).await?;
+            if is_startup {
+                client.session_extensions().insert(LoggedIn);
+            }
+            return Ok(());
         };
         match (self.take(), message) {
             (State::Initial, PgWireFrontendMessage::Startup(mut startup)) => {
@@ -217,7 +222,9 @@ impl StartupHandler for PgStartup {
                     started: self.started,
                 });
                 // AuthenticationOk, parameters, key data, ReadyForQuery: as an open start-up.
-                StartupHandler::on_startup(&*self.handler, client, PgWireFrontendMessage::Startup(startup)).await
+                StartupHandler::on_startup(&*self.handler, client, PgWireFrontendMessage::Startup(startup)).await?;
+                client.session_extensions().insert(LoggedIn);
+                Ok(())
             }
             (state, other) => {
                 self.put(state);
@@ -233,3 +240,22 @@ impl StartupHandler for PgStartup {
 
 /// The client metadata key holding the logged-in role.
 pub const ROLE_KEY: &str = "treeai.role";
+
+/// In a connection's session extensions once its login succeeded. pgwire goes on reading
+/// after it refused a start-up (53300, a TLS-only server, a failed SCRAM exchange), so a
+/// query pipelined behind a refused start-up reaches the query handlers: they refuse it
+/// without this ([`logged_in`]).
+#[derive(Clone, Copy, Debug)]
+pub struct LoggedIn;
+
+/// `Ok` once the connection's login succeeded, else FATAL 28000.
+pub fn logged_in<C: pgwire::api::ClientInfo>(client: &C) -> PgWireResult<()> {
+    if client.session_extensions().get::<LoggedIn>().is_some() {
+        return Ok(());
+    }
+    Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        "28000".into(),
+        "the connection is not logged in".into(),
+    ))))
+}

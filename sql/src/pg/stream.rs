@@ -79,7 +79,14 @@ pub(super) fn streamed_response(
 ) -> QueryResponse {
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<PgWireResult<DataRow>>>(CHUNKS_AHEAD);
     let encoder_fields = fields.clone();
-    let failed = Arc::new(std::sync::Mutex::new(None::<PgWireError>));
+    // Until the producer says how it ended, the rows end with an internal error: a producer
+    // that panics or is dropped never yields a silently short result.
+    let unfinished = PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+        "ERROR".into(),
+        "XX000".into(),
+        "the statement's rows ended unexpectedly".into(),
+    )));
+    let failed = Arc::new(std::sync::Mutex::new(Some(unfinished)));
     let failed_slot = failed.clone();
     tokio::spawn(async move {
         let end = async {
@@ -114,9 +121,7 @@ pub(super) fn streamed_response(
         .await;
         // The error goes beside the channel, which a client that stopped reading keeps full:
         // the rows end with it once those queued are sent (never a silently short result).
-        if let Err(e) = &end {
-            *failed_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(pg_error(e));
-        }
+        *failed_slot.lock().unwrap_or_else(|p| p.into_inner()) = end.as_ref().err().map(pg_error);
         record(end.as_ref().err());
     });
     let rows = stream::unfold((rx, failed), |(mut rx, failed)| async move {

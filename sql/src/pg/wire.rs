@@ -28,7 +28,7 @@
 
 use pgwire::api::PgWireServerHandlers;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
@@ -113,6 +113,10 @@ async fn negotiate(
     if tcp.peek(&mut first).await? == 1 && first[0] == 0x16 {
         if let Some(acceptor) = tls {
             let mut stream = acceptor.accept(tcp).await?;
+            // As Postgres: direct TLS only with the `postgresql` ALPN (no cross-protocol use).
+            if stream.get_ref().1.alpn_protocol() != Some(b"postgresql".as_slice()) {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "direct TLS without ALPN postgresql"));
+            }
             let packet = startup_packet(&mut stream).await?;
             return Ok((Box::new(stream), true, packet));
         }
@@ -144,7 +148,9 @@ fn now_ms(origin: Instant) -> u64 {
     origin.elapsed().as_millis() as u64
 }
 
-/// Client to pgwire: messages checked for size, passed on as they come.
+/// Client to pgwire: messages checked for size, passed on as they come. Ends with `Closed`
+/// when the client closes its side (pgwire's side is then shut down, so it answers what came
+/// before and closes) or when pgwire's side is gone (its last bytes are still going out).
 async fn upstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     client: &mut BufReader<R>,
     server: &mut BufWriter<W>,
@@ -152,33 +158,59 @@ async fn upstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     activity: &AtomicU64,
     origin: Instant,
 ) -> std::io::Result<End> {
+    match pass_messages(client, server, limits, activity, origin).await {
+        Ok(Pass::Fatal(code, message)) => Ok(End::Fatal(code, message)),
+        Ok(Pass::ClientClosed) => {
+            // Best effort: pgwire may be gone already.
+            let _ = server.flush().await;
+            let _ = server.get_mut().shutdown().await;
+            Ok(End::Closed)
+        }
+        Err(Side::Client(e)) => Err(e),
+        Err(Side::Server) => Ok(End::Closed),
+    }
+}
+
+/// How [`pass_messages`] ended.
+enum Pass {
+    ClientClosed,
+    Fatal(&'static str, String),
+}
+
+/// Which side an I/O error came from.
+enum Side {
+    Client(std::io::Error),
+    Server,
+}
+
+async fn pass_messages<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    client: &mut BufReader<R>,
+    server: &mut BufWriter<W>,
+    limits: WireLimits,
+    activity: &AtomicU64,
+    origin: Instant,
+) -> Result<Pass, Side> {
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         // Everything received is passed on before waiting for more; many small messages
         // (Parse, Bind, Execute, Sync) go out as one write.
         if client.buffer().is_empty() {
-            server.flush().await?;
+            server.flush().await.map_err(|_| Side::Server)?;
         }
         let mut header = [0u8; 5];
         match client.read_exact(&mut header).await {
             Ok(_) => {}
-            // The client closed its side: so does this one; pgwire answers what came before
-            // and closes, and its last bytes still go to the client.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                server.flush().await?;
-                server.get_mut().shutdown().await?;
-                return Ok(End::Closed);
-            }
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Pass::ClientClosed),
+            Err(e) => return Err(Side::Client(e)),
         }
         activity.store(now_ms(origin), Ordering::Relaxed);
         let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
         if len < 4 {
-            return Ok(End::Fatal("08P01", format!("invalid message length {len}")));
+            return Ok(Pass::Fatal("08P01", format!("invalid message length {len}")));
         }
         let mut rest = len as usize - 4;
         if rest > limits.max_message {
-            return Ok(End::Fatal(
+            return Ok(Pass::Fatal(
                 "54000",
                 format!(
                     "message of {rest} bytes is longer than the server takes ({} bytes, --sql-max-message-bytes)",
@@ -186,37 +218,61 @@ async fn upstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 ),
             ));
         }
-        server.write_all(&header).await?;
+        server.write_all(&header).await.map_err(|_| Side::Server)?;
         while rest > 0 {
             let want = rest.min(chunk.len());
-            let n = client.read(&mut chunk[..want]).await?;
+            let n = client.read(&mut chunk[..want]).await.map_err(Side::Client)?;
             if n == 0 {
-                return Ok(End::Closed);
+                // Closed in the middle of a message: pgwire never sees its end.
+                return Ok(Pass::ClientClosed);
             }
-            server.write_all(&chunk[..n]).await?;
+            server.write_all(&chunk[..n]).await.map_err(|_| Side::Server)?;
             rest -= n;
             activity.store(now_ms(origin), Ordering::Relaxed);
         }
     }
 }
 
-/// pgwire to client: bytes as they come; the activity clock moves only when
-/// the client takes them.
+/// pgwire to client: bytes as they come; the activity clock moves only when the client takes
+/// them. `boundary` says whether everything written so far ends at a message's end (an error
+/// of our own may only go there).
 async fn downstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     server: &mut R,
     client: &mut W,
     activity: &AtomicU64,
     origin: Instant,
+    boundary: &AtomicBool,
 ) -> std::io::Result<End> {
     let mut buf = vec![0u8; 64 * 1024];
+    // The backend message being passed: header bytes seen (of 5), then body bytes left.
+    let (mut header, mut seen, mut body) = ([0u8; 5], 0usize, 0usize);
     loop {
         let n = server.read(&mut buf).await?;
         if n == 0 {
             client.flush().await?;
             return Ok(End::Closed);
         }
+        let mut at = 0;
+        while at < n {
+            if body > 0 {
+                let take = body.min(n - at);
+                body -= take;
+                at += take;
+            } else {
+                header[seen] = buf[at];
+                seen += 1;
+                at += 1;
+                if seen == 5 {
+                    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                    body = (len.max(4) - 4) as usize;
+                    seen = 0;
+                }
+            }
+        }
+        boundary.store(false, Ordering::Relaxed);
         client.write_all(&buf[..n]).await?;
         client.flush().await?;
+        boundary.store(seen == 0 && body == 0, Ordering::Relaxed);
         activity.store(now_ms(origin), Ordering::Relaxed);
     }
 }
@@ -264,9 +320,10 @@ where
     server_write.flush().await?;
     let origin = Instant::now();
     let activity = AtomicU64::new(0);
+    let boundary = AtomicBool::new(true);
     let end = {
         let up = upstream(&mut client_read, &mut server_write, limits, &activity, origin);
-        let down = downstream(&mut server_read, &mut client_write, &activity, origin);
+        let down = downstream(&mut server_read, &mut client_write, &activity, origin, &boundary);
         let idle = idle_for(limits.idle, &activity, origin);
         tokio::pin!(up, down, idle);
         tokio::select! {
@@ -280,7 +337,11 @@ where
     };
     if let Ok(End::Fatal(code, message)) = &end {
         tracing::debug!("postgres connection from {addr}: {code} {message}");
+        // Only between two messages; in the middle of one the connection just closes.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if !boundary.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             client_write.write_all(&fatal(code, message)).await?;
             client_write.flush().await
         })
