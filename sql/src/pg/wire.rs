@@ -14,6 +14,8 @@
 //! - **Message size**: a message longer than `--sql-max-message-bytes` ends the
 //!   connection with `FATAL 54000` when its length arrives, before its body is
 //!   read (start-up packets: 10,000 bytes, as pgwire).
+//! - **Message layout**: a message whose fields do not fit its body ends the
+//!   connection with `FATAL 08P01` (pgwire would panic decoding it).
 //! - **Idle sessions**: no byte either way for `--sql-idle-timeout-ms` ends the
 //!   connection with `FATAL 57P05` (Postgres' `idle_session_timeout`). A
 //!   running statement sends nothing until its end, so the limit is never
@@ -191,6 +193,7 @@ async fn pass_messages<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     origin: Instant,
 ) -> Result<Pass, Side> {
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut body = Vec::new();
     loop {
         // Everything received is passed on before waiting for more; many small messages
         // (Parse, Bind, Execute, Sync) go out as one write.
@@ -218,18 +221,98 @@ async fn pass_messages<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 ),
             ));
         }
-        server.write_all(&header).await.map_err(|_| Side::Server)?;
+        // The whole body (at most --sql-max-message-bytes), to check its layout first.
+        body.clear();
         while rest > 0 {
             let want = rest.min(chunk.len());
             let n = client.read(&mut chunk[..want]).await.map_err(Side::Client)?;
             if n == 0 {
-                // Closed in the middle of a message: pgwire never sees its end.
+                // Closed in the middle of a message: pgwire never sees it.
                 return Ok(Pass::ClientClosed);
             }
-            server.write_all(&chunk[..n]).await.map_err(|_| Side::Server)?;
+            body.extend_from_slice(&chunk[..n]);
             rest -= n;
             activity.store(now_ms(origin), Ordering::Relaxed);
         }
+        if !well_formed(header[0], &body) {
+            return Ok(Pass::Fatal(
+                "08P01",
+                format!("invalid message format (type {:?}, {} bytes)", header[0] as char, body.len()),
+            ));
+        }
+        server.write_all(&header).await.map_err(|_| Side::Server)?;
+        server.write_all(&body).await.map_err(|_| Side::Server)?;
+    }
+}
+
+/// Reads the fields of a message body, never past its end.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take(&mut self, n: usize) -> bool {
+        match self.0.get(n..) {
+            Some(rest) => {
+                self.0 = rest;
+                true
+            }
+            None => false,
+        }
+    }
+    fn i16(&mut self) -> Option<i16> {
+        let v = i16::from_be_bytes(self.0.get(..2)?.try_into().ok()?);
+        self.take(2).then_some(v)
+    }
+    fn i32(&mut self) -> Option<i32> {
+        let v = i32::from_be_bytes(self.0.get(..4)?.try_into().ok()?);
+        self.take(4).then_some(v)
+    }
+    fn cstr(&mut self) -> bool {
+        match self.0.iter().position(|b| *b == 0) {
+            Some(end) => self.take(end + 1),
+            None => false,
+        }
+    }
+    /// An i16 count `n` >= 0, then `n` items of `width` bytes.
+    fn array(&mut self, width: usize) -> bool {
+        self.i16().is_some_and(|n| n >= 0 && self.take(n as usize * width))
+    }
+    /// An i16 count of values, each an i32 length (-1: null) and its bytes.
+    fn values(&mut self) -> bool {
+        let Some(n) = self.i16().filter(|n| *n >= 0) else { return false };
+        (0..n).all(|_| match self.i32() {
+            Some(-1) => true,
+            Some(len) if len >= 0 => self.take(len as usize),
+            _ => false,
+        })
+    }
+    fn done(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Whether a frontend message's body has its type's layout. pgwire 0.41 decodes some fields
+/// without checking the body's length and panics on a short one (found by `tests/src/fuzz.rs`);
+/// such a message ends the connection here with 08P01, as Postgres' "invalid message format".
+/// Bodies of raw bytes (CopyData, password and SASL messages) and unknown types pass (pgwire
+/// answers an unknown type itself).
+fn well_formed(kind: u8, body: &[u8]) -> bool {
+    let mut f = Fields(body);
+    match kind {
+        // Query, CopyFail: one string.
+        b'Q' | b'f' => f.cstr() && f.done(),
+        // Parse: name, query, parameter type OIDs.
+        b'P' => f.cstr() && f.cstr() && f.array(4) && f.done(),
+        // Bind: portal, statement, parameter formats, values, result formats.
+        b'B' => f.cstr() && f.cstr() && f.array(2) && f.values() && f.array(2) && f.done(),
+        // Execute: portal, row limit.
+        b'E' => f.cstr() && f.i32().is_some() && f.done(),
+        // Describe, Close: 'S' or 'P', a name.
+        b'D' | b'C' => f.take(1) && f.cstr() && f.done(),
+        // Sync, Flush, Terminate, CopyDone: empty.
+        b'S' | b'H' | b'X' | b'c' => f.done(),
+        // FunctionCall: OID, argument formats, arguments, result format.
+        b'F' => f.i32().is_some() && f.array(2) && f.values() && f.i16().is_some() && f.done(),
+        _ => true,
     }
 }
 
@@ -373,5 +456,24 @@ mod tests {
         let len = i32::from_be_bytes([msg[1], msg[2], msg[3], msg[4]]) as usize;
         assert_eq!(len + 1, msg.len());
         assert_eq!(&msg[5..], b"SFATAL\0VFATAL\0C57P05\0Mbye\0\0");
+    }
+
+    #[test]
+    fn messages_whose_fields_do_not_fit_are_refused() {
+        // Bind: portal "", statement "s", 1 format (text), 1 value of 3 bytes, 0 result formats.
+        let bind = b"\0s\0\0\x01\0\0\0\x01\0\0\0\x03abc\0\0";
+        assert!(well_formed(b'B', bind));
+        for cut in 0..bind.len() {
+            assert!(!well_formed(b'B', &bind[..cut]), "a Bind cut at {cut} passed");
+        }
+        assert!(!well_formed(b'B', &[bind.as_slice(), b"x"].concat()), "trailing bytes");
+        assert!(well_formed(b'P', b"\0select $1\0\0\x01\0\0\0\x17"));
+        assert!(!well_formed(b'P', b"\0select $1\0\0\x02\0\0\0\x17"));
+        assert!(well_formed(b'E', b"\0\0\0\0\0"));
+        assert!(!well_formed(b'E', b"\0\0"));
+        assert!(well_formed(b'Q', b"select 1\0"));
+        assert!(!well_formed(b'Q', b"select 1"));
+        assert!(!well_formed(b'S', b"x"));
+        assert!(!well_formed(b'B', b"\0\0\0\0\xff\xff\0\0"), "a negative count");
     }
 }
