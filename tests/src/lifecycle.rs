@@ -14,6 +14,22 @@ fn healthz(run: &Running) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Waits for the injected stall (its log line: on a loaded machine a slow round can fail
+/// `/healthz` before it, and a stop then drains), then for `/healthz` to fail; its answer.
+fn wait_for_stall(run: &mut Running) -> (u16, String) {
+    run.wait_for(60, |l| l.contains("injected fault: worker 0 stalls"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok((status, _, body)) = http(&run.http, "GET", "/healthz", &[], b"") {
+            if status != 200 || std::time::Instant::now() > deadline {
+                return (status, String::from_utf8_lossy(&body).into_owned());
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer from /healthz");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn sigterm_drains_flushes_the_lake_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,15 +87,7 @@ fn a_stalled_dataflow_fails_liveness_and_the_shutdown_deadline() {
         ],
         &[("TREEAI_FAULT", "stall-after-rounds:30")],
     );
-    run.wait_for(60, |l| l.contains("SQL on"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let (status, body) = loop {
-        let (status, body) = healthz(&run);
-        if status != 200 || std::time::Instant::now() > deadline {
-            break (status, body);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let (status, body) = wait_for_stall(&mut run);
     assert_eq!(status, 503, "a stalled dataflow fails /healthz: {body}");
     assert!(body.contains("no dataflow round"), "{body}");
     // A stop that cannot drain ends at the deadline, with a non-zero status and a reason.
@@ -106,14 +114,10 @@ fn a_second_signal_exits_at_once() {
         ],
         &[("TREEAI_FAULT", "stall-after-rounds:30")],
     );
-    run.wait_for(60, |l| l.contains("SQL on"));
     // Only once the dataflow has stalled (on a slow machine round 30 may come late, and a
     // drain before it would finish).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while healthz(&run).0 == 200 {
-        assert!(std::time::Instant::now() < deadline, "the injected stall did not happen");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let (status, body) = wait_for_stall(&mut run);
+    assert_eq!(status, 503, "the injected stall did not fail /healthz: {body}");
     run.signal("TERM");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(run.wait_exit(0).is_none(), "the first signal waits for the (stalled) drain");

@@ -234,9 +234,12 @@ pub(super) fn worker_main(
                 Some(InjectedFault::PanicAfterRounds(n)) if round >= n => {
                     panic!("injected fault: panic in round {round}")
                 }
-                Some(InjectedFault::StallAfterRounds(n)) if round >= n => loop {
-                    std::thread::park();
-                },
+                Some(InjectedFault::StallAfterRounds(n)) if round >= n => {
+                    tracing::warn!("injected fault: worker 0 stalls in round {round}");
+                    loop {
+                        std::thread::park();
+                    }
+                }
                 _ => {}
             }
         }
