@@ -16,6 +16,12 @@ pub struct KafkaArgs {
     /// Any librdkafka property, KEY=VALUE (repeatable): security.protocol, sasl.*, ssl.*, fetch sizes.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
     pub kafka_property: Vec<String>,
+    /// A file of librdkafka properties, one KEY=VALUE a line (`#` comments), as Kafka's
+    /// client.properties: where secrets (sasl.password, ssl.key.password) belong, rather than the
+    /// command line. Also `TREEAI_KAFKA_PROPERTY_<KEY>` variables (`_` for `.`, e.g.
+    /// TREEAI_KAFKA_PROPERTY_SASL_PASSWORD). Values are never logged.
+    #[arg(long, env = "TREEAI_KAFKA_PROPERTY_FILE", value_name = "FILE")]
+    pub kafka_property_file: Option<std::path::PathBuf>,
     /// Where partitions without a stored offset start: earliest or latest [default: earliest].
     #[arg(long, env = "TREEAI_KAFKA_START")]
     pub kafka_start: Option<String>,
@@ -68,7 +74,30 @@ impl KafkaArgs {
         if let Some(ms) = file.metadata_refresh_ms {
             config.metadata_refresh = Duration::from_millis(ms.max(100));
         }
+        // Lowest first: the config file, the property file, TREEAI_KAFKA_PROPERTY_* variables, flags.
         config.properties = file.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if let Some(path) = &self.kafka_property_file {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("--kafka-property-file {}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                    continue;
+                }
+                let Some((k, v)) = line.split_once('=') else {
+                    bail!("--kafka-property-file {} line {}: expected KEY=VALUE", path.display(), n + 1);
+                };
+                config.properties.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let mut from_env: Vec<(String, String)> = std::env::vars()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix("TREEAI_KAFKA_PROPERTY_")?;
+                (key != "FILE" && !key.is_empty()).then(|| (key.to_ascii_lowercase().replace('_', "."), v))
+            })
+            .collect();
+        from_env.sort();
+        config.properties.extend(from_env);
         for kv in &self.kafka_property {
             let Some((k, v)) = kv.split_once('=') else {
                 bail!("--kafka-property {kv:?}: expected KEY=VALUE");

@@ -523,7 +523,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(Arc::new(sql::LogTarget(log)))
         }
         SourceSpec::Kafka { config, stats } => {
-            let producer = treeai_connectors::kafka::ingest::KafkaIngest::new(config, stats.clone())
+            let dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("data"));
+            // Not under ingest/: that folder holds the local ingest log's segments.
+            let keys = dir.join("kafka-ingest-keys.ndjson");
+            let producer = treeai_connectors::kafka::ingest::KafkaIngest::new(config, stats.clone(), Some(keys))
                 .map_err(|e| anyhow::anyhow!(e))?;
             Some(Arc::new(sql::KafkaTarget(producer)))
         }

@@ -848,21 +848,23 @@ fn posted_events_go_to_the_input_topics_and_reach_the_views() {
     let mut args: Vec<String> =
         ["run", "--workers", "2", "--no-lake", "--idle-timeout-ms", "1000"].iter().map(|s| s.to_string()).collect();
     args.extend(broker.topics(&prefix, 2));
+    let data = tempfile::tempdir().unwrap();
+    args.extend(["--data-dir".to_string(), data.path().to_str().unwrap().to_string()]);
     let mut run = Running::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     run.wait_for(60, |l| l.contains("SQL on"));
     let tree = r#"{"type":"tree","tree_id":"T-K1","region":"eu-west","lat":53.35,"lon":-6.26,"baseline_tilt_deg":2.0,"baseline_sway_hz":0.5,"updated_at":"2026-11-25T08:00:00Z"}"#;
     let reading = r#"{"type":"reading","sensor_id":"S-1","tree_id":"T-K1","metric":"tilt_deg","value":4.5,"ts":"2026-11-25T09:10:00Z"}"#;
     let body = format!("{tree}\n{reading}\n{{\"type\":\"reading\",\"tree_id\":\"T-K1\"}}\n");
-    let post = || {
+    let post = |run: &Running| {
         let headers = [("Idempotency-Key", "k-1")];
         let (status, head, out) = http(&run.http, "POST", "/v1/events", &headers, body.as_bytes()).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
         (status, head, v)
     };
-    let (status, _, v) = post();
+    let (status, _, v) = post(&run);
     assert_eq!(status, 202, "{v}");
     assert_eq!((v["accepted"].as_u64(), v["rejected"].as_u64()), (Some(2), Some(1)), "{v}");
-    let (status, head, again) = post();
+    let (status, head, again) = post(&run);
     assert_eq!((status, &again), (202, &v));
     assert!(head.to_ascii_lowercase().contains("idempotent-replayed: true"), "{head}");
     let trees = kcat_consume(&broker.addr, &format!("{prefix}.trees"));
@@ -880,6 +882,15 @@ fn posted_events_go_to_the_input_topics_and_reach_the_views() {
         assert!(Instant::now() < deadline, "posted events not in the views ({rows} rows, {rejected} rejected)");
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(run.interrupt().success());
+    // After a restart (the same --data-dir) the key is still known: the retry sends nothing.
+    let mut run = Running::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    run.wait_for(60, |l| l.contains("SQL on"));
+    let (status, head, after) = post(&run);
+    assert_eq!((status, &after), (202, &v));
+    assert!(head.to_ascii_lowercase().contains("idempotent-replayed: true"), "after a restart: {head}");
+    let trees = kcat_consume(&broker.addr, &format!("{prefix}.trees"));
+    assert_eq!(trees.len(), 1, "a retry after a restart sent the batch again: {trees:?}");
     assert!(run.interrupt().success());
 }
 
@@ -958,11 +969,18 @@ fn kafka_over_tls_with_compressed_topics() {
         [ssl.clone(), vec!["-z".into(), codec.into()]].concat()
     });
     let (want, w) = backfill_views(&input, &dir.path().join("backfill"));
-    let ca_property = format!("ssl.ca.location={ca}");
+    // The TLS settings from a property file and the environment, not the command line; a secret
+    // there (librdkafka ignores SASL settings without SASL) never appears in the output.
+    let properties = dir.path().join("client.properties");
+    std::fs::write(&properties, format!("# as Kafka's client.properties\nssl.ca.location = {ca}\n")).unwrap();
+    let secret = "s3cret-never-logged";
     let mut args = vec!["run", "--workers", "2", "--no-lake", "--idle-timeout-ms", "1000"];
     args.extend(flags.iter().map(String::as_str));
-    args.extend(["--kafka-property", "security.protocol=SSL", "--kafka-property", &ca_property]);
-    let mut run = Running::start(&args);
+    args.extend(["--kafka-property-file", properties.to_str().unwrap()]);
+    let mut run = Running::start_with_env(
+        &args,
+        &[("TREEAI_KAFKA_PROPERTY_SECURITY_PROTOCOL", "SSL"), ("TREEAI_KAFKA_PROPERTY_SASL_PASSWORD", secret)],
+    );
     wait_settled(&run, lines.len(), w, 120);
     if let Some(diff) = diff_views(&live_views(&run.http), &want) {
         panic!("over TLS: live views differ from backfill:\n{diff}");
@@ -979,6 +997,8 @@ fn kafka_over_tls_with_compressed_topics() {
     let alerts = kcat_consume_with(&tls_addr, &format!("{prefix}.alerts"), &ssl);
     assert!(!alerts.is_empty(), "an emergency season raises alerts");
     assert!(run.interrupt().success());
+    let output: Vec<String> = run.lines.try_iter().collect();
+    assert!(!output.iter().any(|l| l.contains(secret)), "a Kafka secret was logged");
 
     // Another CA: the handshake fails, the pipeline says why and keeps running.
     let other = crate::security::Pki::new();

@@ -6,10 +6,13 @@
 //! is acknowledged (or fails with the first delivery error, after
 //! librdkafka's retries within `message.timeout.ms`, 30 s).
 //!
-//! `Idempotency-Key`s are remembered for 24 h in this process's memory only:
-//! a retry after a restart of the pipeline is ingested again (the topics are
-//! the durable record; the views are upserts, so a repeated tree or
-//! assessment event changes nothing, a repeated reading is counted twice).
+//! `Idempotency-Key`s are remembered for 24 h: each with its answer is
+//! appended and `fsync`ed to `kafka-ingest-keys.ndjson` in `--data-dir` once
+//! its batch is acknowledged, before the answer, and read
+//! back at start (expired ones dropped), so a retry after a restart is a
+//! no-op too. (A crash between the acknowledgement and that write leaves the
+//! key unknown: the retry is ingested again. Each process keeps its own keys,
+//! as each pod has its own volume.)
 
 use super::{KafkaConfig, KafkaStats};
 use rdkafka::client::ClientContext;
@@ -52,16 +55,86 @@ impl ProducerContext for IngestContext {
 pub struct KafkaIngest {
     producer: BaseProducer<IngestContext>,
     topics: [String; 3],
-    keys: Mutex<HashMap<String, (Instant, String)>>,
+    /// Key → (epoch ms, the answer given).
+    keys: Mutex<HashMap<String, (i64, String)>>,
+    /// Where keys are kept across restarts (`None`: memory only).
+    keys_file: Option<std::path::PathBuf>,
     /// One batch at a time (keys are checked and recorded in order).
     sending: Mutex<()>,
 }
 
 const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// One remembered key, a line of the keys file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyLine {
+    key: String,
+    at_ms: i64,
+    answer: String,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn live(at_ms: i64) -> bool {
+    now_ms() - at_ms < KEY_TTL.as_millis() as i64
+}
+
+/// The keys of `path` still live; the file is rewritten with only those.
+fn load_keys(path: &std::path::Path) -> Result<HashMap<String, (i64, String)>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    // A torn last line (a crash mid-write) is skipped: its batch was not answered.
+    let keys: HashMap<String, (i64, String)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<KeyLine>(l).ok())
+        .filter(|k| live(k.at_ms))
+        .map(|k| (k.key, (k.at_ms, k.answer)))
+        .collect();
+    let kept: String = keys
+        .iter()
+        .filter_map(|(key, (at_ms, answer))| {
+            serde_json::to_string(&KeyLine { key: key.clone(), at_ms: *at_ms, answer: answer.clone() }).ok()
+        })
+        .map(|l| l + "\n")
+        .collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, kept)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(keys)
+}
+
+/// Appends `line` to `path` and syncs it.
+fn append_key(path: &std::path::Path, line: &KeyLine) -> Result<(), String> {
+    use std::io::Write;
+    let text = serde_json::to_string(line).map_err(|e| e.to_string())? + "\n";
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(text.as_bytes()).and_then(|()| file.sync_data()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 impl KafkaIngest {
-    /// A producer for `config`'s input topics.
-    pub fn new(config: &KafkaConfig, stats: Arc<KafkaStats>) -> Result<KafkaIngest, String> {
+    /// A producer for `config`'s input topics; idempotency keys kept in `keys_file` (read now).
+    pub fn new(
+        config: &KafkaConfig,
+        stats: Arc<KafkaStats>,
+        keys_file: Option<std::path::PathBuf>,
+    ) -> Result<KafkaIngest, String> {
+        let keys = match &keys_file {
+            Some(path) => load_keys(path)?,
+            None => HashMap::new(),
+        };
         let producer = config
             .client_config(&[
                 ("client.id", "treeai-ingest"),
@@ -76,7 +149,8 @@ impl KafkaIngest {
         Ok(KafkaIngest {
             producer,
             topics: [t.trees.clone(), t.assessments.clone(), t.readings.clone()],
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(keys),
+            keys_file,
             sending: Mutex::new(()),
         })
     }
@@ -84,7 +158,7 @@ impl KafkaIngest {
     /// The answer given earlier for `key`.
     pub fn replay(&self, key: &str) -> Option<String> {
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.get(key).filter(|(at, _)| at.elapsed() < KEY_TTL).map(|(_, a)| a.clone())
+        keys.get(key).filter(|(at, _)| live(*at)).map(|(_, a)| a.clone())
     }
 
     /// Sends `lines` and waits until all are acknowledged; with `key`, remembers `answer`
@@ -134,9 +208,18 @@ impl KafkaIngest {
             return Err(format!("kafka: {e}"));
         }
         if let Some((k, answer)) = key {
+            let at_ms = now_ms();
+            if let Some(path) = &self.keys_file {
+                // Durable before the answer; if it cannot be written, the events are in the
+                // topics all the same: say so, the key is kept in memory.
+                let line = KeyLine { key: k.to_owned(), at_ms, answer: answer.to_owned() };
+                if let Err(e) = append_key(path, &line) {
+                    tracing::warn!("ingest: idempotency key not kept across restarts: {e}");
+                }
+            }
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-            keys.retain(|_, (at, _)| at.elapsed() < KEY_TTL);
-            keys.insert(k.to_owned(), (Instant::now(), answer.to_owned()));
+            keys.retain(|_, (at, _)| live(*at));
+            keys.insert(k.to_owned(), (at_ms, answer.to_owned()));
         }
         Ok(None)
     }

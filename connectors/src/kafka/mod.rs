@@ -115,8 +115,9 @@ impl std::str::FromStr for StartOffset {
     }
 }
 
-/// Kafka settings shared by the source, the sinks and the producer.
-#[derive(Clone, Debug)]
+/// Kafka settings shared by the source, the sinks and the producer. Its `Debug` shows the
+/// properties' names only: their values may be secrets.
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `HOST:PORT[,HOST:PORT...]`.
     pub brokers: String,
@@ -129,6 +130,18 @@ pub struct KafkaConfig {
     pub properties: Vec<(String, String)>,
     /// How often the source looks for new partitions (default 5 s).
     pub metadata_refresh: Duration,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("start", &self.start)
+            .field("properties", &self.properties.iter().map(|(k, _)| format!("{k}=…")).collect::<Vec<_>>())
+            .field("metadata_refresh", &self.metadata_refresh)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
