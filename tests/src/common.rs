@@ -314,7 +314,9 @@ pub fn http(
 ) -> std::io::Result<(u16, String, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    // Longer than the longest a handler may wait (POST /v1/admin/checkpoint: 120 s, then 503
+    // with the reason), so a slow answer is read rather than cut.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(130)))?;
     // `Host: localhost` unless the caller names one.
     let host = if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) { "" } else { "Host: localhost\r\n" };
     let mut req = format!("{method} {path} HTTP/1.1\r\n{host}Connection: close\r\nContent-Length: {}\r\n", body.len());
