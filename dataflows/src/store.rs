@@ -17,34 +17,40 @@ use crate::views::{AfissRow, AgentDayRow, RegionAgg, ScoreRow, WindowRow};
 use imbl::{HashMap, OrdMap};
 use std::sync::{Arc, RwLock};
 
-/// One change of one view row.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// One change of one view row. The per-tree rows are shared (`Arc`): the egress's
+/// buffers hold small records, and the catalog's maps take the row without copying it.
+#[derive(Clone, Debug, PartialEq)]
 pub enum ViewChange {
     /// `trees`
-    Tree(Id, TreeEvent),
+    Tree(Id, Arc<TreeEvent>),
     /// `afiss_current`
-    Afiss(Id, AfissRow),
+    Afiss(Id, Arc<AfissRow>),
     /// `sensor_windows`
-    Window(Id, WindowRow),
+    Window(Id, Arc<WindowRow>),
     /// `tree_scores`
-    Score(Id, ScoreRow),
-    /// `region_summary`
-    Region(Region, RegionAgg),
+    Score(Id, Arc<ScoreRow>),
+    /// `region_summary` (boxed: the largest row, and the rarest change)
+    Region(Region, Box<RegionAgg>),
     /// `agent_activity`, keyed by (agent, day number)
     Agent((Id, i32), AgentDayRow),
 }
 
 /// The six views at one dataflow time.
+///
+/// The per-tree maps hold their rows behind an `Arc`: a persistent hash map's
+/// nodes are fixed arrays of entries, mostly empty near the leaves, so an entry
+/// should be small (a key and a pointer, not a whole registry row) — measured
+/// with heaptrack at 100,000 trees, inline rows made the catalog 1.3 kB per tree.
 #[derive(Clone, Debug, Default)]
 pub struct Views {
     /// `trees`
-    pub trees: HashMap<Id, TreeEvent>,
+    pub trees: HashMap<Id, Arc<TreeEvent>>,
     /// `afiss_current`
-    pub afiss_current: HashMap<Id, AfissRow>,
+    pub afiss_current: HashMap<Id, Arc<AfissRow>>,
     /// `sensor_windows`
-    pub sensor_windows: HashMap<Id, WindowRow>,
+    pub sensor_windows: HashMap<Id, Arc<WindowRow>>,
     /// `tree_scores`
-    pub tree_scores: HashMap<Id, ScoreRow>,
+    pub tree_scores: HashMap<Id, Arc<ScoreRow>>,
     /// `region_summary`
     pub region_summary: OrdMap<Region, RegionAgg>,
     /// `agent_activity`
@@ -80,7 +86,7 @@ impl Views {
             ViewChange::Afiss(k, v) => apply_map(&mut self.afiss_current, k, v, diff),
             ViewChange::Window(k, v) => apply_map(&mut self.sensor_windows, k, v, diff),
             ViewChange::Score(k, v) => apply_map(&mut self.tree_scores, k, v, diff),
-            ViewChange::Region(k, v) => apply_btree(&mut self.region_summary, k, v, diff),
+            ViewChange::Region(k, v) => apply_btree(&mut self.region_summary, k, v.as_ref(), diff),
             ViewChange::Agent(k, v) => apply_btree(&mut self.agent_activity, k, v, diff),
         }
     }

@@ -292,11 +292,15 @@ where
     })
 }
 
-/// One tree's inputs to its score, tagged by where they come from.
+/// One tree's inputs to its score, tagged by where they come from: only the fields the
+/// score reads (the reduction arranges these parts, one row per tree and part, so whole
+/// registry rows and assessments here cost hundreds of bytes per tree at a city's scale).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum ScorePart {
-    Tree(TreeEvent),
-    Afiss(AfissRow),
+    /// Region, baseline tilt, baseline sway.
+    Tree(crate::event::Region, F64, Option<F64>),
+    /// Risk rating, defect severity sum, crown dieback.
+    Afiss(RiskRating, u32, F64),
     Window(WindowRow),
 }
 
@@ -312,8 +316,12 @@ where
 {
     // A three-way left outer join from trees, done as one reduction over the tagged parts.
     trees
-        .map(|(id, t)| (id, ScorePart::Tree(t)))
-        .concat(afiss.map(|(id, a)| (id, ScorePart::Afiss(a))))
+        .flat_map(|(id, t)| t.region.map(|r| (id, ScorePart::Tree(r, t.baseline_tilt_deg, t.baseline_sway_hz))))
+        .concat(afiss.map(|(id, a)| {
+            let part =
+                ScorePart::Afiss(a.risk_rating, a.assessment.defect_severity_sum, a.assessment.crown_dieback_pct);
+            (id, part)
+        }))
         .concat(windows.map(|(id, w)| (id, ScorePart::Window(w))))
         .reduce_named("TreeScores", |_tree, parts, out| {
             let mut inputs = ScoreInputs::default();
@@ -323,15 +331,15 @@ where
                     continue;
                 }
                 match part {
-                    ScorePart::Tree(t) => {
-                        region = t.region;
-                        inputs.baseline_tilt_deg = t.baseline_tilt_deg.0;
-                        inputs.baseline_sway_hz = t.baseline_sway_hz.map(|b| b.0);
+                    ScorePart::Tree(r, tilt, sway) => {
+                        region = Some(*r);
+                        inputs.baseline_tilt_deg = tilt.0;
+                        inputs.baseline_sway_hz = sway.map(|b| b.0);
                     }
-                    ScorePart::Afiss(a) => {
-                        inputs.risk = Some(a.risk_rating);
-                        inputs.defect_severity_sum = a.assessment.defect_severity_sum;
-                        inputs.crown_dieback_pct = a.assessment.crown_dieback_pct.0;
+                    ScorePart::Afiss(risk, severity, dieback) => {
+                        inputs.risk = Some(*risk);
+                        inputs.defect_severity_sum = *severity;
+                        inputs.crown_dieback_pct = dieback.0;
                     }
                     ScorePart::Window(w) => {
                         inputs.tilt_max = w.tilt_max.map(|v| v.0);

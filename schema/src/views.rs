@@ -227,10 +227,19 @@ pub fn view_batches(views: &Views, watermark: Option<i64>) -> Vec<(&'static str,
     let mut regions: Vec<_> = views.region_summary.iter().collect();
     regions.sort_by_key(|(r, _)| r.as_str());
     vec![
-        ("trees", view_rows_batch(&trees_columns(), &sorted(views.trees.iter()), w, None)),
-        ("afiss_current", view_rows_batch(&afiss_columns(), &sorted(views.afiss_current.iter()), w, None)),
-        ("sensor_windows", view_rows_batch(&windows_columns(), &sorted(views.sensor_windows.iter()), w, None)),
-        ("tree_scores", view_rows_batch(&scores_columns(), &sorted(views.tree_scores.iter()), w, None)),
+        ("trees", view_rows_batch(&trees_columns(), &sorted(views.trees.iter().map(|(k, v)| (k, &**v))), w, None)),
+        (
+            "afiss_current",
+            view_rows_batch(&afiss_columns(), &sorted(views.afiss_current.iter().map(|(k, v)| (k, &**v))), w, None),
+        ),
+        (
+            "sensor_windows",
+            view_rows_batch(&windows_columns(), &sorted(views.sensor_windows.iter().map(|(k, v)| (k, &**v))), w, None),
+        ),
+        (
+            "tree_scores",
+            view_rows_batch(&scores_columns(), &sorted(views.tree_scores.iter().map(|(k, v)| (k, &**v))), w, None),
+        ),
         ("region_summary", view_rows_batch(&regions_columns(), &regions, w, None)),
         ("agent_activity", view_rows_batch(&agents_columns(), &sorted(views.agent_activity.iter()), w, None)),
     ]

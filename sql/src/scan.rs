@@ -51,6 +51,7 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions, StatisticsArgs,
 };
 use futures::Stream;
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::pin::Pin;
@@ -171,15 +172,16 @@ impl ViewScanExec {
     }
 
     /// The stream of `columns` over `rows`.
-    fn stream<K, V>(
+    fn stream<K, V, R>(
         &self,
         columns: Vec<ViewColumn<K, V>>,
-        rows: Rows<K, V>,
+        rows: Rows<K, R>,
         context: &TaskContext,
     ) -> SendableRecordBatchStream
     where
         K: Send + 'static,
         V: Send + 'static,
+        R: Borrow<V> + Send + 'static,
     {
         let reservation =
             MemoryConsumer::new(format!("ViewScan[{}]", self.view.name())).register(context.memory_pool());
@@ -391,8 +393,9 @@ fn agent_days<'a, V>(
 }
 
 /// The batches of one scan (see the module docs).
-struct ViewStream<K: 'static, V: 'static> {
-    rows: Rows<K, V>,
+/// Rows are owned values `R` (a view's row, or an `Arc` of it) borrowed as the `V` its columns read.
+struct ViewStream<K: 'static, V: 'static, R: 'static = V> {
+    rows: Rows<K, R>,
     columns: Vec<ViewColumn<K, V>>,
     projection: Option<Vec<usize>>,
     watermark: Option<i64>,
@@ -406,14 +409,14 @@ struct ViewStream<K: 'static, V: 'static> {
     done: bool,
 }
 
-impl<K: 'static, V: 'static> ViewStream<K, V> {
+impl<K: 'static, V: 'static, R: Borrow<V> + 'static> ViewStream<K, V, R> {
     fn next_batch(&mut self) -> DfResult<Option<RecordBatch>> {
         let _timer = self.baseline.elapsed_compute().timer();
-        let chunk: Vec<(K, V)> = self.rows.by_ref().take(BATCH_ROWS).collect();
+        let chunk: Vec<(K, R)> = self.rows.by_ref().take(BATCH_ROWS).collect();
         if chunk.is_empty() {
             return Ok(None);
         }
-        let rows: Vec<(&K, &V)> = chunk.iter().map(|(k, v)| (k, v)).collect();
+        let rows: Vec<(&K, &V)> = chunk.iter().map(|(k, v)| (k, v.borrow())).collect();
         let batch = view_rows_batch(&self.columns, &rows, self.watermark, self.projection.as_deref())
             .with_schema(self.schema.clone())?;
         // The batch replaces the previous one in the pool: what the consumer keeps of that,
@@ -426,7 +429,7 @@ impl<K: 'static, V: 'static> ViewStream<K, V> {
     }
 }
 
-impl<K: 'static, V: 'static> Stream for ViewStream<K, V> {
+impl<K: 'static, V: 'static, R: Borrow<V> + 'static> Stream for ViewStream<K, V, R> {
     type Item = DfResult<RecordBatch>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -452,7 +455,7 @@ impl<K: 'static, V: 'static> Stream for ViewStream<K, V> {
     }
 }
 
-impl<K: 'static, V: 'static> RecordBatchStream for ViewStream<K, V> {
+impl<K: 'static, V: 'static, R: Borrow<V> + 'static> RecordBatchStream for ViewStream<K, V, R> {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

@@ -122,6 +122,16 @@ fn three_processes_and_two_by_two_serve_the_whole_views_on_every_process() {
         wait_every_process(&cluster, &want, w, 180);
         // Every process answers for the whole cluster: the lake too.
         check_lake(&cluster[processes - 1], valid, rejected);
+        // An idle cluster still completes the checkpoints asked of any process, one after another.
+        let mut last = 0;
+        for run in &cluster {
+            let (status, _, body) = crate::common::http(&run.http, "POST", "/v1/admin/checkpoint", &[], b"").unwrap();
+            let body = String::from_utf8_lossy(&body).to_string();
+            assert_eq!(status, 200, "an idle cluster's checkpoint: {body}");
+            let number: u64 = serde_json::from_str::<serde_json::Value>(&body).unwrap()["checkpoint"].as_u64().unwrap();
+            assert!(number > last, "checkpoint {number} after {last}");
+            last = number;
+        }
         stop_all(&mut cluster);
     }
 }

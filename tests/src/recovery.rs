@@ -195,9 +195,11 @@ fn sigterm_writes_a_final_checkpoint_and_a_restart_resumes_exactly_there() {
         outcome
     };
 
-    // Only the final checkpoint: no timer.
+    // Only the final checkpoint: no timer. Rounds slowed down (about 5 s for the input) so
+    // that the stop comes mid-input even when the test itself is slow to send it.
     let lake = dir.path().join("lake");
-    let mut run = start(&input, &lake, &["--checkpoint-interval-ms", "0"]);
+    let slow = [("TREEAI_FAULT", "slow-rounds:400")];
+    let mut run = start_with(&input, lake.to_str().unwrap(), &["--checkpoint-interval-ms", "0"], &slow);
     run.wait_for(120, |l| l.contains("ev/s") && !l.contains("events 0 "));
     run.signal("TERM");
     let status = run.wait_exit(25).expect("treeai did not exit within its shutdown timeout");

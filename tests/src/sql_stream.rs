@@ -43,7 +43,7 @@ fn score_row(i: usize) -> ScoreRow {
 /// A catalog whose `tree_scores` holds `n` rows (`T-0000000`, …), published as one completed time.
 fn scores_catalog(n: usize) -> Arc<Catalog> {
     let catalog = Catalog::new();
-    let changes = (0..n).map(|i| (ViewChange::Score(Id::from(format!("T-{i:07}")), score_row(i)), 1)).collect();
+    let changes = (0..n).map(|i| (ViewChange::Score(Id::from(format!("T-{i:07}")), score_row(i).into()), 1)).collect();
     catalog.publish(&Completed {
         times: vec![CompletedTime { time: DataflowTime(1), changes }],
         frontier: Some(DataflowTime(2)),
@@ -113,7 +113,7 @@ fn scan_memory_probe() {
     // The same rows and column materialised as batches (what a scan did before it streamed).
     let columns = scores_columns();
     let (materialised_kb, batches) = peak_growth(|| {
-        let rows: Vec<_> = snapshot.views.tree_scores.iter().collect();
+        let rows: Vec<_> = snapshot.views.tree_scores.iter().map(|(k, v)| (k, &**v)).collect();
         rows.chunks(BATCH_ROWS).map(|c| view_rows_batch(&columns, c, None, Some(&[2]))).collect::<Vec<_>>()
     });
     let score_bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
@@ -121,7 +121,7 @@ fn scan_memory_probe() {
     // The whole view's Arrow size, and one full-width batch.
     let mut view_bytes = 0;
     let mut batch_bytes = 0;
-    let rows: Vec<_> = snapshot.views.tree_scores.iter().collect();
+    let rows: Vec<_> = snapshot.views.tree_scores.iter().map(|(k, v)| (k, &**v)).collect();
     for chunk in rows.chunks(BATCH_ROWS) {
         let size = view_rows_batch(&columns, chunk, None, None).get_array_memory_size();
         view_bytes += size;

@@ -29,9 +29,11 @@
 use crate::alerts::alerts_of;
 use crate::checkpoint::{Checkpoints, EgressState as EgressPart};
 use crate::event::Id;
+use crate::rating::Band;
 use crate::source::{ScoreChange, Sink};
 use crate::store::{Catalog, ViewChange};
 use crate::time::DataflowTime;
+use crate::views::ScoreRow;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -182,17 +184,32 @@ fn derive(times: &[CompletedTime], sink: &mut dyn Sink, stats: &Stats, seqs: &mu
     for completed in times {
         let t = completed.time;
         let watermark = t.watermark();
-        let mut scores = Vec::new();
+        // Only trees with a critical row among their changes can alert: the rest never
+        // reach the alert derivation (its sort by tree_id was a cost at a city's scale).
+        let mut critical = std::collections::HashSet::new();
         for (change, diff) in &completed.changes {
             if let ViewChange::Score(tree_id, row) = change {
                 sink.score_change(&ScoreChange {
                     tree_id: tree_id.clone(),
-                    row: row.clone(),
+                    row: ScoreRow::clone(row),
                     diff: *diff,
                     time: t.0,
                     watermark,
                 });
-                scores.push((tree_id.clone(), row.clone(), *diff));
+                if row.score.band == Band::Critical {
+                    critical.insert(tree_id);
+                }
+            }
+        }
+        let mut scores = Vec::new();
+        if !critical.is_empty() {
+            for (change, diff) in &completed.changes {
+                match change {
+                    ViewChange::Score(tree_id, row) if critical.contains(tree_id) => {
+                        scores.push((tree_id.clone(), ScoreRow::clone(row), *diff));
+                    }
+                    _ => {}
+                }
             }
         }
         for mut alert in alerts_of(&mut scores, watermark) {

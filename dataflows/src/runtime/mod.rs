@@ -115,6 +115,9 @@ pub enum InjectedFault {
     /// `hang-before-manifest:N`: checkpoint N writes its parts and never its manifest
     /// (the checkpoint writer's hook; a test then kills the process mid-upload).
     HangBeforeManifest(u64),
+    /// `slow-rounds:MS`: every worker sleeps MS ms after each round that read events (so
+    /// that a test can act mid-input however fast the machine is).
+    SlowRounds(u64),
 }
 
 impl std::str::FromStr for InjectedFault {
@@ -126,8 +129,9 @@ impl std::str::FromStr for InjectedFault {
             "panic-after-rounds" => Ok(InjectedFault::PanicAfterRounds(n)),
             "stall-after-rounds" => Ok(InjectedFault::StallAfterRounds(n)),
             "hang-before-manifest" => Ok(InjectedFault::HangBeforeManifest(n)),
+            "slow-rounds" => Ok(InjectedFault::SlowRounds(n)),
             _ => Err(format!(
-                "{s:?}: unknown fault {what:?} (panic-after-rounds, stall-after-rounds, hang-before-manifest)"
+                "{s:?}: unknown fault {what:?} (panic-after-rounds, stall-after-rounds, hang-before-manifest, slow-rounds)"
             )),
         }
     }

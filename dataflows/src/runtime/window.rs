@@ -21,7 +21,7 @@ use crate::time::HOUR_MS;
 use crate::views::{PaneAgg, PANE_MS};
 use differential_dataflow::input::InputSession;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 /// A reading waiting for the watermark (keyed by `ts`).
@@ -97,14 +97,23 @@ struct Slot {
     metric: Metric,
 }
 
-/// One tree's readings in one pane, and the aggregates the dataflow holds for them.
+/// One tree's readings in one pane and their aggregates. Unless the pane is dirty, the
+/// dataflow holds `agg` for it exactly when `readings` is not empty (a dirty pane's
+/// row in the dataflow is kept beside it in [`WindowDriver::dirty`]): no second copy
+/// of the aggregates per tree and pane.
 #[derive(Clone, Default, Debug)]
 struct TreePane {
     readings: Vec<Slot>,
     /// The aggregates of `readings` (kept up to date as readings come; recomputed when
     /// the edge removes some).
     agg: PaneAgg,
-    emitted: Option<PaneAgg>,
+}
+
+impl TreePane {
+    /// The row the dataflow holds for this pane, when it is not dirty.
+    fn row(&self) -> Option<PaneAgg> {
+        (!self.readings.is_empty()).then_some(self.agg)
+    }
 }
 
 /// The trees' readings in one pane; shared with a checkpoint (copied once if changed).
@@ -126,8 +135,8 @@ pub(super) struct WindowDriver {
     /// The pane holding the edge, and its readings' `(ts, tree)`, least first.
     edge_pane: Option<i64>,
     edge_index: BinaryHeap<Reverse<(i64, Id)>>,
-    /// `(pane, tree)` changed since the last flush.
-    dirty: HashSet<(i64, Id)>,
+    /// `(pane, tree)` changed since the last flush, with the row the dataflow holds for it.
+    dirty: HashMap<(i64, Id), Option<PaneAgg>>,
     /// Readings the watermark let into the window since the last take, by arrival ms.
     released: BTreeMap<i64, u64>,
 }
@@ -197,12 +206,12 @@ impl WindowDriver {
         let slot = Slot { value: t.value, offset: (t.at - pane * PANE_MS) as u32, metric: t.metric };
         let trees = Arc::make_mut(self.panes.entry(pane).or_default());
         let tp = trees.entry(t.tree.clone()).or_default();
-        tp.readings.push(slot);
-        tp.agg.add(t.metric, t.value);
         if self.edge_pane == Some(pane) {
             self.edge_index.push(Reverse((t.at, t.tree.clone())));
         }
-        self.dirty.insert((pane, t.tree));
+        self.dirty.entry((pane, t.tree)).or_insert_with(|| tp.row());
+        tp.readings.push(slot);
+        tp.agg.add(t.metric, t.value);
     }
 
     /// The readings, in O(panes + waiting buckets).
@@ -245,7 +254,11 @@ impl WindowDriver {
                 }
                 let (pane, trees) = entry.remove_entry();
                 for (tree, tp) in trees.iter() {
-                    if let Some(agg) = tp.emitted {
+                    let held = match self.dirty.is_empty() {
+                        true => tp.row(),
+                        false => self.dirty.remove(&(pane, tree.clone())).unwrap_or_else(|| tp.row()),
+                    };
+                    if let Some(agg) = held {
                         input.update((tree.clone(), (pane, agg)), -1);
                         changed = true;
                     }
@@ -270,7 +283,8 @@ impl WindowDriver {
                     break;
                 }
                 let Some(Reverse((_, tree))) = self.edge_index.pop() else { break };
-                self.dirty.insert((q, tree));
+                let tp = self.panes.get(&q).and_then(|trees| trees.get(&tree));
+                self.dirty.entry((q, tree)).or_insert_with(|| tp.and_then(TreePane::row));
             }
         }
         self.flush(input) || changed
@@ -286,7 +300,7 @@ impl WindowDriver {
     pub(super) fn flush(&mut self, input: &mut WindowInput) -> bool {
         let mut changed = false;
         let edge_pane = self.edge.map(|e| (e, pane_of(e)));
-        for (pane, tree) in self.dirty.drain() {
+        for ((pane, tree), held) in self.dirty.drain() {
             // (A pane wholly behind the edge is gone already, its rows retracted.)
             let Some(trees) = self.panes.get_mut(&pane) else { continue };
             let trees = Arc::make_mut(trees);
@@ -302,15 +316,14 @@ impl WindowDriver {
                     }
                 }
             }
-            let agg = (!tp.readings.is_empty()).then_some(tp.agg);
-            if agg != tp.emitted {
-                if let Some(old) = tp.emitted {
+            let agg = tp.row();
+            if agg != held {
+                if let Some(old) = held {
                     input.update((tree.clone(), (pane, old)), -1);
                 }
                 if let Some(new) = agg {
                     input.update((tree.clone(), (pane, new)), 1);
                 }
-                tp.emitted = agg;
                 changed = true;
             }
             if tp.readings.is_empty() {
@@ -320,6 +333,8 @@ impl WindowDriver {
                 }
             }
         }
+        // A round that released a burst (a city's trees at once) must not keep its room.
+        self.dirty.shrink_to(4096);
         changed
     }
 }

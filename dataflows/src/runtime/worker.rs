@@ -84,7 +84,9 @@ fn build_views(
                 to_every_process($coll, processes, local_workers, index)
                     .inspect_batch(move |_, updates| {
                         buf.borrow_mut().extend(
-                            updates.iter().map(|((k, v), t, r)| ($variant(k.clone(), v.clone()), DataflowTime(*t), *r)),
+                            updates
+                                .iter()
+                                .map(|((k, v), t, r)| ($variant(k.clone(), v.clone().into()), DataflowTime(*t), *r)),
                         );
                     })
                     .probe_with(&probe);
@@ -295,6 +297,9 @@ pub(super) fn worker_main(
             )
         };
         done |= read.done;
+        if let (Some(InjectedFault::SlowRounds(ms)), true) = (config.fault, read.read > 0) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         if read.applied > 0 {
             egress.arrivals.push((time, read.arrival_ms, read.applied));
         }
@@ -356,6 +361,10 @@ pub(super) fn worker_main(
                         .max()
                         .unwrap_or(time.0);
                     hub.global_cut(captured, t);
+                    // The egress can close the cut only now that its time is known: report
+                    // progress again even if nothing moved (an idle process's frontier may
+                    // already stand at the cut, and would never be sent again).
+                    egress.last = None;
                 }
                 // The final checkpoint of a stop is the greatest any worker proposed; workers
                 // stop once every one has adopted it and captured it.
