@@ -225,8 +225,10 @@ pub struct PaneAgg {
     pub sway_min: Option<F64>,
     /// Greatest gust.
     pub gust_max: Option<F64>,
-    /// Sum of the soil moisture readings in fixed point (units of 2^-60; see [`PaneAgg::add`]).
-    pub soil_sum: i128,
+    /// Sum of the soil moisture readings in fixed point (units of 2^-60; see [`PaneAgg::add`]),
+    /// an `i128` kept as its high and low halves: an `i128` field would align every pane row
+    /// (in the window driver and the dataflow) to 16 bytes. Read it with [`PaneAgg::soil_sum`].
+    soil_sum_halves: (i64, u64),
     /// Soil moisture readings.
     pub soil_n: u32,
     /// Readings of all four metrics.
@@ -248,10 +250,16 @@ impl PaneAgg {
             Metric::SwayHz => self.sway_min = Some(self.sway_min.map_or(value, |m| m.min(value))),
             Metric::WindGustMs => self.gust_max = self.gust_max.max(Some(value)),
             Metric::SoilMoisturePct => {
-                self.soil_sum += (value.0 * SOIL_SCALE) as i128;
+                let sum = self.soil_sum() + (value.0 * SOIL_SCALE) as i128;
+                self.soil_sum_halves = ((sum >> 64) as i64, sum as u64);
                 self.soil_n += 1;
             }
         }
+    }
+
+    /// The sum of the soil moisture readings in fixed point (units of 2^-60).
+    pub fn soil_sum(&self) -> i128 {
+        (i128::from(self.soil_sum_halves.0) << 64) | i128::from(self.soil_sum_halves.1)
     }
 }
 
@@ -280,7 +288,7 @@ where
                 (a, b) => a.or(b),
             };
             row.gust_max = row.gust_max.max(pane.gust_max);
-            soil_sum += pane.soil_sum * n as i128;
+            soil_sum += pane.soil_sum() * n as i128;
             soil_n += u64::from(pane.soil_n) * n;
         }
         if soil_n > 0 {

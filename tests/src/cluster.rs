@@ -239,10 +239,6 @@ fn assert_running(cluster: &mut [Running]) {
 /// with its log. Neither outage stops a process; the views, the lake (on S3) and the output
 /// topics end as without them: nothing lost, nothing twice.
 #[test]
-#[ignore = "under load (run beside the other cluster and recovery tests) the cluster's checkpoints stop after \
-            the outages: process 0 waits for a share of a checkpoint process 1 never cut (seen with gdb: \
-            process 1's writer idle, its workers running), so the lake is not published; run it with \
-            cargo test --workspace -- --ignored cluster::broker_and_object_store"]
 fn broker_and_object_store_outages_while_clustered_lose_nothing_and_repeat_nothing() {
     // A broker that keeps its log across restarts (Tansu on S3 storage), and another S3 for us.
     let broker_store = Moto::start();

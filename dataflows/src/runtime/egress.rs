@@ -170,7 +170,7 @@ impl Merge {
         let times = ready
             .into_iter()
             .map(|(time, mut changes)| {
-                changes.sort_by_key(|(_, d)| *d);
+                changes.sort_unstable_by_key(|(_, d)| *d);
                 CompletedTime { time, changes }
             })
             .collect();
