@@ -25,6 +25,12 @@ use timely::dataflow::{InputHandleVec, ProbeHandle};
 
 type ChangeBuffer = Rc<RefCell<Vec<(ViewChange, DataflowTime, isize)>>>;
 
+/// Rounds a worker may have in the dataflow before it reads the next batch: with more than
+/// one, a worker reads and applies a round while the previous one is still being computed
+/// (the workers of a round wait for each other at its exchanges), at the price of a longer
+/// queue of input rounds.
+const ROUNDS_IN_FLIGHT: usize = 2;
+
 /// With `processes > 1`: every update of `coll` also goes to one worker of every other
 /// process (the one with the sender's local index), so that each process's egress — and
 /// so its catalog, its SQL — sees the whole cluster's views. Costs one copy of every view
@@ -171,7 +177,8 @@ pub(super) fn worker_main(
     let mut watermark: Option<i64> = None;
     let mut done = false;
     let mut round = 0u64;
-    let mut lag_target = time;
+    // The times of the rounds in flight, oldest first (see step 5).
+    let mut in_flight: std::collections::VecDeque<DataflowTime> = [time].into();
     // Checkpoints: the newest this worker captured; paused until every worker has captured it.
     let mut captured = hub.map_or(0, |h| h.base());
     let mut paused = false;
@@ -215,7 +222,7 @@ pub(super) fn worker_main(
         }
         driver.flush(&mut inputs.readings);
         time = time.next_seq();
-        lag_target = time;
+        in_flight = [time].into();
         inputs.advance_to(time.0);
         inputs.flush();
     }
@@ -432,11 +439,16 @@ pub(super) fn worker_main(
             _ => {}
         }
 
-        // 5. Step, keeping at most one round in flight; hand the changes to the egress.
-        while probe.less_than(&lag_target.0) && !shutdown.load(Ordering::Relaxed) {
-            worker.step_or_park(Some(Duration::from_millis(1)));
+        // 5. Step, keeping at most ROUNDS_IN_FLIGHT rounds in flight; hand the changes to the egress.
+        in_flight.push_back(time);
+        while in_flight.len() > ROUNDS_IN_FLIGHT {
+            let oldest = in_flight[0];
+            if !probe.less_than(&oldest.0) || shutdown.load(Ordering::Relaxed) {
+                in_flight.pop_front();
+            } else {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
         }
-        lag_target = time;
         worker.step_or_park(Some(Duration::ZERO));
         egress.send(&probe, watermark);
         sink.flush();
