@@ -286,7 +286,7 @@ impl Processes {
                 .args(["--readings-topic", &t.readings, "--alerts-topic", &t.alerts])
                 .args(["--deadletter-topic", &t.deadletter, "--http-addr", &addr, "--sql-addr", &free_addr()?])
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stderr(std::fs::File::create(std::env::temp_dir().join(format!("cluster-bench-process-{i}.log")))?)
                 .spawn()
                 .with_context(|| format!("spawning {}", exe.display()))?;
             children.push(child);
