@@ -32,6 +32,7 @@ mod shared;
 
 use anyhow::{bail, Context as _};
 use shared::free_addr;
+use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -286,6 +287,9 @@ impl Processes {
                 .args(["--readings-topic", &t.readings, "--alerts-topic", &t.alerts])
                 .args(["--deadletter-topic", &t.deadletter, "--http-addr", &addr, "--sql-addr", &free_addr()?])
                 .stdout(std::process::Stdio::null())
+                // A group of its own: a signal to the benchmark's group (a terminal's Ctrl-C, a
+                // job control stop) does not stop the cluster behind the benchmark's back.
+                .process_group(0)
                 .stderr(std::fs::File::create(std::env::temp_dir().join(format!("cluster-bench-process-{i}.log")))?)
                 .spawn()
                 .with_context(|| format!("spawning {}", exe.display()))?;
@@ -305,7 +309,7 @@ impl Processes {
             }
             for (i, addr) in self.http.iter().enumerate() {
                 if let Some(status) = self.children[i].try_wait()? {
-                    bail!("process {i} exited: {status}");
+                    bail!("process {i} exited: {status}\n{}", self.report());
                 }
                 if answered[i].is_none() && count_trees(addr) == Some(trees) {
                     answered[i] = Some(self.started.elapsed());
@@ -314,6 +318,27 @@ impl Processes {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(answered.into_iter().flatten().collect())
+    }
+
+    /// Every process's state and the end of its log (`$TMPDIR/cluster-bench-process-N.log`), for
+    /// a failure's message.
+    fn report(&mut self) -> String {
+        let mut out = String::new();
+        for (i, child) in self.children.iter_mut().enumerate() {
+            let state = match child.try_wait() {
+                Ok(Some(status)) => format!("exited: {status}"),
+                Ok(None) => "running".to_string(),
+                Err(e) => format!("unknown: {e}"),
+            };
+            let log = std::env::temp_dir().join(format!("cluster-bench-process-{i}.log"));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(8).collect();
+            out += &format!("--- process {i}: {state}; the end of {}:\n", log.display());
+            for line in tail.iter().rev() {
+                out += &format!("    {line}\n");
+            }
+        }
+        out
     }
 
     /// SIGTERM to every process (a final checkpoint), then waits for them.

@@ -332,6 +332,11 @@ fn stop_on_signal(deadline: Option<Duration>) -> anyhow::Result<Arc<AtomicBool>>
             eprintln!("\ntreeai: second signal: exiting at once");
             std::process::exit(130);
         }
+        // Said, so a log shows why a process stopped (in a cluster its peers log whose stop
+        // they follow).
+        eprintln!(
+            "\ntreeai: signal received (SIGINT, SIGTERM or SIGHUP): stopping cleanly; a second one exits at once"
+        );
         if let Some(deadline) = deadline {
             std::thread::spawn(move || {
                 std::thread::sleep(deadline);
@@ -545,6 +550,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let clustered = config.cluster.as_ref().is_some_and(|c| c.processes > 1);
     let pipeline = PipelineBuilder::new(source, config)
         .webhook(webhook)
         .ingest(ingest_log)
@@ -574,7 +580,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         pipeline.checkpoints(),
         ingest,
     )
-    .inspect_err(|_| pipeline.stop())?;
+    .inspect_err(|e| {
+        if clustered {
+            // A clean stop would spread to the peers, which would then exit 0 as if asked to
+            // stop: leave instead, so they fail fast on the lost peer and the cluster is
+            // restarted from its last checkpoint.
+            eprintln!("treeai run: {e:#}; leaving the cluster");
+            std::process::exit(1);
+        }
+        pipeline.stop()
+    })?;
     eprintln!(
         "treeai run: SQL on postgres://treeai@{} (psql -h {} -p {} -U treeai), HTTP on http://{}",
         server.pg_addr,
@@ -776,39 +791,17 @@ fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One HTTP call of `treeai scale`: `(status, body as JSON or Null)`. Kubernetes calls carry the
-/// pod's service-account token and trust the cluster's CA (both mounted into the scaler's pod);
-/// pipeline calls carry the admin token. (kube-rs was tried: kube 5 with k8s-openapi 0.29 added 43
-/// crates and ~13 minutes to a clean debug build on 2 cores, for three calls; reqwest is in the
-/// tree already through object_store. From a workstation, `kubectl proxy` brings the kubeconfig's
-/// authentication: `--kube-api http://127.0.0.1:8001`.)
-fn scale_http(
-    api: Option<scale::Api>,
-    method: &str,
-    url: &str,
-    bearer: Option<&str>,
-    body: Option<(&str, &Value)>,
-) -> anyhow::Result<(u16, Value)> {
-    const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-    let kubernetes = api == Some(scale::Api::Kubernetes);
-    let mut client = reqwest::Client::builder().timeout(Duration::from_secs(30));
-    let mut bearer = bearer.map(str::to_string);
-    if kubernetes {
-        if let Ok(ca) = std::fs::read(format!("{SA}/ca.crt")) {
-            client = client.add_root_certificate(reqwest::Certificate::from_pem(&ca).context("the cluster CA")?);
-        }
-        bearer = std::fs::read_to_string(format!("{SA}/token")).ok().map(|t| t.trim().to_string()).or(bearer);
-    }
-    let client = client.build().context("HTTP client")?;
+/// One HTTP call of `treeai scale` to Prometheus or to the pipeline: `(status, body as JSON or
+/// Null)`; `bearer` is the pipeline's admin token. (Kubernetes calls go through kube-rs:
+/// [`kube_call`].)
+fn scale_http(method: &str, url: &str, bearer: Option<&str>) -> anyhow::Result<(u16, Value)> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("HTTP client")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let method = reqwest::Method::from_bytes(method.as_bytes()).context("HTTP method")?;
         let mut request = client.request(method, url);
-        if let Some(token) = &bearer {
+        if let Some(token) = bearer {
             request = request.bearer_auth(token);
-        }
-        if let Some((kind, body)) = body {
-            request = request.header("Content-Type", kind).body(serde_json::to_vec(body)?);
         }
         let response = request.send().await.with_context(|| url.to_string())?;
         let status = response.status().as_u16();
@@ -817,14 +810,66 @@ fn scale_http(
     })
 }
 
+/// The Kubernetes client of `treeai scale apply` (kube-rs). Without `--kube-api`, kube's
+/// `Config::infer`: the kubeconfig (`KUBECONFIG` or `~/.kube/config`, with its contexts and auth
+/// plugins), else in a pod its service account (token, cluster CA, `KUBERNETES_SERVICE_HOST`).
+/// `--kube-api URL` names an API server that needs no credentials of ours instead, such as
+/// `kubectl proxy`'s `http://127.0.0.1:8001`.
+async fn kube_client(api: Option<&str>) -> anyhow::Result<kube::Client> {
+    let config = match api {
+        Some(url) => kube::Config::new(url.parse().with_context(|| format!("--kube-api {url}"))?),
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration: neither a kubeconfig (KUBECONFIG, ~/.kube/config) nor a pod's \
+             service account; give --kube-api (e.g. `kubectl proxy` and http://127.0.0.1:8001)",
+        )?,
+    };
+    kube::Client::try_from(config).context("Kubernetes client")
+}
+
+/// One Kubernetes call of `apply`, made with kube-rs' typed API (the request `--dry-run` prints
+/// for the step): `(status, the object or list as JSON)`. An answer of the API server that is
+/// an error (403, 404, 409, ...) is `(its code, Null)`, so a wait repeats and a call stops
+/// with the code; a failure to reach the server is an error.
+async fn kube_call(
+    client: &kube::Client,
+    target: &scale::ApplyTarget,
+    step: &scale::Step,
+) -> anyhow::Result<(u16, Value)> {
+    use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &target.namespace);
+    let answer = match step.kind {
+        scale::StepKind::Stop | scale::StepKind::Start => {
+            let body = step.body.as_ref().context("a PATCH without a body")?;
+            sets.patch(&target.statefulset, &PatchParams::default(), &Patch::Strategic(body))
+                .await
+                .map(|sts| serde_json::to_value(sts).unwrap_or(Value::Null))
+        }
+        scale::StepKind::WaitStopped => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
+            pods.list(&ListParams::default().labels(&target.pod_selector))
+                .await
+                .map(|list| serde_json::json!({ "items": list.items }))
+        }
+        scale::StepKind::WaitReady => {
+            sets.get(&target.statefulset).await.map(|sts| serde_json::to_value(sts).unwrap_or(Value::Null))
+        }
+        scale::StepKind::Checkpoint | scale::StepKind::CheckReady => bail!("{step}: not a Kubernetes call"),
+    };
+    match answer {
+        Ok(body) => Ok((200, body)),
+        Err(kube::Error::Api(status)) => Ok((status.code, Value::Null)),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{} {}", step.method, step.url))),
+    }
+}
+
 /// The signals of the plan: the flags, then what Prometheus (`--metrics`) says.
 fn scale_signals(args: &scale::PlanArgs, policy: &scale::Policy) -> anyhow::Result<scale::Signals> {
     let mut signals = args.signals();
     if let Some(url) = &args.metrics {
         let mut answers = Vec::new();
         for (signal, query) in scale::prometheus_queries(policy, Some(&args.namespace())) {
-            let (status, body) =
-                scale_http(None, "GET", &scale::prometheus_query_url(url, &query, Some(args.at())), None, None)?;
+            let (status, body) = scale_http("GET", &scale::prometheus_query_url(url, &query, Some(args.at())), None)?;
             if status != 200 && body.is_null() {
                 bail!("prometheus: {signal}: HTTP {status}");
             }
@@ -850,20 +895,24 @@ fn scale_command(command: ScaleCommand) -> anyhow::Result<()> {
         ScaleCommand::Apply(args) => {
             let policy = args.plan.load_policy()?;
             let target = args.target();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             // The StatefulSet (current size, last change, storm flag); a dry run given --current
             // plans without asking Kubernetes.
+            let mut client = None;
             let (current, signals) = match (args.dry_run, args.plan.current) {
                 (true, Some(current)) => (current, scale_signals(&args.plan, &policy)?),
                 _ => {
-                    let url = target.statefulset_url();
-                    let (status, sts) = scale_http(Some(scale::Api::Kubernetes), "GET", &url, None, None)?;
-                    if status != 200 {
-                        bail!("GET {url}: HTTP {status}");
-                    }
-                    let state = scale::StatefulSetState::from_json(&sts, &target)?;
+                    let kube = runtime.block_on(kube_client(args.kube_api.as_deref()))?;
+                    let sets: kube::Api<k8s_openapi::api::apps::v1::StatefulSet> =
+                        kube::Api::namespaced(kube.clone(), &target.namespace);
+                    let sts = runtime
+                        .block_on(sets.get(&target.statefulset))
+                        .with_context(|| format!("GET {}", target.statefulset_url()))?;
+                    let state = scale::StatefulSetState::from_json(&serde_json::to_value(sts)?, &target)?;
                     if let Some(why) = state.problem(&target) {
                         bail!("not resizing {}: {why}", target.statefulset);
                     }
+                    client = Some(kube);
                     (state.replicas, state.signals().merge(scale_signals(&args.plan, &policy)?))
                 }
             };
@@ -873,18 +922,17 @@ fn scale_command(command: ScaleCommand) -> anyhow::Result<()> {
                 print!("{}", scale::dry_run_text(&decision, current, &steps));
                 return Ok(());
             }
+            let client = client.context("no Kubernetes client")?;
             println!("{decision}");
             let started = Instant::now();
             for step in &steps {
-                let bearer = match step.api {
-                    scale::Api::Pipeline => args.token.as_deref(),
-                    scale::Api::Kubernetes => None,
-                };
                 let deadline = Instant::now() + Duration::from_secs(540);
                 loop {
-                    let body = step.body.as_ref().zip(step.content_type).map(|(b, k)| (k, b));
-                    let (status, body) = scale_http(Some(step.api), step.method, &step.url, bearer, body)
-                        .with_context(|| format!("{step}"))?;
+                    let (status, body) = match step.api {
+                        scale::Api::Kubernetes => runtime.block_on(kube_call(&client, &target, step)),
+                        scale::Api::Pipeline => scale_http(step.method, &step.url, args.token.as_deref()),
+                    }
+                    .with_context(|| format!("{step}"))?;
                     if step.done(status, &body) {
                         break;
                     }

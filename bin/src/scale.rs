@@ -120,11 +120,22 @@
 //! skipped. With no change there is no step.
 
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeDelta, Utc};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{GetParams, ListParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// The content type of `apply`'s PATCHes (kube-rs' `Patch::Strategic`).
+pub const STRATEGIC_MERGE: &str = "application/strategic-merge-patch+json";
+
+/// kube-rs' request builder for a namespaced resource (what its `Api::namespaced` uses).
+fn kube_request<K: kube::Resource<DynamicType = ()>>(namespace: &str) -> kube::core::Request {
+    kube::core::Request::new(K::url_path(&(), Some(namespace)))
+}
 
 /// Disaster-recovery twins and their primaries: a twin uses its primary's calendar.
 pub const DR_TWINS: [(&str, &str); 3] =
@@ -1072,9 +1083,38 @@ impl ApplyTarget {
         }
     }
 
-    /// The StatefulSet's URL on the API server.
+    /// The StatefulSet's URL on the API server, as kube-rs builds a GET of it.
     pub fn statefulset_url(&self) -> String {
-        format!("{}/apis/apps/v1/namespaces/{}/statefulsets/{}", self.kube_api, self.namespace, self.statefulset)
+        self.kube_url(kube_request::<StatefulSet>(&self.namespace).get(&self.statefulset, &GetParams::default()))
+    }
+
+    /// The URL of a strategic-merge PATCH of the StatefulSet, as kube-rs builds it.
+    pub fn statefulset_patch_url(&self, body: &Value) -> String {
+        self.kube_url(kube_request::<StatefulSet>(&self.namespace).patch(
+            &self.statefulset,
+            &PatchParams::default(),
+            &Patch::Strategic(body),
+        ))
+    }
+
+    /// The URL of the list of the pipeline's pods (by [`ApplyTarget::pod_selector`]), as kube-rs
+    /// builds it.
+    pub fn pods_url(&self) -> String {
+        self.kube_url(kube_request::<Pod>(&self.namespace).list(&ListParams::default().labels(&self.pod_selector)))
+    }
+
+    /// `kube_api` + the path and query of a request built by kube-rs (the very builder its `Api`
+    /// calls use, so `--dry-run` prints what `apply` sends), its empty parts dropped: kube
+    /// sends `statefulsets/treeai?` and `pods?&labelSelector=…`, the same requests as
+    /// `statefulsets/treeai` and `pods?labelSelector=…`.
+    fn kube_url(&self, request: Result<http::Request<Vec<u8>>, kube::core::request::Error>) -> String {
+        match request {
+            Ok(r) => {
+                let uri = r.uri().to_string();
+                format!("{}{}", self.kube_api, uri.trim_end_matches('?').replacen("?&", "?", 1))
+            }
+            Err(e) => format!("{}/<not a valid request: {e}>", self.kube_api),
+        }
     }
 
     /// `TREEAI_PEERS` as one pattern for any number of processes (`treeai run` expands `{i}`):
@@ -1212,7 +1252,6 @@ pub fn apply_steps(decision: &Decision, current: u32, cluster: &ApplyTarget) -> 
     if n == current {
         return Vec::new();
     }
-    let sts = cluster.statefulset_url();
     let mut steps = Vec::new();
     if current > 0 {
         steps.push(Step {
@@ -1224,28 +1263,24 @@ pub fn apply_steps(decision: &Decision, current: u32, cluster: &ApplyTarget) -> 
             body: None,
             until: None,
         });
+        let body = json!({
+            "metadata": {"annotations": {ANNOTATION_SCALING_TO: n.to_string()}},
+            "spec": {"replicas": 0},
+        });
         steps.push(Step {
             kind: StepKind::Stop,
             api: Api::Kubernetes,
             method: "PATCH",
-            url: sts.clone(),
-            content_type: Some("application/strategic-merge-patch+json"),
-            body: Some(json!({
-                "metadata": {"annotations": {ANNOTATION_SCALING_TO: n.to_string()}},
-                "spec": {"replicas": 0},
-            })),
+            url: cluster.statefulset_patch_url(&body),
+            content_type: Some(STRATEGIC_MERGE),
+            body: Some(body),
             until: None,
         });
         steps.push(Step {
             kind: StepKind::WaitStopped,
             api: Api::Kubernetes,
             method: "GET",
-            url: format!(
-                "{}/api/v1/namespaces/{}/pods?labelSelector={}",
-                cluster.kube_api,
-                cluster.namespace,
-                percent_encode(&cluster.pod_selector)
-            ),
+            url: cluster.pods_url(),
             content_type: None,
             body: None,
             until: Some(Until::NoPods),
@@ -1261,21 +1296,22 @@ pub fn apply_steps(decision: &Decision, current: u32, cluster: &ApplyTarget) -> 
             ],
         }]}});
     }
+    let body = json!({
+        "metadata": {"annotations": {
+            ANNOTATION_SCALED_AT: decision.at,
+            ANNOTATION_SCALED_TO: n.to_string(),
+            ANNOTATION_SCALE_REASON: decision.reason,
+            ANNOTATION_SCALING_TO: null,
+        }},
+        "spec": spec,
+    });
     steps.push(Step {
         kind: StepKind::Start,
         api: Api::Kubernetes,
         method: "PATCH",
-        url: sts.clone(),
-        content_type: Some("application/strategic-merge-patch+json"),
-        body: Some(json!({
-            "metadata": {"annotations": {
-                ANNOTATION_SCALED_AT: decision.at,
-                ANNOTATION_SCALED_TO: n.to_string(),
-                ANNOTATION_SCALE_REASON: decision.reason,
-                ANNOTATION_SCALING_TO: null,
-            }},
-            "spec": spec,
-        })),
+        url: cluster.statefulset_patch_url(&body),
+        content_type: Some(STRATEGIC_MERGE),
+        body: Some(body),
         until: None,
     });
     if n > 0 {
@@ -1283,7 +1319,7 @@ pub fn apply_steps(decision: &Decision, current: u32, cluster: &ApplyTarget) -> 
             kind: StepKind::WaitReady,
             api: Api::Kubernetes,
             method: "GET",
-            url: sts,
+            url: cluster.statefulset_url(),
             content_type: None,
             body: None,
             until: Some(Until::ReadyReplicas(n)),
@@ -1518,17 +1554,23 @@ pub struct ApplyArgs {
     /// call; the CronJob takes it from the treeai-scaler Secret.
     #[arg(long, value_name = "TOKEN", env = "TREEAI_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// The Kubernetes API server; in a pod, its service account's token and CA authenticate. From
-    /// a workstation, run `kubectl proxy` (it authenticates with the kubeconfig) and give
-    /// `--kube-api http://127.0.0.1:8001`.
-    #[arg(long, value_name = "URL", env = "TREEAI_SCALE_KUBE_API", default_value = "https://kubernetes.default.svc")]
-    pub kube_api: String,
+    /// An API server that needs no credentials of ours, such as `kubectl proxy`'s
+    /// `http://127.0.0.1:8001`. Without it, kube-rs finds the cluster as kubectl does: the
+    /// kubeconfig (`KUBECONFIG` or `~/.kube/config`: current context, auth plugins), else in a pod
+    /// its service account (token and CA). `--dry-run` prints URLs on this server, or on
+    /// `https://kubernetes.default.svc`.
+    #[arg(long, value_name = "URL", env = "TREEAI_SCALE_KUBE_API")]
+    pub kube_api: Option<String>,
 }
+
+/// The API server's address in a pod, which `--dry-run` prints when `--kube-api` is not given.
+pub const IN_CLUSTER_API: &str = "https://kubernetes.default.svc";
 
 impl ApplyArgs {
     /// Where to act, from the flags.
     pub fn target(&self) -> ApplyTarget {
-        ApplyTarget::new(&self.plan.namespace(), &self.statefulset, &self.admin_url, &self.kube_api)
+        let api = self.kube_api.as_deref().unwrap_or(IN_CLUSTER_API);
+        ApplyTarget::new(&self.plan.namespace(), &self.statefulset, &self.admin_url, api)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod event;
 pub mod parse;
 pub mod rating;
+pub mod reduce;
 pub mod runtime;
 pub mod source;
 pub mod store;

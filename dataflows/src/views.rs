@@ -3,7 +3,9 @@
 //!
 //! Inputs are insert-only event collections (every version ever received);
 //! "current" and "live" are computed by reductions, so a correction that arrives
-//! late or out of order retracts exactly what it replaces. Readings are the
+//! late or out of order retracts exactly what it replaces. The reductions are
+//! [`HashReduce::hash_reduce`]: `reduce`'s contract for rounds (a total order), with each
+//! key's present in a hash map instead of arrangements (see [`crate::reduce`]). Readings are the
 //! exception: the runtime's window driver inserts the aggregates of each tree's
 //! readings per pane of the window ([`PaneAgg`]) as the watermark makes readings
 //! visible, and replaces or retracts them as readings leave the window (see
@@ -11,11 +13,13 @@
 
 use crate::event::{AssessmentEvent, Id, Metric, RiskRating, TreeEvent, F64};
 use crate::rating::{failure_impact, risk_rating, tree_score, Score, ScoreInputs};
+use crate::reduce::HashReduce;
 use crate::time::day_of;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
+use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
 /// A collection keyed by `K` with `isize` multiplicities.
@@ -155,10 +159,10 @@ impl Multiply<isize> for RegionAgg {
 /// `(updated_at, source position)`, unless that version is a deletion.
 pub fn current_trees<'s, T>(versions: Keyed<'s, T, Id, TreeEvent>) -> Keyed<'s, T, Id, TreeEvent>
 where
-    T: Timestamp + Lattice + Ord,
+    T: Timestamp + Lattice + TotalOrder,
 {
     // Values arrive sorted; TreeEvent orders by (updated_at, pos) first, so the last one wins.
-    versions.reduce_named("CurrentTrees", |_tree, versions, out| {
+    versions.hash_reduce("CurrentTrees", |_tree, versions, out| {
         let (latest, _) = versions[versions.len() - 1];
         if !latest.deleted {
             out.push((latest.clone(), 1));
@@ -170,11 +174,11 @@ where
 /// greatest `(revision, source position)`, unless it withdraws the assessment.
 pub fn live_assessments<'s, T>(revisions: Keyed<'s, T, Id, AssessmentEvent>) -> Keyed<'s, T, Id, AssessmentEvent>
 where
-    T: Timestamp + Lattice + Ord,
+    T: Timestamp + Lattice + TotalOrder,
 {
     // Per assessment id: AssessmentEvent orders by (assessment_id, revision, pos) first, so the last one wins.
     revisions
-        .reduce_named("LiveAssessments", |_id, revisions, out| {
+        .hash_reduce("LiveAssessments", |_id, revisions, out| {
             let (latest, _) = revisions[revisions.len() - 1];
             if !latest.withdrawn {
                 out.push((latest.clone(), 1));
@@ -188,9 +192,9 @@ where
 /// `(observed_at, assessment_id)`, rated with the TRAQ matrices, and the count of live ones.
 pub fn afiss_current<'s, T>(live: Keyed<'s, T, Id, AssessmentEvent>) -> Keyed<'s, T, Id, AfissRow>
 where
-    T: Timestamp + Lattice + Ord,
+    T: Timestamp + Lattice + TotalOrder,
 {
-    live.reduce_named("AfissCurrent", |_tree, live, out| {
+    live.hash_reduce("AfissCurrent", |_tree, live, out| {
         let total: isize = live.iter().map(|(_, n)| *n).sum();
         let current = live
             .iter()
@@ -270,10 +274,10 @@ const SOIL_SCALE: f64 = (1u64 << 60) as f64;
 /// combined from the aggregates of its panes (`(pane, aggregates)`).
 pub fn sensor_windows<'s, T>(window: Keyed<'s, T, Id, (i64, PaneAgg)>) -> Keyed<'s, T, Id, WindowRow>
 where
-    T: Timestamp + Lattice + Ord,
+    T: Timestamp + Lattice + TotalOrder,
 {
     // Panes arrive in time order, each once.
-    window.reduce_named("SensorWindows", |_tree, panes, out| {
+    window.hash_reduce("SensorWindows", |_tree, panes, out| {
         let mut row = WindowRow::default();
         let (mut soil_sum, mut soil_n) = (0i128, 0u64);
         for ((_, pane), n) in panes {
@@ -301,7 +305,7 @@ where
 }
 
 /// One tree's inputs to its score, tagged by where they come from: only the fields the
-/// score reads (the reduction arranges these parts, one row per tree and part, so whole
+/// score reads (the reduction keeps these parts, one row per tree and part, so whole
 /// registry rows and assessments here cost hundreds of bytes per tree at a city's scale).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum ScorePart {
@@ -320,7 +324,7 @@ pub fn tree_scores<'s, T>(
     windows: Keyed<'s, T, Id, WindowRow>,
 ) -> Keyed<'s, T, Id, ScoreRow>
 where
-    T: Timestamp + Lattice + Ord,
+    T: Timestamp + Lattice + TotalOrder,
 {
     // A three-way left outer join from trees, done as one reduction over the tagged parts.
     trees
@@ -331,7 +335,7 @@ where
             (id, part)
         }))
         .concat(windows.map(|(id, w)| (id, ScorePart::Window(w))))
-        .reduce_named("TreeScores", |_tree, parts, out| {
+        .hash_reduce("TreeScores", |_tree, parts, out| {
             let mut inputs = ScoreInputs::default();
             let mut region = None;
             for (part, n) in parts {
@@ -366,7 +370,7 @@ where
 /// `region_summary`: per region, counts and mean score of its registered trees.
 pub fn region_summary<'s, T>(scores: Keyed<'s, T, Id, ScoreRow>) -> Keyed<'s, T, crate::event::Region, RegionAgg>
 where
-    T: Timestamp + Lattice + Ord,
+    T: Timestamp + Lattice + TotalOrder,
 {
     // Each tree contributes its aggregate as a difference; `count` sums them per region.
     scores.explode(|(_tree, row)| Some((row.region, RegionAgg::of(&row.score)))).count()
@@ -375,14 +379,14 @@ where
 /// `agent_activity`: per (agent, UTC day of `observed_at`), the agent's live assessments.
 pub fn agent_activity<'s, T>(live: Keyed<'s, T, Id, AssessmentEvent>) -> Keyed<'s, T, (Id, i32), AgentDayRow>
 where
-    T: Timestamp + Lattice + Ord,
+    T: Timestamp + Lattice + TotalOrder,
 {
     live.map(|(tree, a)| {
         let fi = failure_impact(a.likelihood_of_failure, a.likelihood_of_impact);
         let high = matches!(risk_rating(fi, a.consequences), RiskRating::High | RiskRating::Extreme);
         ((a.agent_id.clone(), day_of(a.observed_at)), (tree, a.assessment_id, high))
     })
-    .reduce_named("AgentActivity", |_agent_day, assessments, out| {
+    .hash_reduce("AgentActivity", |_agent_day, assessments, out| {
         // Values sorted by tree first, so distinct trees are runs.
         let mut row = AgentDayRow { assessments: 0, distinct_trees: 0, high_or_extreme: 0 };
         let mut last_tree: Option<&Id> = None;

@@ -7,7 +7,9 @@
 use crate::common::{treeai_bin, Running};
 use crate::prometheus::Prometheus;
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
@@ -196,4 +198,282 @@ fn plan_reads_freshness_and_alerts_from_prometheus_and_enters_the_emergency() {
 fn chrono_now() -> String {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     treeai_dataflows::time::format_ts(ms)
+}
+
+/// A stand-in for the Kubernetes API server (no cluster can run on this machine): one
+/// StatefulSet and its pods in one namespace, strategic-merge PATCH by the rules Kubernetes
+/// has for these fields (objects merge, `null` deletes, `containers` and `env` merge by
+/// `name`). A PATCH bumps `metadata.generation`; the status (`readyReplicas`,
+/// `observedGeneration`) follows only at the next GET, as a controller's would, so a wait must
+/// repeat. Every request is recorded: method, path and query, content type, authorization.
+/// Requests without `Authorization: Bearer <token>` get a 401 `Status`.
+struct FakeKubernetes {
+    url: String,
+    calls: Arc<Mutex<Vec<[String; 4]>>>,
+    statefulset: Arc<Mutex<Value>>,
+}
+
+impl FakeKubernetes {
+    fn start(namespace: &str, token: &str, statefulset: Value) -> FakeKubernetes {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let calls: Arc<Mutex<Vec<[String; 4]>>> = Arc::default();
+        let sts = Arc::new(Mutex::new(statefulset));
+        let (c, s, ns, token) = (calls.clone(), sts.clone(), namespace.to_string(), token.to_string());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (calls, sts, ns, token) = (c.clone(), s.clone(), ns.clone(), token.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut words = line.split_whitespace();
+                        let (method, target) =
+                            (words.next().unwrap_or("").to_string(), words.next().unwrap_or("").to_string());
+                        let (mut length, mut kind, mut auth) = (0usize, String::new(), String::new());
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((k, v)) = line.split_once(':') {
+                                match k.to_ascii_lowercase().as_str() {
+                                    "content-length" => length = v.trim().parse().unwrap_or(0),
+                                    "content-type" => kind = v.trim().to_string(),
+                                    "authorization" => auth = v.trim().to_string(),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        calls.lock().unwrap().push([method.clone(), target.clone(), kind, auth.clone()]);
+                        let (status, answer) = Self::answer(&ns, &token, &sts, &method, &target, &auth, &body);
+                        let text = answer.to_string();
+                        let head = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            text.len()
+                        );
+                        if stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(text.as_bytes())).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeKubernetes { url, calls, statefulset: sts }
+    }
+
+    fn answer(
+        ns: &str,
+        token: &str,
+        sts: &Mutex<Value>,
+        method: &str,
+        target: &str,
+        auth: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let status = |code: u16, reason: &str| {
+            (
+                code,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+                "message": reason, "code": code}),
+            )
+        };
+        if auth != format!("Bearer {token}") {
+            return status(401, "Unauthorized");
+        }
+        let path = target.split('?').next().unwrap();
+        let mut sts = sts.lock().unwrap();
+        let name = sts["metadata"]["name"].as_str().unwrap().to_string();
+        if path == format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}") {
+            match method {
+                "GET" => {
+                    // The controller catches up with the last PATCH between two GETs.
+                    let (replicas, generation) =
+                        (sts["spec"]["replicas"].clone(), sts["metadata"]["generation"].clone());
+                    let answer = sts.clone();
+                    sts["status"] = serde_json::json!({"replicas": replicas, "readyReplicas": replicas,
+                        "observedGeneration": generation});
+                    (200, answer)
+                }
+                "PATCH" => {
+                    let Ok(patch) = serde_json::from_slice::<Value>(body) else { return status(400, "BadRequest") };
+                    strategic_merge(&mut sts, &patch);
+                    let generation = sts["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+                    sts["metadata"]["generation"] = generation.into();
+                    (200, sts.clone())
+                }
+                _ => status(405, "MethodNotAllowed"),
+            }
+        } else if path == format!("/api/v1/namespaces/{ns}/pods") && method == "GET" {
+            let replicas = sts["spec"]["replicas"].as_u64().unwrap_or(0);
+            let items: Vec<Value> = (0..replicas)
+                .map(|i| serde_json::json!({"metadata": {"name": format!("{name}-{i}"), "namespace": ns}}))
+                .collect();
+            (200, serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
+        } else {
+            status(404, "NotFound")
+        }
+    }
+
+    fn calls(&self) -> Vec<[String; 4]> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// A kubeconfig naming this server, its token and the namespace, as `kubectl` would use it.
+    fn kubeconfig(&self, dir: &Path, token: &str, namespace: &str) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: \
+                 scaler\n  user:\n    token: {token}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    \
+                 user: scaler\n    namespace: {namespace}\ncurrent-context: fake\n",
+                self.url
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+/// Kubernetes' strategic merge for the fields `apply` patches.
+fn strategic_merge(target: &mut Value, patch: &Value) {
+    let (Some(into), Some(from)) = (target.as_object_mut(), patch.as_object()) else {
+        *target = patch.clone();
+        return;
+    };
+    for (key, value) in from {
+        match value {
+            Value::Null => {
+                into.remove(key);
+            }
+            Value::Array(items) if key == "containers" || key == "env" => {
+                let list = into.entry(key.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                let list = list.as_array_mut().unwrap();
+                for item in items {
+                    match list.iter_mut().find(|e| e["name"] == item["name"]) {
+                        Some(existing) => strategic_merge(existing, item),
+                        None => list.push(item.clone()),
+                    }
+                }
+            }
+            Value::Object(_) => {
+                strategic_merge(into.entry(key.clone()).or_insert_with(|| serde_json::json!({})), value)
+            }
+            _ => {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+fn statefulset(namespace: &str, replicas: u32) -> Value {
+    let labels = serde_json::json!({"app.kubernetes.io/name": "treeai", "app.kubernetes.io/component": "pipeline"});
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "treeai", "namespace": namespace, "generation": 1, "annotations": {}},
+        "spec": {
+            "replicas": replicas, "serviceName": "treeai-peers", "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "treeai", "image": "treeai",
+                "env": [{"name": "TREEAI_PROCESSES", "value": replicas.to_string()},
+                        {"name": "TREEAI_PEERS", "value": "treeai-{i}.treeai-peers:2101"},
+                        {"name": "RUST_LOG", "value": "info"}]}]}},
+        },
+        "status": {"replicas": replicas, "readyReplicas": replicas, "observedGeneration": 1},
+    })
+}
+
+fn apply(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(treeai_bin())
+        .args(["scale", "apply"])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("TREEAI_SCALE_KUBE_API")
+        .output()
+        .expect("treeai scale apply");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn apply_resizes_the_statefulset_through_the_kubernetes_api_and_the_running_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, token) = ("treeai-test", "scaler-token-1");
+    let kube = FakeKubernetes::start(ns, token, statefulset(ns, 1));
+    let kubeconfig = kube.kubeconfig(dir.path(), token, ns);
+    // The pipeline the scaler checkpoints and asks for readiness: a real one.
+    let lake = dir.path().join("lake");
+    let mut run = Running::start(&["run", "--workers", "1", "--trees", "500", "--lake", lake.to_str().unwrap()]);
+    run.wait_for(60, |l| l.contains("SQL on postgres://"));
+    let admin = format!("http://{}", run.http);
+    let checkpointed = || {
+        let (status, _, body) = crate::common::http(&run.http, "GET", "/metrics", &[], b"").unwrap();
+        assert_eq!(status, 200);
+        let line = String::from_utf8_lossy(&body)
+            .lines()
+            .find(|l| l.starts_with("treeai_checkpoint_last_success_timestamp_seconds"))
+            .map(str::to_string);
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let checkpoint_before = checkpointed();
+    let args = ["--region", "us-east", "--at", "2026-07-01T12:00:00Z", "--namespace", ns, "--admin-url", &admin];
+
+    // Summer in us-east: 1 → 8 processes.
+    let (ok, out, err) = apply(&kubeconfig, &args);
+    assert!(ok, "apply failed: {out}\n{err}");
+    assert!(out.starts_with("8 processes"), "{out}");
+    for step in ["POST", "PATCH", "GET", "PATCH", "GET"] {
+        assert!(err.contains(&format!("done: {step} ")), "{step} in {err}");
+    }
+    assert!(err.contains("/v1/admin/checkpoint") && err.contains("/readyz"), "{err}");
+    let calls = kube.calls();
+    let sts_path = format!("/apis/apps/v1/namespaces/{ns}/statefulsets/treeai");
+    let seen: Vec<(&str, &str)> = calls.iter().map(|c| (c[0].as_str(), c[1].split('?').next().unwrap())).collect();
+    let pods_path = format!("/api/v1/namespaces/{ns}/pods");
+    assert_eq!(seen[..4], [("GET", &*sts_path), ("PATCH", &*sts_path), ("GET", &*pods_path), ("PATCH", &*sts_path)]);
+    // Waiting for ready repeats the GET until the controller caught up.
+    assert!(seen.len() >= 6 && seen[4..].iter().all(|c| *c == ("GET", &*sts_path)), "{seen:?}");
+    assert!(calls.iter().all(|c| c[3] == format!("Bearer {token}")), "the kubeconfig's token on every call: {calls:?}");
+    for c in calls.iter().filter(|c| c[0] == "PATCH") {
+        assert_eq!(c[2], "application/strategic-merge-patch+json");
+    }
+    assert!(calls[2][1].contains("labelSelector=app.kubernetes.io%2Fname%3Dtreeai"), "{}", calls[2][1]);
+    let sts = kube.statefulset.lock().unwrap().clone();
+    assert_eq!(sts["spec"]["replicas"], 8, "{sts}");
+    let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(env.as_array().unwrap().contains(&serde_json::json!({"name": "TREEAI_PROCESSES", "value": "8"})), "{env}");
+    assert!(env.as_array().unwrap().contains(&serde_json::json!({"name": "RUST_LOG", "value": "info"})), "{env}");
+    let annotations = &sts["metadata"]["annotations"];
+    assert_eq!(annotations["treeai.io/scaled-to"], "8", "{sts}");
+    assert_eq!(annotations["treeai.io/scaled-at"], "2026-07-01T12:00:00Z", "{sts}");
+    assert!(annotations.get("treeai.io/scaling-to").is_none(), "the resize finished: {sts}");
+    // The pipeline was asked for a checkpoint, and it was written.
+    assert!(checkpointed() > checkpoint_before, "no checkpoint written for the resize");
+
+    // Run again at the same moment: the size is right, nothing is patched.
+    let before = kube.calls().len();
+    let (ok, out, err) = apply(&kubeconfig, &args);
+    assert!(ok && out.starts_with("8 processes"), "{out}\n{err}");
+    assert!(kube.calls()[before..].iter().all(|c| c[0] == "GET"), "{:?}", &kube.calls()[before..]);
+
+    // Credentials the API server refuses: a clear error, nothing changed.
+    let elsewhere = dir.path().join("wrong");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let wrong = kube.kubeconfig(&elsewhere, "not-the-token", ns);
+    let before = kube.calls().len();
+    let (ok, _, err) = apply(&wrong, &args);
+    assert!(!ok && err.contains("Unauthorized") && err.contains("statefulsets/treeai"), "{err}");
+    assert_eq!(kube.calls().len(), before + 1, "one GET, then it stops");
+    run.interrupt();
 }

@@ -352,9 +352,15 @@ pub(super) fn worker_main(
             let all_done = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.done));
             let all_captured = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.captured >= captured));
             let all_finished = reports.iter().all(|r| r.as_ref().is_some_and(|r| r.finished));
-            if reports.iter().flatten().any(|r| r.stopping) {
+            if let Some(asker) = reports.iter().position(|r| r.as_ref().is_some_and(|r| r.stopping)) {
                 // A peer (in a cluster: maybe another process) was asked to stop: all stop together.
-                shutdown.store(true, Ordering::SeqCst);
+                if !shutdown.swap(true, Ordering::SeqCst) && processes > 1 {
+                    // Once per process (the first of its workers to see it): whose stop it follows.
+                    tracing::warn!(
+                        "stopping: worker {asker} (process {}) was asked to stop; the cluster stops together",
+                        asker / (peers / processes)
+                    );
+                }
             }
             let mut final_agreed = false;
             if let (Some(hub), true) = (hub, processes > 1) {
