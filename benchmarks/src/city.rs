@@ -172,6 +172,13 @@ fn run_child(args: &[String]) -> anyhow::Result<()> {
                 h.len()
             );
         }
+        "generate" => {
+            // The input alone, for profiling a child by hand:
+            // `city-bench --child generate --input F --trees T --events N`.
+            let t = Instant::now();
+            generate(&input, num(args, "--trees", 1_000_000)?, num(args, "--events", 3_000_000)?, None)?;
+            println!("{} {}", t.elapsed().as_secs_f64(), peak_rss_mb());
+        }
         other => bail!("unknown --child {other}"),
     }
     Ok(())

@@ -51,7 +51,7 @@ use crate::time::DataflowTime;
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The version of the checkpoint format; a checkpoint of another version is refused at start-up.
@@ -122,8 +122,8 @@ impl WorkerState {
 pub struct Captured {
     /// The state without its rows.
     pub state: WorkerState,
-    trees: imbl::HashMap<Id, TreeEvent>,
-    revisions: imbl::HashMap<Id, AssessmentEvent>,
+    trees: imbl::HashMap<Id, Arc<TreeEvent>>,
+    revisions: imbl::HashMap<Id, Arc<AssessmentEvent>>,
     window: Box<dyn FnOnce() -> (Vec<WindowReading>, Vec<WindowReading>) + Send>,
 }
 
@@ -137,8 +137,8 @@ impl Captured {
     /// A part of `state`'s small fields and the shared input state.
     pub fn new(
         state: WorkerState,
-        trees: imbl::HashMap<Id, TreeEvent>,
-        revisions: imbl::HashMap<Id, AssessmentEvent>,
+        trees: imbl::HashMap<Id, Arc<TreeEvent>>,
+        revisions: imbl::HashMap<Id, Arc<AssessmentEvent>>,
         window: Box<dyn FnOnce() -> (Vec<WindowReading>, Vec<WindowReading>) + Send>,
     ) -> Self {
         Captured { state, trees, revisions, window }
@@ -152,8 +152,8 @@ impl Captured {
     /// The full state.
     pub fn materialize(self) -> WorkerState {
         let mut state = self.state;
-        state.trees.extend(self.trees.into_iter().map(|(_, t)| t));
-        state.assessments.extend(self.revisions.into_iter().map(|(_, a)| a));
+        state.trees.extend(self.trees.into_iter().map(|(_, t)| Arc::unwrap_or_clone(t)));
+        state.assessments.extend(self.revisions.into_iter().map(|(_, a)| Arc::unwrap_or_clone(a)));
         let (window, pending) = (self.window)();
         state.window.extend(window);
         state.pending.extend(pending);

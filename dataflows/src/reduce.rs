@@ -7,8 +7,8 @@
 //! batches merged as they grow), so every update is copied and compared `O(log n)` times and
 //! a key costs a place in two spines; at a city's million trees, where almost every update of
 //! a round touches a key of its own, that merge work was most of a reading's cost (issue 11).
-//! Here an update costs one hash lookup, and a changed key one call of `logic` and a
-//! comparison of its old and new output.
+//! Here an update costs one hash lookup, and a changed key two calls of `logic` (its old
+//! output is recomputed rather than kept) and a comparison of the two.
 //!
 //! Contract, the same as `reduce`'s: updates are exchanged by the key's [`Hashable`] hash
 //! (every process and worker agrees); at each time the input frontier has passed, for every
@@ -30,18 +30,49 @@ use timely::progress::Timestamp;
 /// Updates of one time, waiting for the input frontier to pass it.
 type Updates<K, V> = Vec<((K, V), isize)>;
 
-/// One key's present: its input (values with non-zero counts, sorted) and its output.
-struct Group<V, O> {
+/// One key's present: its input, the values with non-zero counts, sorted. Its output is
+/// not kept: `logic` is a pure function of the input, so the old output is recomputed
+/// when the key changes (a call of `logic` costs less than keeping a copy of every row —
+/// for `trees` a whole registry row per tree).
+struct Group<V> {
     input: Vec<(V, isize)>,
-    output: Vec<(O, isize)>,
-    /// Changed at the time being completed (listed in `dirty` once).
+    /// Changed at the time being completed (listed once in the time's changed keys).
     dirty: bool,
+}
+
+impl<V: Ord> Group<V> {
+    /// Adds `diff` to `value`'s count; the vector grows by one place at a time (a key
+    /// holds one to a few values, and `Vec`'s doubling would reserve four).
+    fn update(&mut self, value: V, diff: isize) {
+        match self.input.binary_search_by(|(v, _)| v.cmp(&value)) {
+            Ok(i) => {
+                self.input[i].1 += diff;
+                if self.input[i].1 == 0 {
+                    self.input.remove(i);
+                }
+            }
+            Err(i) => {
+                if self.input.len() == self.input.capacity() {
+                    self.input.reserve_exact(1);
+                }
+                self.input.insert(i, (value, diff))
+            }
+        }
+    }
+}
+
+/// An empty vector of references of another lifetime, in the same allocation (std collects
+/// a mapped `vec::IntoIter` in place), so one buffer serves every call of `logic`.
+fn recycle<'b, V>(mut refs: Vec<(&V, isize)>) -> Vec<(&'b V, isize)> {
+    refs.clear();
+    refs.into_iter().map(|_| unreachable!("the vector is empty")).collect()
 }
 
 /// `reduce` over a hash map, for totally ordered times (module docs).
 pub trait HashReduce<'s, T: Timestamp, K, V> {
     /// For each key whose input changes, `logic` computes its output from its whole input;
-    /// the output collection changes by the difference. See the module docs.
+    /// the output collection changes by the difference. `logic` must be a pure function
+    /// of its input (it is called again for the old input). See the module docs.
     fn hash_reduce<O, L>(self, name: &str, logic: L) -> VecCollection<'s, T, (K, O), isize>
     where
         O: ExchangeData,
@@ -68,9 +99,24 @@ where
                     // Updates not yet complete, by their time; one capability at the least.
                     let mut pending: BTreeMap<T, Updates<K, V>> = BTreeMap::new();
                     let mut held: Option<Capability<T>> = None;
-                    let mut groups: HashMap<K, Group<V, O>> = HashMap::new();
-                    let mut dirty: Vec<K> = Vec::new();
-                    let mut new_output: Vec<(O, isize)> = Vec::new();
+                    let mut groups: HashMap<K, Group<V>, foldhash::fast::RandomState> = HashMap::default();
+                    // The keys changed at the time being completed, each with the range of
+                    // its old output in `old_outputs`.
+                    let mut dirty: Vec<(K, std::ops::Range<usize>)> = Vec::new();
+                    let mut old_outputs: Vec<(O, isize)> = Vec::new();
+                    let mut output_buf: Vec<(O, isize)> = Vec::new();
+                    let mut refs: Vec<(&'static V, isize)> = Vec::new();
+                    // `logic` over a group's input, consolidated into `out` (cleared first).
+                    let mut compute = move |key: &K, input: &[(V, isize)], out: &mut Vec<(O, isize)>| {
+                        out.clear();
+                        if !input.is_empty() {
+                            let mut values = recycle(std::mem::take(&mut refs));
+                            values.extend(input.iter().map(|(v, r)| (v, *r)));
+                            logic(key, &values, out);
+                            refs = recycle(values);
+                            differential_dataflow::consolidation::consolidate(out);
+                        }
+                    };
                     move |(input, frontier), output| {
                         input.for_each(|cap, data| {
                             if let Some(cap) = cap.retain_least(0) {
@@ -88,55 +134,42 @@ where
                                 break;
                             }
                             let (time, updates) = entry.remove_entry();
-                            // 1. Apply the time's updates to the keys' inputs.
+                            // 1. Apply the time's updates to the keys' inputs; a key's old
+                            //    output is computed when its first update arrives.
                             for ((key, value), diff) in updates {
                                 if diff == 0 {
                                     continue;
                                 }
                                 let group = match groups.get_mut(&key) {
                                     Some(g) => g,
-                                    None => groups.entry(key.clone()).or_insert_with(|| Group {
-                                        input: Vec::new(),
-                                        output: Vec::new(),
-                                        dirty: false,
-                                    }),
+                                    None => groups
+                                        .entry(key.clone())
+                                        .or_insert_with(|| Group { input: Vec::new(), dirty: false }),
                                 };
-                                match group.input.binary_search_by(|(v, _)| v.cmp(&value)) {
-                                    Ok(i) => {
-                                        group.input[i].1 += diff;
-                                        if group.input[i].1 == 0 {
-                                            group.input.remove(i);
-                                        }
-                                    }
-                                    Err(i) => group.input.insert(i, (value, diff)),
-                                }
                                 if !group.dirty {
                                     group.dirty = true;
-                                    dirty.push(key);
+                                    compute(&key, &group.input, &mut output_buf);
+                                    let start = old_outputs.len();
+                                    old_outputs.append(&mut output_buf);
+                                    dirty.push((key, start..old_outputs.len()));
                                 }
+                                group.update(value, diff);
                             }
                             // 2. Recompute each changed key; emit the difference of its outputs.
                             let at = held.as_ref().expect("a capability for pending updates").delayed(&time);
                             let mut session = output.session(&at);
-                            for key in dirty.drain(..) {
+                            for (key, old) in dirty.drain(..) {
                                 let Some(group) = groups.get_mut(&key) else { continue };
                                 group.dirty = false;
-                                new_output.clear();
-                                if !group.input.is_empty() {
-                                    let values: Vec<(&V, isize)> = group.input.iter().map(|(v, r)| (v, *r)).collect();
-                                    logic(&key, &values, &mut new_output);
-                                    differential_dataflow::consolidation::consolidate(&mut new_output);
-                                }
-                                if new_output != group.output {
-                                    emit_difference(&group.output, &new_output, |o, r| {
-                                        session.give(((key.clone(), o.clone()), time.clone(), r))
-                                    });
-                                    std::mem::swap(&mut group.output, &mut new_output);
-                                }
+                                compute(&key, &group.input, &mut output_buf);
+                                emit_difference(&old_outputs[old], &output_buf, |o, r| {
+                                    session.give(((key.clone(), o.clone()), time.clone(), r))
+                                });
                                 if group.input.is_empty() {
                                     groups.remove(&key);
                                 }
                             }
+                            old_outputs.clear();
                         }
                         // Hold the least pending time, or nothing.
                         match pending.keys().next() {
@@ -149,6 +182,9 @@ where
                         }
                         if groups.capacity() > 4096 && groups.capacity() > 4 * groups.len() {
                             groups.shrink_to(2 * groups.len());
+                        }
+                        if old_outputs.capacity() > 1 << 16 {
+                            old_outputs = Vec::new();
                         }
                     }
                 },

@@ -145,9 +145,31 @@ async fn negotiate(
     }
 }
 
-/// Milliseconds since `origin`, for the activity clock.
-fn now_ms(origin: Instant) -> u64 {
-    origin.elapsed().as_millis() as u64
+/// When a byte last moved on a connection (either way), for the idle timeout.
+struct ActivityClock {
+    origin: Instant,
+    /// Milliseconds since `origin` of the last move.
+    last_ms: AtomicU64,
+}
+
+impl ActivityClock {
+    fn new() -> Self {
+        ActivityClock { origin: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Bytes moved now.
+    fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since bytes last moved.
+    fn quiet_ms(&self) -> u64 {
+        self.now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// Client to pgwire: messages checked for size, passed on as they come. Ends with `Closed`
@@ -157,10 +179,9 @@ async fn upstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     client: &mut BufReader<R>,
     server: &mut BufWriter<W>,
     limits: WireLimits,
-    activity: &AtomicU64,
-    origin: Instant,
+    clock: &ActivityClock,
 ) -> std::io::Result<End> {
-    match pass_messages(client, server, limits, activity, origin).await {
+    match pass_messages(client, server, limits, clock).await {
         Ok(Pass::Fatal(code, message)) => Ok(End::Fatal(code, message)),
         Ok(Pass::ClientClosed) => {
             // Best effort: pgwire may be gone already.
@@ -189,8 +210,7 @@ async fn pass_messages<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     client: &mut BufReader<R>,
     server: &mut BufWriter<W>,
     limits: WireLimits,
-    activity: &AtomicU64,
-    origin: Instant,
+    clock: &ActivityClock,
 ) -> Result<Pass, Side> {
     let mut chunk = vec![0u8; 16 * 1024];
     let mut body = Vec::new();
@@ -206,7 +226,7 @@ async fn pass_messages<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Pass::ClientClosed),
             Err(e) => return Err(Side::Client(e)),
         }
-        activity.store(now_ms(origin), Ordering::Relaxed);
+        clock.touch();
         let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
         if len < 4 {
             return Ok(Pass::Fatal("08P01", format!("invalid message length {len}")));
@@ -232,7 +252,7 @@ async fn pass_messages<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             }
             body.extend_from_slice(&chunk[..n]);
             rest -= n;
-            activity.store(now_ms(origin), Ordering::Relaxed);
+            clock.touch();
         }
         if !well_formed(header[0], &body) {
             return Ok(Pass::Fatal(
@@ -322,8 +342,7 @@ fn well_formed(kind: u8, body: &[u8]) -> bool {
 async fn downstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     server: &mut R,
     client: &mut W,
-    activity: &AtomicU64,
-    origin: Instant,
+    clock: &ActivityClock,
     boundary: &AtomicBool,
 ) -> std::io::Result<End> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -356,16 +375,16 @@ async fn downstream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         client.write_all(&buf[..n]).await?;
         client.flush().await?;
         boundary.store(seen == 0 && body == 0, Ordering::Relaxed);
-        activity.store(now_ms(origin), Ordering::Relaxed);
+        clock.touch();
     }
 }
 
 /// Resolves once no byte moved for `idle`.
-async fn idle_for(idle: Option<Duration>, activity: &AtomicU64, origin: Instant) -> End {
+async fn idle_for(idle: Option<Duration>, clock: &ActivityClock) -> End {
     let Some(idle) = idle else { return std::future::pending().await };
     let limit = idle.as_millis() as u64;
     loop {
-        let quiet = now_ms(origin).saturating_sub(activity.load(Ordering::Relaxed));
+        let quiet = clock.quiet_ms();
         if quiet >= limit {
             return End::Fatal("57P05", format!("terminating connection due to idle-session timeout ({} ms)", limit));
         }
@@ -401,13 +420,12 @@ where
     let mut server_write = BufWriter::with_capacity(16 * 1024, server_write);
     server_write.write_all(&startup).await?;
     server_write.flush().await?;
-    let origin = Instant::now();
-    let activity = AtomicU64::new(0);
+    let clock = ActivityClock::new();
     let boundary = AtomicBool::new(true);
     let end = {
-        let up = upstream(&mut client_read, &mut server_write, limits, &activity, origin);
-        let down = downstream(&mut server_read, &mut client_write, &activity, origin, &boundary);
-        let idle = idle_for(limits.idle, &activity, origin);
+        let up = upstream(&mut client_read, &mut server_write, limits, &clock);
+        let down = downstream(&mut server_read, &mut client_write, &clock, &boundary);
+        let idle = idle_for(limits.idle, &clock);
         tokio::pin!(up, down, idle);
         tokio::select! {
             end = &mut up => match end {
