@@ -350,3 +350,36 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// An HTTP request as the tests' own receivers see it: the request line, the headers (names
+/// lower-cased, values trimmed) and the body.
+#[cfg(test)]
+pub(crate) type HttpRequest = (String, Vec<(String, String)>, Vec<u8>);
+
+/// One HTTP/1.1 request read from a kept-alive connection (the body is `Content-Length`
+/// bytes); `None` once the peer closed.
+#[cfg(test)]
+pub(crate) fn read_http_request(reader: &mut impl std::io::BufRead) -> Option<HttpRequest> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let request = line.trim_end().to_string();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((request, headers, body))
+}

@@ -4,10 +4,10 @@
 //! freshness and alert rate fire the emergency triggers of a policy with low thresholds. (The
 //! policy's table-driven tests are unit tests in bin/src/scale.rs.)
 
-use crate::common::{treeai_bin, Running};
+use crate::common::{read_http_request, treeai_bin, Running};
 use crate::prometheus::Prometheus;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -226,36 +226,14 @@ impl FakeKubernetes {
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
                     let mut stream = stream;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let mut words = line.split_whitespace();
+                    while let Some((request, headers, body)) = read_http_request(&mut reader) {
+                        let mut words = request.split_whitespace();
                         let (method, target) =
                             (words.next().unwrap_or("").to_string(), words.next().unwrap_or("").to_string());
-                        let (mut length, mut kind, mut auth) = (0usize, String::new(), String::new());
-                        loop {
-                            line.clear();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            if let Some((k, v)) = line.split_once(':') {
-                                match k.to_ascii_lowercase().as_str() {
-                                    "content-length" => length = v.trim().parse().unwrap_or(0),
-                                    "content-type" => kind = v.trim().to_string(),
-                                    "authorization" => auth = v.trim().to_string(),
-                                    _ => {}
-                                }
-                            }
-                        }
-                        let mut body = vec![0u8; length];
-                        if reader.read_exact(&mut body).is_err() {
-                            return;
-                        }
+                        let header = |name: &str| {
+                            headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
+                        };
+                        let (kind, auth) = (header("content-type"), header("authorization"));
                         calls.lock().unwrap().push([method.clone(), target.clone(), kind, auth.clone()]);
                         let (status, answer) = Self::answer(&ns, &token, &sts, &method, &target, &auth, &body);
                         let text = answer.to_string();

@@ -4,11 +4,11 @@
 //! alert arrives at least once with the same key and body; a receiver that never takes them
 //! leaves them in the dead letters and the failure counter.
 
-use crate::common::{free_addr, http, Running};
+use crate::common::{free_addr, http, read_http_request, Running};
 use crate::kafka::{generated, metric};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,31 +35,8 @@ impl Receiver {
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
                     let mut stream = stream;
-                    loop {
-                        // One request per turn of a kept-alive connection.
-                        let mut length = 0usize;
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        loop {
-                            line.clear();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            if let Some((k, v)) = line.split_once(':') {
-                                if k.eq_ignore_ascii_case("content-length") {
-                                    length = v.trim().parse().unwrap_or(0);
-                                }
-                            }
-                        }
-                        let mut body = vec![0u8; length];
-                        if reader.read_exact(&mut body).is_err() {
-                            return;
-                        }
+                    // One request per turn of a kept-alive connection.
+                    while let Some((_, _, body)) = read_http_request(&mut reader) {
                         let n = req.fetch_add(1, Ordering::SeqCst);
                         let answer = if n < fail_first {
                             "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nbusy"
