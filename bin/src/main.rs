@@ -791,23 +791,37 @@ fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One HTTP call of `treeai scale` to Prometheus or to the pipeline: `(status, body as JSON or
-/// Null)`; `bearer` is the pipeline's admin token. (Kubernetes calls go through kube-rs:
-/// [`kube_call`].)
-fn scale_http(method: &str, url: &str, bearer: Option<&str>) -> anyhow::Result<(u16, Value)> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("HTTP client")?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).context("HTTP method")?;
-        let mut request = client.request(method, url);
-        if let Some(token) = bearer {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.with_context(|| url.to_string())?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.with_context(|| url.to_string())?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-    })
+/// What `treeai scale` talks through, made once per command: one runtime (also for kube-rs)
+/// and one HTTP client for Prometheus and the pipeline.
+struct ScaleIo {
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl ScaleIo {
+    fn new() -> anyhow::Result<Self> {
+        Ok(ScaleIo {
+            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().context("HTTP client")?,
+        })
+    }
+
+    /// One HTTP call to Prometheus or to the pipeline: `(status, body as JSON or Null)`;
+    /// `bearer` is the pipeline's admin token. (Kubernetes calls go through kube-rs:
+    /// [`kube_call`].)
+    fn http(&self, method: &str, url: &str, bearer: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        self.runtime.block_on(async {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).context("HTTP method")?;
+            let mut request = self.http.request(method, url);
+            if let Some(token) = bearer {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.with_context(|| url.to_string())?;
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.with_context(|| url.to_string())?;
+            Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        })
+    }
 }
 
 /// The Kubernetes client of `treeai scale apply` (kube-rs). Without `--kube-api`, kube's
@@ -864,12 +878,12 @@ async fn kube_call(
 }
 
 /// The signals of the plan: the flags, then what Prometheus (`--metrics`) says.
-fn scale_signals(args: &scale::PlanArgs, policy: &scale::Policy) -> anyhow::Result<scale::Signals> {
+fn scale_signals(io: &ScaleIo, args: &scale::PlanArgs, policy: &scale::Policy) -> anyhow::Result<scale::Signals> {
     let mut signals = args.signals();
     if let Some(url) = &args.metrics {
         let mut answers = Vec::new();
         for (signal, query) in scale::prometheus_queries(policy, Some(&args.namespace())) {
-            let (status, body) = scale_http("GET", &scale::prometheus_query_url(url, &query, Some(args.at())), None)?;
+            let (status, body) = io.http("GET", &scale::prometheus_query_url(url, &query, Some(args.at())), None)?;
             if status != 200 && body.is_null() {
                 bail!("prometheus: {signal}: HTTP {status}");
             }
@@ -884,7 +898,7 @@ fn scale_command(command: ScaleCommand) -> anyhow::Result<()> {
     match command {
         ScaleCommand::Plan(args) => {
             let policy = args.load_policy()?;
-            let signals = scale_signals(&args, &policy)?;
+            let signals = scale_signals(&ScaleIo::new()?, &args, &policy)?;
             let decision = scale::plan(&policy, args.at(), &args.region, &signals)?;
             if args.json {
                 println!("{}", serde_json::to_string(&decision)?);
@@ -895,12 +909,13 @@ fn scale_command(command: ScaleCommand) -> anyhow::Result<()> {
         ScaleCommand::Apply(args) => {
             let policy = args.plan.load_policy()?;
             let target = args.target();
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let io = ScaleIo::new()?;
+            let runtime = &io.runtime;
             // The StatefulSet (current size, last change, storm flag); a dry run given --current
             // plans without asking Kubernetes.
             let mut client = None;
             let (current, signals) = match (args.dry_run, args.plan.current) {
-                (true, Some(current)) => (current, scale_signals(&args.plan, &policy)?),
+                (true, Some(current)) => (current, scale_signals(&io, &args.plan, &policy)?),
                 _ => {
                     let kube = runtime.block_on(kube_client(args.kube_api.as_deref()))?;
                     let sets: kube::Api<k8s_openapi::api::apps::v1::StatefulSet> =
@@ -913,7 +928,7 @@ fn scale_command(command: ScaleCommand) -> anyhow::Result<()> {
                         bail!("not resizing {}: {why}", target.statefulset);
                     }
                     client = Some(kube);
-                    (state.replicas, state.signals().merge(scale_signals(&args.plan, &policy)?))
+                    (state.replicas, state.signals().merge(scale_signals(&io, &args.plan, &policy)?))
                 }
             };
             let decision = scale::plan(&policy, args.plan.at(), &args.plan.region, &signals)?;
@@ -930,7 +945,7 @@ fn scale_command(command: ScaleCommand) -> anyhow::Result<()> {
                 loop {
                     let (status, body) = match step.api {
                         scale::Api::Kubernetes => runtime.block_on(kube_call(&client, &target, step)),
-                        scale::Api::Pipeline => scale_http(step.method, &step.url, args.token.as_deref()),
+                        scale::Api::Pipeline => io.http(step.method, &step.url, args.token.as_deref()),
                     }
                     .with_context(|| format!("{step}"))?;
                     if step.done(status, &body) {
