@@ -21,10 +21,26 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 say() { echo "kafka.sh: $*" >&2; }
 
+# Tansu's storage engines: memory (dynostore) for the broker below, and libsql (SQLite) for the
+# retention-gap test (tests/src/retention.rs): with SQLite storage Tansu applies a topic's
+# retention.ms (cleanup.policy=delete), deleting the head of a partition as Kafka does.
+TANSU_FEATURES="dynostore,libsql"
+
+tansu_installed() {
+    command -v tansu >/dev/null || return 1
+    # cargo records the features of what it installed; an older install lacks libsql.
+    local crates="${CARGO_HOME:-$HOME/.cargo}/.crates2.json"
+    [ ! -f "$crates" ] || python3 - "$crates" <<'EOF'
+import json, sys
+installs = json.load(open(sys.argv[1])).get("installs", {})
+sys.exit(0 if any(k.startswith("tansu ") and "libsql" in v.get("features", []) for k, v in installs.items()) else 1)
+EOF
+}
+
 install() {
-    if ! command -v tansu >/dev/null; then
-        say "installing Tansu (cargo install tansu --locked --features dynostore; several minutes on 2 cores)"
-        cargo install tansu --locked --features dynostore
+    if ! tansu_installed; then
+        say "installing Tansu (cargo install tansu --locked --features $TANSU_FEATURES; several minutes on 2 cores)"
+        cargo install tansu --locked --features "$TANSU_FEATURES"
     fi
     local missing=()
     command -v kcat >/dev/null || missing+=(kcat)

@@ -31,7 +31,8 @@
 //!    clock for a minute after the inventory is loaded — the freshness its
 //!    `treeai_freshness_seconds` histogram reports (arrival → visible to SQL), p50/p99.
 //!
-//! To scale the workers elsewhere: `--workers 1,2,4,8,16`.
+//! To scale the workers elsewhere: `--workers 1,2,4,8,16`. Phase 6 alone:
+//! `city-bench --child live [--trees T] [--live-hours H] [--speedup S]`.
 
 #[path = "shared.rs"]
 mod shared;
@@ -112,6 +113,11 @@ fn run_child(args: &[String]) -> anyhow::Result<()> {
     let workers = num(args, "--workers", 2)? as usize;
     let input = PathBuf::from(arg(args, "--input", ""));
     match what.as_str() {
+        // Phase 6 alone: `city-bench --child live [--trees T] [--live-hours H] [--speedup S]`.
+        "live" => {
+            let trees = num(args, "--trees", 1_000_000)?;
+            live(trees, num(args, "--live-hours", 3)?.max(1), num(args, "--speedup", 30)?)?;
+        }
         "parse" => {
             let t = Instant::now();
             let valid: u64 = std::thread::scope(|s| {

@@ -42,6 +42,8 @@ pub struct Broker {
     log: PathBuf,
     /// What the broker tells clients to connect to (`addr` unless a TLS terminator is in front).
     advertised: Option<String>,
+    /// The broker's working directory (a `sqlite://` storage path is relative to it).
+    dir: Option<PathBuf>,
 }
 
 impl Broker {
@@ -49,7 +51,7 @@ impl Broker {
     pub fn for_test() -> Broker {
         match std::env::var("TREEAI_TEST_BROKERS") {
             Ok(addr) if !addr.is_empty() => {
-                Broker { addr, child: None, storage: String::new(), log: PathBuf::new(), advertised: None }
+                Broker { addr, child: None, storage: String::new(), log: PathBuf::new(), advertised: None, dir: None }
             }
             _ => Broker::private("memory://tansu/", &[]),
         }
@@ -64,8 +66,18 @@ impl Broker {
     pub fn private_advertising(storage: &str, envs: &[(&str, String)], advertised: Option<String>) -> Broker {
         let addr = free_addr();
         let log = std::env::temp_dir().join(format!("tansu-{}.log", addr.replace([':', '.'], "-")));
-        let mut b = Broker { addr, child: None, storage: storage.to_string(), log, advertised };
+        let mut b = Broker { addr, child: None, storage: storage.to_string(), log, advertised, dir: None };
         b.start(envs);
+        b
+    }
+
+    /// A private broker started in `dir` (for `sqlite://FILE` storage, which Tansu opens there).
+    pub fn private_in(storage: &str, dir: &Path) -> Broker {
+        let addr = free_addr();
+        let log = dir.join("tansu.log");
+        let mut b =
+            Broker { addr, child: None, storage: storage.to_string(), log, advertised: None, dir: Some(dir.into()) };
+        b.start(&[]);
         b
     }
 
@@ -74,7 +86,11 @@ impl Broker {
         let url = format!("tcp://{}", self.addr);
         let advertised = format!("tcp://{}", self.advertised.as_deref().unwrap_or(&self.addr));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("broker log");
-        let child = Command::new(tansu())
+        let mut command = Command::new(tansu());
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        let child = command
             .args(["broker", "--storage-engine", &self.storage, "--listener-url", &url])
             .args(["--advertised-listener-url", &advertised])
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
@@ -100,9 +116,15 @@ impl Broker {
 
     /// Creates `topic` with `partitions` partitions.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
+        self.create_topic_with(topic, partitions, &[])
+    }
+
+    /// Creates `topic` with `partitions` partitions and topic configs (`KEY=VALUE`).
+    pub fn create_topic_with(&self, topic: &str, partitions: u32, configs: &[&str]) {
         let out = Command::new(tansu())
             .args(["topic", "create", topic, "--broker", &format!("tcp://{}", self.addr)])
             .args(["--partitions", &partitions.to_string()])
+            .args(configs.iter().flat_map(|c| ["--config", c]))
             .output()
             .expect("tansu topic create");
         assert!(out.status.success(), "creating {topic}: {}", String::from_utf8_lossy(&out.stderr));
@@ -1030,4 +1052,115 @@ fn kafka_over_tls_with_compressed_topics() {
     assert_eq!(read, 0.0, "nothing is read through a refused handshake");
     assert!(run.child.try_wait().unwrap().is_none(), "still running");
     assert!(run.interrupt().success());
+}
+
+/// Produces `lines` to partition 0 of `topic`, keyed by `tree_id`, with the message timestamp
+/// (CreateTime) `timestamp_ms` — what a broker's time-based retention goes by.
+fn produce_at(broker: &str, topic: &str, lines: &[&str], timestamp_ms: i64) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
+    for line in lines {
+        let key = key_of(serde_json::from_str::<Value>(line).ok().as_ref());
+        let record = BaseRecord::to(topic).partition(0).key(&key).payload(*line).timestamp(timestamp_ms);
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// The earliest offset partition 0 of `topic` still holds (ListOffsets, as librdkafka asks it).
+fn earliest_offset(broker: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", broker).set("group.id", "probe").create().expect("consumer");
+    consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).expect("watermarks").0
+}
+
+/// Kafka's retention deletes the head of a partition while the pipeline is stopped, past the
+/// offset its checkpoint holds (issue 10: "when a checkpointed Kafka offset is no longer
+/// retained, say so clearly and count the gap"). On restart the pipeline names the partition,
+/// the offsets and the number of messages lost, counts the gap in `treeai_source_gaps_total`
+/// and `treeai_source_gap_messages_total`, reads on from the partition's new start and becomes
+/// ready — no silent replay of something else, no failure, no hang. The broker is Tansu with
+/// SQLite storage, which applies a topic's `retention.ms` (with `cleanup.policy=delete`) by
+/// the messages' timestamps, as Kafka does.
+#[test]
+fn a_checkpointed_offset_deleted_by_retention_is_reported_counted_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::private_in("sqlite://tansu.db?maintenance_interval=1s", dir.path());
+    let prefix = "retention";
+    let mut flags = vec!["--brokers".to_string(), broker.addr.clone()];
+    for kind in ["trees", "assessments", "readings", "alerts", "deadletter"] {
+        let name = format!("{prefix}.{kind}");
+        let retention: &[&str] = if kind == "trees" { &["cleanup.policy=delete", "retention.ms=60000"] } else { &[] };
+        broker.create_topic_with(&name, 1, retention);
+        flags.extend([format!("--{kind}-topic"), name]);
+    }
+    let topic = format!("{prefix}.trees");
+    let text = generated(&["--count", "400", "--trees", "300", "--seed", "4"]);
+    let trees: Vec<&str> = text.lines().take(300).collect();
+    assert!(trees.iter().all(|l| l.contains(r#""type":"tree""#)), "the generator registers its trees first");
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+
+    // Offsets 0..100, written 20 s ago: retention deletes them about 40 s from now; the first
+    // run reads them and stops cleanly, its final checkpoint at offset 100.
+    produce_at(&broker.addr, &topic, &trees[..100], now() - 20_000);
+    // One reading, so that the views have a watermark (/readyz waits for one).
+    let reading = text.lines().find(|l| l.contains(r#""type":"reading""#)).expect("a reading");
+    produce_at(&broker.addr, &format!("{prefix}.readings"), &[reading], now());
+    let checkpoints = dir.path().join("checkpoints");
+    let mut args = vec!["run", "--workers", "2", "--no-lake", "--checkpoint-url", checkpoints.to_str().unwrap()];
+    args.extend(["--idle-timeout-ms", "1000"]);
+    args.extend(flags.iter().map(String::as_str));
+    let mut run = Running::start(&args);
+    wait_read(&run, 101, 30);
+    assert!(run.interrupt().success(), "the first run did not stop cleanly");
+
+    // While it is down: offsets 100..200 arrive already older than the retention (never read),
+    // 200..300 arrive new. The broker's retention then deletes 0..200.
+    produce_at(&broker.addr, &topic, &trees[100..200], now() - 120_000);
+    produce_at(&broker.addr, &topic, &trees[200..], now());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while earliest_offset(&broker.addr, &topic) < 200 {
+        assert!(Instant::now() < deadline, "the broker's retention did not delete offsets 0..200 within 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(earliest_offset(&broker.addr, &topic), 200, "retention deleted a record it should keep");
+
+    // The restart restores offset 100, finds the partition starting at 200, and says so.
+    let mut run = Running::start(&args);
+    let said = run.wait_for(60, |l| l.contains("no longer retained"));
+    for part in [topic.as_str(), "offset 100", "starts at 200", "100 messages"] {
+        assert!(said.contains(part), "the gap's log line lacks {part:?}: {said}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&run.http, "treeai_events_read_total") != Some(100.0) || readyz(&run).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the restored run did not read 200..300 and become ready within 60 s: read {:?}, /readyz {:?}",
+            metric(&run.http, "treeai_events_read_total"),
+            readyz(&run)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&run.http, "treeai_source_gaps_total"), Some(1.0));
+    assert_eq!(metric(&run.http, "treeai_source_gap_messages_total"), Some(100.0));
+    // The views hold the trees read before the stop and those after the gap, none of the gap.
+    let rows = crate::recovery::sql(&run, "select tree_id from trees order by tree_id");
+    let got: Vec<String> = rows.iter().map(|r| r[0].as_str().unwrap().to_string()).collect();
+    let mut want: Vec<String> =
+        trees[..100].iter().chain(&trees[200..]).map(|l| key_of(serde_json::from_str::<Value>(l).ok().as_ref())).collect();
+    want.sort();
+    assert_eq!(got, want, "the trees after the gap");
+    assert!(run.interrupt().success());
+}
+
+/// `/readyz`'s status and body.
+fn readyz(run: &Running) -> (u16, String) {
+    http(&run.http, "GET", "/readyz", &[], b"")
+        .map_or((0, String::new()), |(status, _, body)| (status, String::from_utf8_lossy(&body).into_owned()))
 }
