@@ -12,7 +12,8 @@ a bare produce -> consume round trip of the same message through a topic of its 
 One probe is: produce one message (the time starts before the produce call), then poll until
 it is seen -- for the pipeline, `select assessment_id from afiss_current where tree_id =
 'T-PROBE'` over one psycopg connection every 0.5 ms until it returns the probe's id; for the
-baseline, a consumer assigned to the end of the probe topic. Pipeline and baseline probes
+baseline, a consumer assigned to the end of the probe topic, fetching as the pipeline's source
+does (fetch.wait.max.ms=50). Pipeline and baseline probes
 alternate, 40-90 ms apart (random, so that they do not lock to the pipeline's rounds). Both use
 the same producer (librdkafka through confluent-kafka, linger.ms=0), so its latency is in both.
 
@@ -93,6 +94,8 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--run-arg", action="append", default=[],
+                    help="one more argument for `treeai run` (repeatable), e.g. --run-arg=--kafka-property=fetch.wait.max.ms=10")
     args = ap.parse_args()
     rnd = random.Random(args.seed)
 
@@ -135,7 +138,7 @@ def main():
             subprocess.Popen(
                 [args.treeai, "run", "--brokers", args.brokers, "--workers", str(args.workers),
                  "--no-lake", "--no-checkpoint", "--sql-addr", sql, "--http-addr", http,
-                 "--data-dir", os.path.join(work, "data"), *topic_flags],
+                 "--data-dir", os.path.join(work, "data"), *topic_flags, *args.run_arg],
                 stdout=run_log, stderr=subprocess.STDOUT, cwd=work,
             )
         )
@@ -168,8 +171,9 @@ def main():
         print(f"freshness-bench: {args.trees} trees loaded; background load {args.rate:.0f} events/s; "
               f"{args.probes} probes of each kind", flush=True)
 
+        # The baseline consumer fetches as the pipeline's source does (connectors/src/kafka/source.rs).
         consumer = Consumer({"bootstrap.servers": args.brokers, "group.id": prefix, "enable.auto.commit": False,
-                             "fetch.wait.max.ms": 10, "enable.partition.eof": False})
+                             "fetch.wait.max.ms": 50, "enable.partition.eof": False})
         consumer.assign([TopicPartition(topics["probe"], 0, -1)])  # OFFSET_END
         consumer.poll(1.0)
 
@@ -212,6 +216,7 @@ def main():
                     baseline.append(time.perf_counter() - t0)
         after = freshness_buckets(metrics(http))
         consumer.close()
+        producer.flush(10)
 
         bp, pp = quantiles(baseline), quantiles(pipeline)
         ms = lambda q: " / ".join(f"{x * 1000:.1f}" for x in q)  # noqa: E731

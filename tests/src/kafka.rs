@@ -1058,11 +1058,8 @@ fn kafka_over_tls_with_compressed_topics() {
 /// (CreateTime) `timestamp_ms` — what a broker's time-based retention goes by.
 fn produce_at(broker: &str, topic: &str, lines: &[&str], timestamp_ms: i64) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("linger.ms", "0")
-        .create()
-        .expect("producer");
+    let producer: BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", broker).set("linger.ms", "0").create().expect("producer");
     for line in lines {
         let key = key_of(serde_json::from_str::<Value>(line).ok().as_ref());
         let record = BaseRecord::to(topic).partition(0).key(&key).payload(*line).timestamp(timestamp_ms);
@@ -1075,8 +1072,11 @@ fn produce_at(broker: &str, topic: &str, lines: &[&str], timestamp_ms: i64) {
 /// The earliest offset partition 0 of `topic` still holds (ListOffsets, as librdkafka asks it).
 fn earliest_offset(broker: &str, topic: &str) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", broker).set("group.id", "probe").create().expect("consumer");
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", "probe")
+        .create()
+        .expect("consumer");
     consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).expect("watermarks").0
 }
 
@@ -1152,8 +1152,11 @@ fn a_checkpointed_offset_deleted_by_retention_is_reported_counted_and_skipped() 
     // The views hold the trees read before the stop and those after the gap, none of the gap.
     let rows = crate::recovery::sql(&run, "select tree_id from trees order by tree_id");
     let got: Vec<String> = rows.iter().map(|r| r[0].as_str().unwrap().to_string()).collect();
-    let mut want: Vec<String> =
-        trees[..100].iter().chain(&trees[200..]).map(|l| key_of(serde_json::from_str::<Value>(l).ok().as_ref())).collect();
+    let mut want: Vec<String> = trees[..100]
+        .iter()
+        .chain(&trees[200..])
+        .map(|l| key_of(serde_json::from_str::<Value>(l).ok().as_ref()))
+        .collect();
     want.sort();
     assert_eq!(got, want, "the trees after the gap");
     assert!(run.interrupt().success());

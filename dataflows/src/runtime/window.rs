@@ -15,7 +15,7 @@
 //! O(readings it moves + panes it changes), and the view's reduction sees at most
 //! `1 h / PANE_MS` (+1) rows per tree.
 
-use crate::checkpoint::WindowReading;
+use crate::checkpoint::{WindowReading, WindowReadingRef};
 use crate::event::{Id, Metric, F64};
 use crate::time::HOUR_MS;
 use crate::views::{PaneAgg, PANE_MS};
@@ -52,15 +52,6 @@ impl TimeQueue {
         Arc::make_mut(self.buckets.entry(t.at.div_euclid(1000)).or_default()).push(t);
     }
 
-    /// Every reading.
-    fn readings(&self) -> impl Iterator<Item = WindowReading> + '_ {
-        self.buckets.values().flat_map(|b| b.iter()).map(|t| WindowReading {
-            ts: t.at,
-            tree: t.tree.clone(),
-            metric: t.metric,
-            value: t.value,
-        })
-    }
     /// Removes and passes to `f` every reading with `at <= w`.
     fn take_until(&mut self, w: i64, mut f: impl FnMut(Timed)) {
         let last = w.div_euclid(1000);
@@ -167,21 +158,39 @@ pub(super) struct WindowState {
 }
 
 impl WindowState {
-    /// The readings (in the window, waiting for the watermark).
+    /// The readings (in the window, waiting for the watermark), copied.
+    #[cfg(test)]
     pub(super) fn readings(&self) -> (Vec<WindowReading>, Vec<WindowReading>) {
+        use crate::checkpoint::SharedWindow;
+        let (mut live, mut pending) = (Vec::new(), Vec::new());
+        self.visit(&mut |in_window, r| {
+            let r = WindowReading { ts: r.ts, tree: r.tree.clone(), metric: r.metric, value: r.value };
+            if in_window {
+                live.push(r);
+            } else {
+                pending.push(r);
+            }
+        });
+        (live, pending)
+    }
+}
+
+impl crate::checkpoint::SharedWindow for WindowState {
+    fn visit(&self, f: &mut dyn FnMut(bool, WindowReadingRef<'_>)) {
         let edge = self.edge.unwrap_or(i64::MIN);
-        let mut live = Vec::new();
         for (&pane, trees) in &self.panes {
             for (tree, tp) in trees.iter() {
                 for s in &tp.readings {
                     let ts = pane * PANE_MS + i64::from(s.offset);
                     if ts > edge {
-                        live.push(WindowReading { ts, tree: tree.clone(), metric: s.metric, value: s.value });
+                        f(true, WindowReadingRef { ts, tree, metric: s.metric, value: s.value });
                     }
                 }
             }
         }
-        (live, self.pending.readings().collect())
+        for t in self.pending.buckets.values().flat_map(|b| b.iter()) {
+            f(false, WindowReadingRef { ts: t.at, tree: &t.tree, metric: t.metric, value: t.value });
+        }
     }
 }
 

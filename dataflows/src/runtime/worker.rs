@@ -272,8 +272,7 @@ pub(super) fn worker_main(
                     max_ts: tracker.max_ts,
                     ..Default::default()
                 };
-                let shared = driver.share();
-                let window = Box::new(move || shared.readings());
+                let window = Box::new(driver.share());
                 let mut state = state;
                 state.sink_offsets = sink.checkpoint(captured);
                 // Report progress even if nothing changed, so an idle pipeline closes the cut too.
