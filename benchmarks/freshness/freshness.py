@@ -13,7 +13,7 @@ One probe is: produce one message (the time starts before the produce call), the
 it is seen -- for the pipeline, `select assessment_id from afiss_current where tree_id =
 'T-PROBE'` over one psycopg connection every 0.5 ms until it returns the probe's id; for the
 baseline, a consumer assigned to the end of the probe topic, fetching as the pipeline's source
-does (fetch.wait.max.ms=50). Pipeline and baseline probes
+does (fetch.wait.max.ms=5). Pipeline and baseline probes
 alternate, 40-90 ms apart (random, so that they do not lock to the pipeline's rounds). Both use
 the same producer (librdkafka through confluent-kafka, linger.ms=0), so its latency is in both.
 
@@ -173,7 +173,7 @@ def main():
 
         # The baseline consumer fetches as the pipeline's source does (connectors/src/kafka/source.rs).
         consumer = Consumer({"bootstrap.servers": args.brokers, "group.id": prefix, "enable.auto.commit": False,
-                             "fetch.wait.max.ms": 50, "enable.partition.eof": False})
+                             "fetch.wait.max.ms": 5, "enable.partition.eof": False})
         consumer.assign([TopicPartition(topics["probe"], 0, -1)])  # OFFSET_END
         consumer.poll(1.0)
 

@@ -128,7 +128,7 @@ fn raw_consume(config: &KafkaConfig, workers: usize, events: u64) -> anyhow::Res
                     .set("group.id", "treeai-bench")
                     .set("enable.auto.commit", "false")
                     .set("queued.min.messages", "200000")
-                    .set("fetch.wait.max.ms", "50");
+                    .set("fetch.wait.max.ms", "5");
                 for (k, v) in &config.properties {
                     client.set(k, v);
                 }
