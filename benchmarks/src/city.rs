@@ -351,7 +351,8 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
 
 /// Phase 6: RSS per event-time hour, and freshness at the real rate.
 fn live(trees: u64, hours: u64, speedup: u64) -> anyhow::Result<()> {
-    const START_MS: f64 = 1_795_564_800_000.0; // the generator's start time
+    // `treeai run`'s generator starts its event time at the wall clock of its start.
+    let start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as f64;
     let run = start_run(trees, 10_000 * speedup, speedup)?;
     let started = Instant::now();
     let mut next = 1;
@@ -360,7 +361,7 @@ fn live(trees: u64, hours: u64, speedup: u64) -> anyhow::Result<()> {
             bail!("live: event-time hour {next} not reached in {:?}", started.elapsed());
         }
         let watermark = metrics(&run.http).and_then(|m| sample(&m, "treeai_watermark_ms"));
-        if watermark.is_some_and(|w| w >= START_MS + next as f64 * 3_600_000.0) {
+        if watermark.is_some_and(|w| w >= start_ms + next as f64 * 3_600_000.0) {
             println!(
                 "  live, {trees} trees, 10k events per event-time second, x{speedup}: RSS {:.0} MB at event-time \
                  hour {next} ({:.0} s of wall clock)",
