@@ -148,6 +148,9 @@ pub struct Captured {
     trees: imbl::HashMap<Id, Arc<TreeEvent>>,
     revisions: imbl::HashMap<Id, Arc<AssessmentEvent>>,
     window: Option<Box<dyn SharedWindow>>,
+    /// The window's (in-window, waiting) reading counts, counted once (a visit of every
+    /// reading: millions at a city's scale).
+    window_counts: std::sync::OnceLock<(usize, usize)>,
 }
 
 impl std::fmt::Debug for Captured {
@@ -164,21 +167,29 @@ impl Captured {
         revisions: imbl::HashMap<Id, Arc<AssessmentEvent>>,
         window: Box<dyn SharedWindow>,
     ) -> Self {
-        Captured { state, trees, revisions, window: Some(window) }
+        Captured { state, trees, revisions, window: Some(window), window_counts: Default::default() }
     }
 
     /// A part that is already complete.
     pub fn complete(state: WorkerState) -> Self {
-        Captured { state, trees: imbl::HashMap::new(), revisions: imbl::HashMap::new(), window: None }
+        Captured {
+            state,
+            trees: imbl::HashMap::new(),
+            revisions: imbl::HashMap::new(),
+            window: None,
+            window_counts: Default::default(),
+        }
     }
 
     /// Readings in the window and waiting for the watermark (beyond those in `state`).
     fn window_counts(&self) -> (usize, usize) {
-        let (mut live, mut pending) = (0, 0);
-        if let Some(w) = &self.window {
-            w.visit(&mut |in_window, _| if in_window { live += 1 } else { pending += 1 });
-        }
-        (live, pending)
+        *self.window_counts.get_or_init(|| {
+            let (mut live, mut pending) = (0, 0);
+            if let Some(w) = &self.window {
+                w.visit(&mut |in_window, _| if in_window { live += 1 } else { pending += 1 });
+            }
+            (live, pending)
+        })
     }
 
     /// Rows of state (trees, assessments, readings), for logs and metrics.
@@ -187,8 +198,10 @@ impl Captured {
         self.state.rows() + self.trees.len() + self.revisions.len() + live + pending
     }
 
-    /// The full state, copied (what decoding the encoded part gives).
-    pub fn materialize(self) -> WorkerState {
+    /// The full state, copied: what decoding the encoded part gives (the encoding's test
+    /// reference; encoding itself reads the shared state in place).
+    #[cfg(test)]
+    fn materialize(self) -> WorkerState {
         let mut state = self.state;
         state.trees.extend(self.trees.into_iter().map(|(_, t)| Arc::unwrap_or_clone(t)));
         state.assessments.extend(self.revisions.into_iter().map(|(_, a)| Arc::unwrap_or_clone(a)));
@@ -257,8 +270,7 @@ impl Serialize for WindowSeq<'_> {
 }
 
 impl Serialize for Captured {
-    /// Exactly as the [`WorkerState`] [`Captured::materialize`] would build (same fields,
-    /// same order), read in place.
+    /// Exactly as the [`WorkerState`] it stands for (same fields, same order), read in place.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let s = &self.state;

@@ -71,11 +71,11 @@ impl KafkaSource {
             ("reconnect.backoff.ms", "100"),
             ("reconnect.backoff.max.ms", "5000"),
             ("queued.min.messages", "200000"),
-            // How long the broker may hold a fetch that finds no new data. It bounds how late a
-            // message on a quiet partition is seen: with 50 ms an assessment took p50 83 ms from
-            // produce to SQL on Tansu (which holds a fetch for the full wait), with 5 ms 15 ms
-            // (benchmarks/README.md "Freshness"; 10 ms gave p50 23 ms). An idle pipeline sends ~200 fetches/s per
-            // worker; raise it with --kafka-property for brokers where that matters more.
+            // How long the broker may hold a fetch that finds no new data: it bounds how late a
+            // message on a quiet partition is seen. On Tansu (which holds such a fetch for the
+            // whole wait) an assessment took p50 83 ms from produce to SQL with 50 ms, 23 ms with
+            // 10 ms, 14 ms with 5 ms (benchmarks/README.md "Freshness"). An idle pipeline sends
+            // ~200 fetches/s per worker; raise it with --kafka-property where that matters more.
             ("fetch.wait.max.ms", "5"),
         ]);
         let consumer: BaseConsumer<Context> = client
