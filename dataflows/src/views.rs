@@ -215,12 +215,11 @@ where
     })
 }
 
-/// The aggregates of one tree's readings in one pane of the window — a slice of
-/// event time [`PANE_MS`] long. The window driver hands the dataflow one row per
-/// tree and pane instead of one per reading, so a change to a tree's window costs
-/// a few dozen rows however many readings it holds; the driver keeps the
-/// readings themselves and recomputes the pane the window's edge cuts, so the
-/// window is exact to the millisecond.
+/// The aggregates of a set of one tree's readings: of those in one pane of the window
+/// (a slice of event time [`PANE_MS`] long) inside the window driver, and of all its
+/// readings in the window on one worker as the dataflow's input to `sensor_windows`. The
+/// driver keeps the readings themselves and recomputes a tree's row when the window's edge
+/// passes its oldest, so the window is exact to the millisecond.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PaneAgg {
     /// Greatest tilt.
@@ -261,6 +260,20 @@ impl PaneAgg {
         }
     }
 
+    /// Adds the readings of `other` (of the same tree, disjoint from these).
+    pub fn merge(&mut self, other: &PaneAgg) {
+        self.readings += other.readings;
+        self.tilt_max = self.tilt_max.max(other.tilt_max);
+        self.sway_min = match (self.sway_min, other.sway_min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.gust_max = self.gust_max.max(other.gust_max);
+        let sum = self.soil_sum() + other.soil_sum();
+        self.soil_sum_halves = ((sum >> 64) as i64, sum as u64);
+        self.soil_n += other.soil_n;
+    }
+
     /// The sum of the soil moisture readings in fixed point (units of 2^-60).
     pub fn soil_sum(&self) -> i128 {
         (i128::from(self.soil_sum_halves.0) << 64) | i128::from(self.soil_sum_halves.1)
@@ -270,101 +283,113 @@ impl PaneAgg {
 /// The fixed-point scale of [`PaneAgg::soil_sum`]: 2^60.
 const SOIL_SCALE: f64 = (1u64 << 60) as f64;
 
-/// `sensor_windows`: per tree, aggregates of the readings currently in the window,
-/// combined from the aggregates of its panes (`(pane, aggregates)`).
-pub fn sensor_windows<'s, T>(window: Keyed<'s, T, Id, (i64, PaneAgg)>) -> Keyed<'s, T, Id, WindowRow>
-where
-    T: Timestamp + Lattice + TotalOrder,
-{
-    // Panes arrive in time order, each once.
-    window.hash_reduce("SensorWindows", |_tree, panes, out| {
-        let mut row = WindowRow::default();
-        let (mut soil_sum, mut soil_n) = (0i128, 0u64);
-        for ((_, pane), n) in panes {
-            if *n <= 0 || pane.readings == 0 {
-                continue;
-            }
-            let n = *n as u64;
-            row.readings += u64::from(pane.readings) * n;
-            row.tilt_max = row.tilt_max.max(pane.tilt_max);
-            row.sway_min = match (row.sway_min, pane.sway_min) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            row.gust_max = row.gust_max.max(pane.gust_max);
-            soil_sum += pane.soil_sum() * n as i128;
-            soil_n += u64::from(pane.soil_n) * n;
+/// A tree's `sensor_windows` row from its window rows (one per worker holding readings of
+/// the tree: mostly one, as a source partitions by tree), if it has readings.
+fn window_row<'a>(rows: impl Iterator<Item = (&'a PaneAgg, isize)>) -> Option<WindowRow> {
+    let mut all = PaneAgg::default();
+    for (row, n) in rows {
+        for _ in 0..n {
+            all.merge(row);
         }
-        if soil_n > 0 {
-            row.soil_mean = Some(F64(soil_sum as f64 / SOIL_SCALE / soil_n as f64));
-        }
-        if row.readings > 0 {
-            out.push((row, 1));
-        }
+    }
+    (all.readings > 0).then(|| WindowRow {
+        tilt_max: all.tilt_max,
+        sway_min: all.sway_min,
+        gust_max: all.gust_max,
+        soil_mean: (all.soil_n > 0).then(|| F64(all.soil_sum() as f64 / SOIL_SCALE / f64::from(all.soil_n))),
+        readings: u64::from(all.readings),
     })
 }
 
-/// One tree's inputs to its score, tagged by where they come from: only the fields the
-/// score reads (the reduction keeps these parts, one row per tree and part, so whole
-/// registry rows and assessments here cost hundreds of bytes per tree at a city's scale).
+/// One tree's inputs to its window and score, tagged by where they come from: only the
+/// fields the score reads (the reduction keeps these parts, one row per tree and part, so
+/// whole registry rows and assessments here cost hundreds of bytes per tree at a city's scale).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum ScorePart {
+enum TreePart {
     /// Region, baseline tilt, baseline sway.
     Tree(crate::event::Region, F64, Option<F64>),
     /// Risk rating, defect severity sum, crown dieback.
     Afiss(RiskRating, u32, F64),
-    Window(WindowRow),
+    /// The aggregates of the tree's readings in the window on one worker.
+    Window(PaneAgg),
 }
 
-/// `tree_scores`: the TreeScore of every registered tree from its registry
-/// entry, its current assessment (if any) and its window (if any).
-pub fn tree_scores<'s, T>(
+/// The two rows a tree's reduction yields.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum TreeOut {
+    Window(WindowRow),
+    Score(ScoreRow),
+}
+
+/// `sensor_windows` and `tree_scores`, in one reduction per tree:
+///
+/// - `sensor_windows`: per tree, aggregates of the readings currently in the window,
+///   combined from the window rows of the workers holding readings of it;
+/// - `tree_scores`: the TreeScore of every registered tree from its registry entry, its
+///   current assessment (if any) and its window (if any).
+///
+/// One reduction, not two: at a city's scale a reading's tree is rarely touched by another
+/// reading of its round, so each stage costs a hash lookup in a table of a million trees and
+/// an exchange per reading; the window row is a fold over one or two rows either way.
+pub fn windows_and_scores<'s, T>(
     trees: Keyed<'s, T, Id, TreeEvent>,
     afiss: Keyed<'s, T, Id, AfissRow>,
-    windows: Keyed<'s, T, Id, WindowRow>,
-) -> Keyed<'s, T, Id, ScoreRow>
+    window: Keyed<'s, T, Id, PaneAgg>,
+) -> (Keyed<'s, T, Id, WindowRow>, Keyed<'s, T, Id, ScoreRow>)
 where
     T: Timestamp + Lattice + TotalOrder,
 {
-    // A three-way left outer join from trees, done as one reduction over the tagged parts.
-    trees
-        .flat_map(|(id, t)| t.region.map(|r| (id, ScorePart::Tree(r, t.baseline_tilt_deg, t.baseline_sway_hz))))
+    // A three-way left outer join from trees, done as one reduction over the tagged parts;
+    // the window's row whether or not the tree is registered.
+    let out = trees
+        .flat_map(|(id, t)| t.region.map(|r| (id, TreePart::Tree(r, t.baseline_tilt_deg, t.baseline_sway_hz))))
         .concat(afiss.map(|(id, a)| {
-            let part =
-                ScorePart::Afiss(a.risk_rating, a.assessment.defect_severity_sum, a.assessment.crown_dieback_pct);
+            let part = TreePart::Afiss(a.risk_rating, a.assessment.defect_severity_sum, a.assessment.crown_dieback_pct);
             (id, part)
         }))
-        .concat(windows.map(|(id, w)| (id, ScorePart::Window(w))))
-        .hash_reduce("TreeScores", |_tree, parts, out| {
+        .concat(window.map(|(id, w)| (id, TreePart::Window(w))))
+        .hash_reduce("WindowsAndScores", |_tree, parts, out| {
             let mut inputs = ScoreInputs::default();
             let mut region = None;
             for (part, n) in parts {
-                if *n <= 0 {
-                    continue;
-                }
                 match part {
-                    ScorePart::Tree(r, tilt, sway) => {
+                    TreePart::Tree(r, tilt, sway) if *n > 0 => {
                         region = Some(*r);
                         inputs.baseline_tilt_deg = tilt.0;
                         inputs.baseline_sway_hz = sway.map(|b| b.0);
                     }
-                    ScorePart::Afiss(risk, severity, dieback) => {
+                    TreePart::Afiss(risk, severity, dieback) if *n > 0 => {
                         inputs.risk = Some(*risk);
                         inputs.defect_severity_sum = *severity;
                         inputs.crown_dieback_pct = dieback.0;
                     }
-                    ScorePart::Window(w) => {
-                        inputs.tilt_max = w.tilt_max.map(|v| v.0);
-                        inputs.sway_min = w.sway_min.map(|v| v.0);
-                        inputs.gust_max = w.gust_max.map(|v| v.0);
-                        inputs.soil_mean = w.soil_mean.map(|v| v.0);
-                    }
+                    _ => {}
                 }
             }
-            if let Some(region) = region {
-                out.push((ScoreRow { region, score: tree_score(&inputs) }, 1));
+            let windows = parts.iter().filter_map(|(p, n)| match p {
+                TreePart::Window(w) => Some((w, *n)),
+                _ => None,
+            });
+            if let Some(w) = window_row(windows) {
+                inputs.tilt_max = w.tilt_max.map(|v| v.0);
+                inputs.sway_min = w.sway_min.map(|v| v.0);
+                inputs.gust_max = w.gust_max.map(|v| v.0);
+                inputs.soil_mean = w.soil_mean.map(|v| v.0);
+                out.push((TreeOut::Window(w), 1));
             }
-        })
+            if let Some(region) = region {
+                out.push((TreeOut::Score(ScoreRow { region, score: tree_score(&inputs) }), 1));
+            }
+        });
+    let windows = out.clone().flat_map(|(id, o)| match o {
+        TreeOut::Window(w) => Some((id, w)),
+        TreeOut::Score(_) => None,
+    });
+    let scores = out.flat_map(|(id, o)| match o {
+        TreeOut::Score(s) => Some((id, s)),
+        TreeOut::Window(_) => None,
+    });
+    (windows, scores)
 }
 
 /// `region_summary`: per region, counts and mean score of its registered trees.

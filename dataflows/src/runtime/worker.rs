@@ -79,8 +79,7 @@ fn build_views(
         let trees = views::current_trees(tree_versions);
         let live = views::live_assessments(revisions);
         let afiss = views::afiss_current(live.clone());
-        let windows = views::sensor_windows(window);
-        let tree_scores = views::tree_scores(trees.clone(), afiss.clone(), windows.clone());
+        let (windows, tree_scores) = views::windows_and_scores(trees.clone(), afiss.clone(), window);
         let regions = views::region_summary(tree_scores.clone());
         let agents = views::agent_activity(live);
 
