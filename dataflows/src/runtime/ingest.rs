@@ -185,7 +185,7 @@ pub(super) fn read_round(
             label,
         });
     }
-    // Readings applied at once (late ones) reach the dataflow now, one row per changed pane.
+    // Readings applied at once (late ones) reach the dataflow now, one row per changed tree.
     round.dirty |= driver.flush(&mut inputs.readings);
     round.done = status == Poll::Done;
     stats.events_read.fetch_add(round.read, Ordering::Relaxed);

@@ -9,7 +9,7 @@
 //! at the same rate get ~3,600 an hour) also keeps aggregates per pane of
 //! [`PANE_MS`], so its row combines at most `1 h / PANE_MS` panes plus the
 //! readings of the pane the window's lower edge `W − 1h` cuts. Each tree has
-//! one entry in an expiry queue, at the second of its oldest reading: a round
+//! an entry in an expiry queue at the second of its oldest reading: a round
 //! finds the trees whose readings the edge passed without a scan, drops those
 //! readings, and recomputes just those trees — the window stays exact to the
 //! millisecond. A round marks the trees it changes; [`WindowDriver::flush`]
@@ -118,7 +118,8 @@ struct TreeWindow {
     panes: Vec<(i64, PaneAgg)>,
     /// The row the dataflow holds for the tree.
     held: Option<PaneAgg>,
-    /// The second of the tree's entry in the expiry queue (entries at other seconds are stale).
+    /// The second of the tree's entry in the expiry queue (entries at other seconds are
+    /// stale; one at this second may be there twice, which only repeats a trim).
     scheduled: Option<i64>,
     /// Changed since the last flush (listed once in [`WindowDriver::dirty`]).
     dirty: bool,
@@ -228,11 +229,13 @@ impl TreeWindow {
     }
 }
 
-/// The trees of one shard, shared with a checkpoint (copied once if changed after it).
-type Shard = Arc<HashMap<Id, TreeWindow, foldhash::fast::RandomState>>;
+/// The trees of one shard, shared with a checkpoint: a shard changed while a checkpoint
+/// holds it copies its map of pointers once, and a tree changed then copies its own window
+/// (at a million trees every round touches every shard, so sharing shards alone would copy
+/// the whole window after every checkpoint).
+type Shard = Arc<HashMap<Id, Arc<TreeWindow>, foldhash::fast::RandomState>>;
 
-/// Shards of the trees' windows: a checkpoint shares them in O(shards), and a tree changed
-/// while a checkpoint holds its shard copies 1/SHARDS of the trees, not all of them.
+/// Shards of the trees' windows: a checkpoint shares them in O(shards).
 const SHARDS: usize = 256;
 
 /// The shard of a tree. (A hash of its own seed: the shards' maps hash with theirs, and a
@@ -350,8 +353,8 @@ impl WindowDriver {
     fn insert(&mut self, t: Timed) {
         let trees = Arc::make_mut(&mut self.shards[shard_of(&t.tree)]);
         let tw = match trees.get_mut(&t.tree) {
-            Some(tw) => tw,
-            None => trees.entry(t.tree.clone()).or_insert_with(|| TreeWindow::new(t.at)),
+            Some(tw) => Arc::make_mut(tw),
+            None => Arc::make_mut(trees.entry(t.tree.clone()).or_insert_with(|| Arc::new(TreeWindow::new(t.at)))),
         };
         let oldest = tw.insert(t.at, t.metric, t.value);
         let second = second_of(t.at);
@@ -410,11 +413,12 @@ impl WindowDriver {
                 }
                 let mut again = Vec::new();
                 for tree in entry.remove() {
-                    let trees = Arc::make_mut(&mut self.shards[shard_of(&tree)]);
-                    let Some(tw) = trees.get_mut(&tree) else { continue };
-                    if tw.scheduled != Some(second) {
+                    let shard = shard_of(&tree);
+                    if self.shards[shard].get(&tree).is_none_or(|tw| tw.scheduled != Some(second)) {
                         continue; // Stale: the tree was queued again at an older reading.
                     }
+                    let trees = Arc::make_mut(&mut self.shards[shard]);
+                    let Some(tw) = trees.get_mut(&tree).map(Arc::make_mut) else { continue };
                     tw.scheduled = None;
                     let trimmed = tw.trim(edge);
                     let next = tw.slots.front().map(|s| second_of(tw.ts(s)));
@@ -459,7 +463,7 @@ impl WindowDriver {
         let mut changed = false;
         for tree in self.dirty.drain(..) {
             let trees = Arc::make_mut(&mut self.shards[shard_of(&tree)]);
-            let Some(tw) = trees.get_mut(&tree) else { continue };
+            let Some(tw) = trees.get_mut(&tree).map(Arc::make_mut) else { continue };
             tw.dirty = false;
             let row = tw.total(self.edge);
             if row != tw.held {
@@ -504,7 +508,9 @@ mod tests {
     #[test]
     fn tree_rows_follow_a_naive_window() {
         for seed in 1..9u64 {
-            let trees = if seed % 2 == 0 { 6 } else { 300 };
+            // Two trees with many readings (per-pane aggregates built, used and dropped), six,
+            // or three hundred with a few each.
+            let (trees, per_round) = [(2, 150), (6, 30), (300, 30)][seed as usize % 3];
             timely::execute_directly(move |worker| {
                 type Rows = HashMap<(Id, PaneAgg), isize>;
                 let rows: Rc<RefCell<Rows>> = Rc::default();
@@ -522,13 +528,14 @@ mod tests {
                 let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 let t0 = 1_795_564_800_000i64;
                 let mut driver = WindowDriver::default();
+                let mut panes_built = false;
                 let mut offered: Vec<WindowReading> = Vec::new();
                 let mut w: Option<i64> = None;
                 let mut time = 0u64;
                 for _round in 0..400 {
                     time += 1;
                     input.advance_to(time);
-                    for _ in 0..next(&mut rng, 30) {
+                    for _ in 0..next(&mut rng, per_round) {
                         // Around the watermark: some waiting, some late, some expired, edges hit exactly.
                         let base = w.unwrap_or(t0);
                         let ts = if next(&mut rng, 10) == 0 {
@@ -593,7 +600,9 @@ mod tests {
                     }
                     assert_eq!(live, want_live, "seed {seed}: the checkpoint's window");
                     assert_eq!(pending, want_pending, "seed {seed}: the checkpoint's waiting readings");
+                    panes_built |= driver.shards.iter().flat_map(|s| s.values()).any(|tw| !tw.panes.is_empty());
                 }
+                assert!(trees > 2 || panes_built, "seed {seed}: no tree kept per-pane aggregates");
             });
         }
     }
