@@ -106,6 +106,19 @@ fn second_of(ts: i64) -> i64 {
     ts.div_euclid(1000)
 }
 
+/// Adds a reading to its pane's aggregates in `panes` (sorted by pane).
+fn add_to_pane(panes: &mut Vec<(i64, PaneAgg)>, ts: i64, metric: Metric, value: F64) {
+    let pane = pane_of(ts);
+    let i = match panes.binary_search_by_key(&pane, |(p, _)| *p) {
+        Ok(i) => i,
+        Err(i) => {
+            panes.insert(i, (pane, PaneAgg::default()));
+            i
+        }
+    };
+    panes[i].1.add(metric, value);
+}
+
 /// One tree's readings in the window (on this worker) and the row the dataflow holds for it.
 #[derive(Clone, Debug)]
 struct TreeWindow {
@@ -162,24 +175,10 @@ impl TreeWindow {
             i
         };
         if !self.panes.is_empty() {
-            let pane = pane_of(ts);
-            match self.panes.binary_search_by_key(&pane, |(p, _)| *p) {
-                Ok(i) => self.panes[i].1.add(metric, value),
-                Err(i) => {
-                    let mut agg = PaneAgg::default();
-                    agg.add(metric, value);
-                    self.panes.insert(i, (pane, agg));
-                }
-            }
+            add_to_pane(&mut self.panes, ts, metric, value);
         } else if self.slots.len() > PANES_FROM {
             for s in &self.slots {
-                let pane = pane_of(self.base + i64::from(s.offset));
-                if self.panes.last().is_none_or(|(p, _)| *p != pane) {
-                    self.panes.push((pane, PaneAgg::default()));
-                }
-                if let Some((_, agg)) = self.panes.last_mut() {
-                    agg.add(s.metric, s.value);
-                }
+                add_to_pane(&mut self.panes, self.base + i64::from(s.offset), s.metric, s.value);
             }
         }
         at == 0
