@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod checkpoint;
 pub mod event;
+pub mod layered;
 pub mod parse;
 pub mod rating;
 pub mod reduce;

@@ -5,17 +5,19 @@
 //! always sees all six views at one dataflow time ([`Snapshot::time`]), never
 //! a mix of two.
 //!
-//! Views are persistent maps (`imbl`): [`Catalog::snapshot`] hands a reader
-//! an `Arc` of the current state in O(1), and the reader keeps that state for
-//! as long as it likes while ingest goes on (structural sharing: a writer
-//! copies only the paths it changes while a reader holds the old version).
+//! Views are immutable shared maps: [`Catalog::snapshot`] hands a reader an
+//! `Arc` of the current state in O(1), and the reader keeps that state for as
+//! long as it likes while ingest goes on. The per-tree views are
+//! [`LayeredMap`]s (a round's changes are a new small layer over shared older
+//! ones, O(changes) per round); the small ones are persistent maps (`imbl`).
 
 use crate::event::{Id, Region, TreeEvent};
+use crate::layered::{Folded, LayeredMap, Round};
 use crate::runtime::egress::Completed;
 use crate::time::DataflowTime;
 use crate::views::{AfissRow, AgentDayRow, RegionAgg, ScoreRow, WindowRow};
-use imbl::{HashMap, OrdMap};
-use std::sync::{Arc, RwLock};
+use imbl::OrdMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// One change of one view row. The per-tree rows are shared (`Arc`): the egress's
 /// buffers hold small records, and the catalog's maps take the row without copying it.
@@ -37,38 +39,22 @@ pub enum ViewChange {
 
 /// The six views at one dataflow time.
 ///
-/// The per-tree maps hold their rows behind an `Arc`: a persistent hash map's
-/// nodes are fixed arrays of entries, mostly empty near the leaves, so an entry
-/// should be small (a key and a pointer, not a whole registry row) — measured
-/// with heaptrack at 100,000 trees, inline rows made the catalog 1.3 kB per tree.
+/// The per-tree maps hold their rows behind an `Arc`, shared with the egress's changes:
+/// a map's entry is a key and a pointer, not a whole registry row.
 #[derive(Clone, Debug, Default)]
 pub struct Views {
     /// `trees`
-    pub trees: HashMap<Id, Arc<TreeEvent>>,
+    pub trees: LayeredMap<Id, Arc<TreeEvent>>,
     /// `afiss_current`
-    pub afiss_current: HashMap<Id, Arc<AfissRow>>,
+    pub afiss_current: LayeredMap<Id, Arc<AfissRow>>,
     /// `sensor_windows`
-    pub sensor_windows: HashMap<Id, Arc<WindowRow>>,
+    pub sensor_windows: LayeredMap<Id, Arc<WindowRow>>,
     /// `tree_scores`
-    pub tree_scores: HashMap<Id, Arc<ScoreRow>>,
+    pub tree_scores: LayeredMap<Id, Arc<ScoreRow>>,
     /// `region_summary`
     pub region_summary: OrdMap<Region, RegionAgg>,
     /// `agent_activity`
     pub agent_activity: OrdMap<(Id, i32), AgentDayRow>,
-}
-
-/// Inserts (diff > 0) or removes the row; only an insert copies it.
-fn apply_map<K: std::hash::Hash + Eq + Clone, V: PartialEq + Clone>(
-    map: &mut HashMap<K, V>,
-    k: &K,
-    v: &V,
-    diff: isize,
-) {
-    if diff > 0 {
-        map.insert(k.clone(), v.clone());
-    } else if map.get(k) == Some(v) {
-        map.remove(k);
-    }
 }
 
 fn apply_btree<K: Ord + Clone, V: PartialEq + Clone>(map: &mut OrdMap<K, V>, k: &K, v: &V, diff: isize) {
@@ -79,16 +65,65 @@ fn apply_btree<K: Ord + Clone, V: PartialEq + Clone>(map: &mut OrdMap<K, V>, k: 
     }
 }
 
-impl Views {
-    fn apply(&mut self, change: &ViewChange, diff: isize) {
-        match change {
-            ViewChange::Tree(k, v) => apply_map(&mut self.trees, k, v, diff),
-            ViewChange::Afiss(k, v) => apply_map(&mut self.afiss_current, k, v, diff),
-            ViewChange::Window(k, v) => apply_map(&mut self.sensor_windows, k, v, diff),
-            ViewChange::Score(k, v) => apply_map(&mut self.tree_scores, k, v, diff),
-            ViewChange::Region(k, v) => apply_btree(&mut self.region_summary, k, v.as_ref(), diff),
-            ViewChange::Agent(k, v) => apply_btree(&mut self.agent_activity, k, v, diff),
+/// One round's changes to the per-tree views.
+#[derive(Default)]
+struct Rounds {
+    trees: Round<Id, Arc<TreeEvent>>,
+    afiss_current: Round<Id, Arc<AfissRow>>,
+    sensor_windows: Round<Id, Arc<WindowRow>>,
+    tree_scores: Round<Id, Arc<ScoreRow>>,
+}
+
+/// The folds under way, one per per-tree view at most (see [`crate::layered`]).
+#[derive(Default)]
+struct Folds {
+    trees: Option<Job<Arc<TreeEvent>>>,
+    afiss_current: Option<Job<Arc<AfissRow>>>,
+    sensor_windows: Option<Job<Arc<WindowRow>>>,
+    tree_scores: Option<Job<Arc<ScoreRow>>>,
+}
+
+type Job<V> = std::thread::JoinHandle<Folded<Id, V>>;
+
+/// Applies `round` to `map`: first the fold `job` if it has finished, then the round; starts
+/// the fold the map asks for on a thread.
+fn step<V: Clone + Send + Sync + 'static>(map: &mut LayeredMap<Id, V>, round: Round<Id, V>, job: &mut Option<Job<V>>) {
+    if job.as_ref().is_some_and(|j| j.is_finished()) {
+        match job.take().map(|j| j.join()) {
+            Some(Ok(folded)) => map.folded(folded),
+            _ => map.fold_lost(),
         }
+    }
+    if let Some(fold) = map.apply(round) {
+        match std::thread::Builder::new().name("treeai-fold".into()).spawn(move || fold.run()) {
+            Ok(handle) => *job = Some(handle),
+            Err(e) => {
+                tracing::warn!("catalog: cannot start a fold thread ({e}); retrying next round");
+                map.fold_lost();
+            }
+        }
+    }
+}
+
+impl Views {
+    /// Applies the changes of completed times, in order.
+    fn apply<'a>(&mut self, changes: impl Iterator<Item = &'a (ViewChange, isize)>, folds: &mut Folds) {
+        let mut rounds = Rounds::default();
+        for (change, diff) in changes {
+            let diff = *diff;
+            match change {
+                ViewChange::Tree(k, v) => rounds.trees.change(k.clone(), v.clone(), diff),
+                ViewChange::Afiss(k, v) => rounds.afiss_current.change(k.clone(), v.clone(), diff),
+                ViewChange::Window(k, v) => rounds.sensor_windows.change(k.clone(), v.clone(), diff),
+                ViewChange::Score(k, v) => rounds.tree_scores.change(k.clone(), v.clone(), diff),
+                ViewChange::Region(k, v) => apply_btree(&mut self.region_summary, k, v.as_ref(), diff),
+                ViewChange::Agent(k, v) => apply_btree(&mut self.agent_activity, k, v, diff),
+            }
+        }
+        step(&mut self.trees, rounds.trees, &mut folds.trees);
+        step(&mut self.afiss_current, rounds.afiss_current, &mut folds.afiss_current);
+        step(&mut self.sensor_windows, rounds.sensor_windows, &mut folds.sensor_windows);
+        step(&mut self.tree_scores, rounds.tree_scores, &mut folds.tree_scores);
     }
 
     /// Rows per view, in the order of [`crate::VIEW_NAMES`].
@@ -133,6 +168,8 @@ impl Snapshot {
 /// ([`crate::runtime::egress`]) one completed round at a time.
 pub struct Catalog {
     snapshot: RwLock<Arc<Snapshot>>,
+    /// The writer's folds under way (only the egress publishes; the lock is never contended).
+    folds: Mutex<Folds>,
 }
 
 impl Default for Catalog {
@@ -144,7 +181,10 @@ impl Default for Catalog {
 impl Catalog {
     /// An empty catalog, at time 0.
     pub fn new() -> Self {
-        Catalog { snapshot: RwLock::new(Arc::new(Snapshot { frontier: Some(DataflowTime(0)), ..Default::default() })) }
+        Catalog {
+            snapshot: RwLock::new(Arc::new(Snapshot { frontier: Some(DataflowTime(0)), ..Default::default() })),
+            folds: Mutex::default(),
+        }
     }
 
     /// The views at the latest complete time, in O(1); never waits for ingest.
@@ -153,16 +193,13 @@ impl Catalog {
     }
 
     /// Applies a completed round and publishes the result. The new snapshot is
-    /// prepared outside the lock (a persistent-map copy of the current one,
-    /// sharing everything the round does not change) and swapped in, so readers
+    /// prepared outside the lock (a copy of the current one that shares
+    /// everything the round does not change) and swapped in, so readers
     /// never wait behind ingest. Called by the egress only (one round at a time).
     pub fn publish(&self, round: &Completed) {
+        let mut folds = self.folds.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut next = Snapshot::clone(&self.snapshot());
-        for completed in &round.times {
-            for (change, diff) in &completed.changes {
-                next.views.apply(change, *diff);
-            }
-        }
+        next.views.apply(round.times.iter().flat_map(|completed| completed.changes.iter()), &mut folds);
         next.frontier = round.frontier;
         next.watermark = round.watermark;
         let next = Arc::new(next);

@@ -6,8 +6,8 @@
 //! and the limit (see [`crate::provider`] for which filters reach it). No row
 //! is touched until [`ExecutionPlan::execute`]'s stream is polled; then each
 //! poll builds one batch of at most [`BATCH_ROWS`] rows from the snapshot's
-//! persistent maps, walking them with an iterator that shares their nodes
-//! (an `imbl` consuming iterator over an O(1) clone of the map, or look-ups of
+//! maps, walking them with an iterator that shares their nodes
+//! (a consuming iterator over an O(1) clone of the map, or look-ups of
 //! the restricted keys), so a scan holds one batch, never a copy of the view.
 //!
 //! - **Interruptible**: after each batch the stream yields to the runtime
@@ -58,6 +58,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use treeai_dataflows::event::Id;
+use treeai_dataflows::layered::LayeredMap;
 use treeai_dataflows::store::Snapshot;
 use treeai_dataflows::View;
 use treeai_schema::views::{
@@ -365,7 +366,7 @@ fn contains(set: &Option<Values>, value: Option<&str>) -> bool {
 /// (a consuming iterator over an O(1) clone of the map: it shares the map's
 /// nodes and copies one path of them at a time). `keep` skips rows.
 fn tree_rows<V>(
-    map: &imbl::HashMap<Id, V>,
+    map: &LayeredMap<Id, V>,
     keys: Option<Values>,
     keep: impl Fn(&V) -> bool + Send + 'static,
 ) -> Rows<Id, V>
@@ -379,7 +380,7 @@ where
                 .filter_map(move |k| map.get_key_value(k.as_str()).map(|(k, v)| (k.clone(), v.clone())))
                 .filter(move |(_, v)| keep(v)),
         ),
-        None => Box::new(map.into_iter().filter(move |(_, v)| keep(v))),
+        None => Box::new(map.into_rows().filter(move |(_, v)| keep(v))),
     }
 }
 
