@@ -119,21 +119,23 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
 /// The changes of one round to a [`LayeredMap`], in the egress's order.
 #[derive(Debug)]
 pub struct Round<K, V> {
-    layer: Layer<K, V>,
+    /// A plain hash map: a round's changes are gathered here, then go into the base or become
+    /// a layer at once (inserts into a persistent map cost several times more).
+    layer: std::collections::HashMap<K, Option<V>, foldhash::fast::RandomState>,
     /// Rows added minus rows removed.
     grown: isize,
 }
 
 impl<K, V> Default for Round<K, V> {
     fn default() -> Self {
-        Round { layer: HashMap::default(), grown: 0 }
+        Round { layer: std::collections::HashMap::default(), grown: 0 }
     }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Round<K, V> {
     /// Adds (`diff > 0`) or removes (`diff < 0`) the row `(k, v)`.
     pub fn change(&mut self, k: K, v: V, diff: isize) {
-        use imbl::hashmap::Entry;
+        use std::collections::hash_map::Entry;
         match self.layer.entry(k) {
             // The key's first change this round: a retraction means it had a row before.
             Entry::Vacant(e) => {
@@ -185,11 +187,15 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
             if self.layers.is_empty() && round.layer.len() * 4 > self.base.len() {
                 // A round that changes a quarter of the map (a bulk load) goes straight
                 // into the base: it would fold at once anyway.
-                let base = std::mem::take(&mut self.base);
-                self.folded(Fold { base, layers: vec![round.layer] }.run());
+                for (k, v) in round.layer {
+                    match v {
+                        Some(v) => self.base.insert(k, v),
+                        None => self.base.remove(&k),
+                    };
+                }
                 return None;
             }
-            self.layers.push(round.layer);
+            self.layers.push(round.layer.into_iter().collect());
         }
         // Merge the top two layers while the lower is at most twice the upper's size (the
         // layers a fold is reading are left alone).
