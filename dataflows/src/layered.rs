@@ -110,7 +110,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
         self.iter().map(|(_, v)| v)
     }
 
-    /// The parts: the base's size and each layer's, oldest first (for tests and benchmarks).
+    /// The parts: the base's size and each layer's, oldest first (for tests).
     pub fn shape(&self) -> (usize, Vec<usize>) {
         (self.base.len(), self.layers.iter().map(|l| l.len()).collect())
     }
@@ -154,11 +154,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Round<K, V> {
             }
         }
     }
-
-    /// No change.
-    pub fn is_empty(&self) -> bool {
-        self.layer.is_empty()
-    }
 }
 
 /// Layers of more keys than this are not merged: a merge copies the lower layer's touched
@@ -187,12 +182,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
             if self.layers.is_empty() && round.layer.len() * 4 > self.base.len() {
                 // A round that changes a quarter of the map (a bulk load) goes straight
                 // into the base: it would fold at once anyway.
-                for (k, v) in round.layer {
-                    match v {
-                        Some(v) => self.base.insert(k, v),
-                        None => self.base.remove(&k),
-                    };
-                }
+                into_base(&mut self.base, round.layer);
                 return None;
             }
             self.layers.push(round.layer.into_iter().collect());
@@ -238,6 +228,19 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     }
 }
 
+/// Writes the changes of a layer into a base.
+fn into_base<K: Hash + Eq + Clone, V: Clone>(
+    base: &mut HashMap<K, V>,
+    layer: impl IntoIterator<Item = (K, Option<V>)>,
+) {
+    for (k, v) in layer {
+        match v {
+            Some(v) => base.insert(k, v),
+            None => base.remove(&k),
+        };
+    }
+}
+
 /// The layers of a [`LayeredMap`] being folded into (a copy of) its base.
 pub struct Fold<K, V> {
     base: HashMap<K, V>,
@@ -257,12 +260,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Fold<K, V> {
         let mut base = self.base;
         let layers = self.layers.len();
         for layer in self.layers {
-            for (k, v) in layer {
-                match v {
-                    Some(v) => base.insert(k, v),
-                    None => base.remove(&k),
-                };
-            }
+            into_base(&mut base, layer);
         }
         Folded { base, layers }
     }
