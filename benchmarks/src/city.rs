@@ -152,15 +152,22 @@ fn run_child(args: &[String]) -> anyhow::Result<()> {
             let per_worker = 10_000 / workers;
             // The registry (trees / 10,000 rounds) and 20 rounds more warm the views up.
             let warmup = trees / 10_000 + 20;
-            let count = trees + 2_000_000;
+            let count = trees + num(args, "--update-events", 2_000_000)?;
+            // `--rounds-out F`: every measured round, `worker,ms since start,round µs` (CSV).
+            let rounds_out = args.iter().position(|a| a == "--rounds-out").and_then(|i| args.get(i + 1)).cloned();
+            let start = Instant::now();
+            let series: Vec<shared::Series> = (0..workers).map(|_| Arc::default()).collect();
             let factory: SourceFactory = {
                 let rounds = rounds.clone();
+                let series = series.clone();
+                let keep = rounds_out.is_some();
                 Arc::new(move |w, peers| {
                     Ok(Box::new(TimedSource {
                         inner: GeneratorSource::new(generator(trees), w, peers, false, Some(count)),
                         rounds: rounds.clone(),
                         last: None,
                         warmup,
+                        series: keep.then(|| (start, series[w % series.len()].clone())),
                     }) as Box<dyn Source>)
                 })
             };
@@ -168,6 +175,15 @@ fn run_child(args: &[String]) -> anyhow::Result<()> {
             let t = Instant::now();
             PipelineBuilder::new(SourceSpec::Custom(factory), config).start()?.join()?;
             let h = rounds.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            if let Some(path) = rounds_out {
+                let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                writeln!(out, "worker,ms,us")?;
+                for (w, s) in series.iter().enumerate() {
+                    for (at, us) in s.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter() {
+                        writeln!(out, "{w},{at},{us}")?;
+                    }
+                }
+            }
             println!(
                 "{} {} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} rounds",
                 t.elapsed().as_secs_f64(),

@@ -182,6 +182,7 @@ fn main() -> anyhow::Result<()> {
                 rounds: rounds.clone(),
                 last: None,
                 warmup: 20,
+                series: None,
             }) as Box<dyn Source>)
         })
     };

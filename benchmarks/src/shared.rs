@@ -27,12 +27,18 @@ fn status_mb(pid: &str, field: &str) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Measured rounds `(ms since start, round µs)`, shared with the benchmark.
+pub type Series = Arc<Mutex<Vec<(u64, u64)>>>;
+
 /// A source that records how long each round takes (time between polls) once warm.
 pub struct TimedSource {
     pub inner: GeneratorSource,
     pub rounds: Arc<Mutex<Histogram<u64>>>,
     pub last: Option<Instant>,
     pub warmup: u64,
+    /// Every measured round as `(ms since the first poll of this source, round µs)`, when
+    /// asked for (`city-bench --child update --rounds-out F`: which rounds are slow, and when).
+    pub series: Option<(Instant, Series)>,
 }
 
 impl Source for TimedSource {
@@ -40,7 +46,12 @@ impl Source for TimedSource {
         let now = Instant::now();
         if let Some(last) = self.last {
             if self.warmup == 0 {
-                let _ = self.rounds.lock().map(|mut h| h.record(now.duration_since(last).as_micros() as u64));
+                let us = now.duration_since(last).as_micros() as u64;
+                let _ = self.rounds.lock().map(|mut h| h.record(us));
+                if let Some((start, series)) = &self.series {
+                    let at = last.duration_since(*start).as_millis() as u64;
+                    let _ = series.lock().map(|mut s| s.push((at, us)));
+                }
             } else {
                 self.warmup -= 1;
             }
