@@ -22,7 +22,9 @@
 //!    works), and the same number of events over 10,000 trees (events/s at 1M trees
 //!    against events/s at 10k).
 //! 5. Update latency: rounds of 10,000 events (≈97 % readings) into the warm views of
-//!    all `--trees` trees, 2 workers, p50/p99.
+//!    all `--trees` trees, 2 workers, p50/p99. When each slow round came, by hand:
+//!    `city-bench --child update [--trees T] [--update-events N] --rounds-out F` writes every
+//!    measured round to F (CSV: worker, ms since the child started, round µs).
 //!
 //! 6. Live (`--live-hours H`, default 3; 0 skips): `treeai run` (the release binary beside this
 //!    one) with the generator at `--trees` trees and 10,000 events per second of event time,
@@ -54,8 +56,12 @@ use treeai_dataflows::parse::parse_event;
 use treeai_dataflows::runtime::RuntimeConfig;
 use treeai_dataflows::source::{Poll, Source, SourceFactory};
 
+fn opt(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
 fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+    opt(args, name).unwrap_or_else(|| default.to_string())
 }
 
 fn num(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
@@ -154,7 +160,7 @@ fn run_child(args: &[String]) -> anyhow::Result<()> {
             let warmup = trees / 10_000 + 20;
             let count = trees + num(args, "--update-events", 2_000_000)?;
             // `--rounds-out F`: every measured round, `worker,ms since start,round µs` (CSV).
-            let rounds_out = args.iter().position(|a| a == "--rounds-out").and_then(|i| args.get(i + 1)).cloned();
+            let rounds_out = opt(args, "--rounds-out");
             let start = Instant::now();
             let series: Vec<shared::Series> = (0..workers).map(|_| Arc::default()).collect();
             let factory: SourceFactory = {

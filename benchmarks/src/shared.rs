@@ -36,7 +36,7 @@ pub struct TimedSource {
     pub rounds: Arc<Mutex<Histogram<u64>>>,
     pub last: Option<Instant>,
     pub warmup: u64,
-    /// Every measured round as `(ms since the first poll of this source, round µs)`, when
+    /// Every measured round as `(ms since the given instant, round µs)`, when
     /// asked for (`city-bench --child update --rounds-out F`: which rounds are slow, and when).
     pub series: Option<(Instant, Series)>,
 }
