@@ -65,6 +65,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use treeai_dataflows::event::{AssessmentEvent, Event, Position, Reading, TreeEvent};
+use treeai_dataflows::runtime::background::{self, Priority};
 use treeai_dataflows::runtime::Counters;
 use treeai_dataflows::source::{Alert, DeadLetter, ScoreChange, Sink, SinkFactory, SinkRole};
 use treeai_dataflows::time::{day_of, DataflowTime, HOUR_MS};
@@ -324,12 +325,10 @@ impl Lake {
                 failed: HashMap::new(),
             };
             pending.push(encoder.pending.clone());
-            std::thread::Builder::new()
-                .name(format!("treeai-lake-encode-{i}"))
-                .spawn(move || {
-                    yield_to_dataflow();
-                    encoder.run(rx)
-                })
+            // Encoders run under `SCHED_IDLE`: Parquet encoding takes CPU the workers leave
+            // idle, so landing the lake never delays view updates; if it falls behind, its
+            // bounded queue fills and holds the workers back.
+            background::spawn(&format!("treeai-lake-encode-{i}"), Priority::Idle, move || encoder.run(rx))
                 .map_err(|e| thread_error("encoder", e))?;
             encoders.push(tx);
         }
@@ -426,25 +425,6 @@ fn writer_properties(codec: Codec, table: Table) -> WriterProperties {
         props = props.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
     }
     props.build()
-}
-
-/// Puts the calling encoder thread under `SCHED_IDLE` (Linux): Parquet encoding then runs on
-/// CPU the dataflow workers leave idle, so landing the lake never delays view updates, and the
-/// timely workers, which wait for each other every round, are not slowed by an encoder taking
-/// one of their cores. If encoding falls behind, its bounded queue fills and holds the workers
-/// back. Elsewhere, or if the system refuses, the thread keeps its normal priority.
-fn yield_to_dataflow() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::{
-            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
-            ThreadSchedulePolicy,
-        };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) {
-            tracing::debug!("lake encoder keeps its normal priority: {e:?}");
-        }
-    }
 }
 
 /// `path` relative to the lake root `prefix`.

@@ -13,6 +13,7 @@
 
 use crate::event::{Id, Region, TreeEvent};
 use crate::layered::{Folded, LayeredMap, Round};
+use crate::runtime::background::{self, Priority};
 use crate::runtime::egress::Completed;
 use crate::time::DataflowTime;
 use crate::views::{AfissRow, AgentDayRow, RegionAgg, ScoreRow, WindowRow};
@@ -86,16 +87,27 @@ struct Folds {
 type Job<V> = std::thread::JoinHandle<Folded<Id, V>>;
 
 /// Applies `round` to `map`: first the fold `job` if it has finished, then the round; starts
-/// the fold the map asks for on a thread.
-fn step<V: Clone + Send + Sync + 'static>(map: &mut LayeredMap<Id, V>, round: Round<Id, V>, job: &mut Option<Job<V>>) {
+/// the fold the map asks for on a thread. Returns whether a fold's base replaced the map's:
+/// the snapshot before holds then the only copy of a whole view.
+fn step<V: Clone + Send + Sync + 'static>(
+    map: &mut LayeredMap<Id, V>,
+    round: Round<Id, V>,
+    job: &mut Option<Job<V>>,
+) -> bool {
+    let mut replaced = false;
     if job.as_ref().is_some_and(|j| j.is_finished()) {
         match job.take().map(|j| j.join()) {
-            Some(Ok(folded)) => map.folded(folded),
+            Some(Ok(folded)) => {
+                map.folded(folded);
+                replaced = true;
+            }
             _ => map.fold_lost(),
         }
     }
     if let Some(fold) = map.apply(round) {
-        match std::thread::Builder::new().name("treeai-fold".into()).spawn(move || fold.run()) {
+        // A fold at a million keys is ~250,000 inserts: at a low priority, it takes CPU the
+        // workers leave idle rather than one of their cores.
+        match background::spawn("treeai-fold", Priority::Low, move || fold.run()) {
             Ok(handle) => *job = Some(handle),
             Err(e) => {
                 tracing::warn!("catalog: cannot start a fold thread ({e}); retrying next round");
@@ -103,11 +115,13 @@ fn step<V: Clone + Send + Sync + 'static>(map: &mut LayeredMap<Id, V>, round: Ro
             }
         }
     }
+    replaced
 }
 
 impl Views {
     /// Applies the changes of completed times, in order.
-    fn apply<'a>(&mut self, changes: impl Iterator<Item = &'a (ViewChange, isize)>, folds: &mut Folds) {
+    /// Returns whether a fold's base replaced a view's (see [`step`]).
+    fn apply<'a>(&mut self, changes: impl Iterator<Item = &'a (ViewChange, isize)>, folds: &mut Folds) -> bool {
         let mut rounds = Rounds::default();
         for (change, diff) in changes {
             let diff = *diff;
@@ -120,10 +134,11 @@ impl Views {
                 ViewChange::Agent(k, v) => apply_btree(&mut self.agent_activity, k, v, diff),
             }
         }
-        step(&mut self.trees, rounds.trees, &mut folds.trees);
-        step(&mut self.afiss_current, rounds.afiss_current, &mut folds.afiss_current);
-        step(&mut self.sensor_windows, rounds.sensor_windows, &mut folds.sensor_windows);
-        step(&mut self.tree_scores, rounds.tree_scores, &mut folds.tree_scores);
+        // `|`, not `||`: every view steps.
+        step(&mut self.trees, rounds.trees, &mut folds.trees)
+            | step(&mut self.afiss_current, rounds.afiss_current, &mut folds.afiss_current)
+            | step(&mut self.sensor_windows, rounds.sensor_windows, &mut folds.sensor_windows)
+            | step(&mut self.tree_scores, rounds.tree_scores, &mut folds.tree_scores)
     }
 
     /// Rows per view, in the order of [`crate::VIEW_NAMES`].
@@ -199,14 +214,24 @@ impl Catalog {
     pub fn publish(&self, round: &Completed) {
         let mut folds = self.folds.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut next = Snapshot::clone(&self.snapshot());
-        next.views.apply(round.times.iter().flat_map(|completed| completed.changes.iter()), &mut folds);
+        let replaced = next.views.apply(round.times.iter().flat_map(|completed| completed.changes.iter()), &mut folds);
         next.frontier = round.frontier;
         next.watermark = round.watermark;
         let next = Arc::new(next);
         let previous =
             std::mem::replace(&mut *self.snapshot.write().unwrap_or_else(|poison| poison.into_inner()), next);
-        // Freeing the previous version (the map nodes this round replaced) happens here,
-        // after the lock is released, so readers never wait for it.
-        drop(previous);
+        // Freeing the previous version (the map nodes this round replaced) happens after the
+        // lock is released, so readers never wait for it. Once a fold has replaced a base, the
+        // previous version holds the only copy of the old one (a whole view: one pointer per
+        // row to release, missing the cache): that is freed beside the workers, not here on
+        // the one completing the round.
+        if replaced {
+            let free = background::spawn("treeai-free", Priority::Low, move || drop(previous));
+            if let Err(e) = free {
+                tracing::debug!("catalog: freeing the old base on this thread ({e})");
+            }
+        } else {
+            drop(previous);
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! | [`worker`] | the worker loop: read, agree on the watermark, advance, step |
 //! | [`egress`] | the one ordered stream of completed changes: catalog, alerts, derived sinks |
 //! | [`cluster`] | the links between the processes of a cluster (timely's networking) |
+//! | [`background`] | threads beside the workers, at a lower priority |
 //!
 //! # Logical time
 //!
@@ -23,6 +24,7 @@
 //!
 //! [`DataflowTime`]: crate::time::DataflowTime
 
+pub mod background;
 pub mod cluster;
 pub mod egress;
 mod ingest;

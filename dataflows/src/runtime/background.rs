@@ -1,0 +1,52 @@
+//! Threads that work beside the timely workers: they run at a lower priority, so they take
+//! CPU the workers leave idle rather than one of the workers' cores (the workers wait for
+//! each other every round, so one slowed worker slows them all).
+
+use std::io;
+use std::thread::JoinHandle;
+
+/// How far below the workers a background thread runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// Nice 19 under `SCHED_BATCH`: it gets a small share of a busy core, so it always
+    /// finishes (the catalog's folds, which rounds are waiting to use).
+    Low,
+    /// `SCHED_IDLE`: only CPU nothing else wants (the lake's encoders, whose bounded queues
+    /// hold the workers back if they fall behind).
+    Idle,
+}
+
+/// Puts the calling thread at `priority` (Linux). Elsewhere, or if the system refuses, the
+/// thread keeps its normal priority (logged at debug: `what` names the thread's job).
+pub fn lower_priority(priority: Priority, what: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
+            ThreadSchedulePolicy,
+        };
+        let policy = match priority {
+            Priority::Low => NormalThreadSchedulePolicy::Batch,
+            Priority::Idle => NormalThreadSchedulePolicy::Idle,
+        };
+        let policy = ThreadSchedulePolicy::Normal(policy);
+        if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy) {
+            tracing::debug!("{what} keeps its normal priority: {e:?}");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (priority, what);
+}
+
+/// Runs `f` on a new thread named `name`, at `priority`.
+pub fn spawn<T, F>(name: &str, priority: Priority, f: F) -> io::Result<JoinHandle<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let what = name.to_string();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        lower_priority(priority, &what);
+        f()
+    })
+}
