@@ -1,6 +1,6 @@
 //! Threads that work beside the timely workers: they run at a lower priority, so they take
-//! CPU the workers leave idle rather than one of the workers' cores (the workers wait for
-//! each other every round, so one slowed worker slows them all).
+//! mostly CPU the workers leave idle rather than one of the workers' cores (the workers wait
+//! for each other every round, so one slowed worker slows them all).
 
 use std::io;
 use std::thread::JoinHandle;
@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
     /// Nice 19 under `SCHED_BATCH`: it gets a small share of a busy core, so it always
-    /// finishes (the catalog's folds, which rounds are waiting to use).
+    /// finishes (the catalog's folds, which rounds are waiting to use, and the freeing of the
+    /// old bases they replace).
     Low,
     /// `SCHED_IDLE`: only CPU nothing else wants (the lake's encoders, whose bounded queues
     /// hold the workers back if they fall behind).
@@ -44,8 +45,8 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let what = name.to_string();
     std::thread::Builder::new().name(name.into()).spawn(move || {
+        let what = std::thread::current().name().unwrap_or("a background thread").to_string();
         lower_priority(priority, &what);
         f()
     })
