@@ -110,12 +110,6 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
         self.iter().map(|(_, v)| v)
     }
 
-    /// Whether this map and `other` share their base (one is a snapshot of the other, and no
-    /// fold or bulk round has replaced the base since). O(1).
-    pub fn same_base(&self, other: &Self) -> bool {
-        self.base.ptr_eq(&other.base)
-    }
-
     /// The parts: the base's size and each layer's, oldest first (for tests).
     pub fn shape(&self) -> (usize, Vec<usize>) {
         (self.base.len(), self.layers.iter().map(|l| l.len()).collect())
@@ -298,32 +292,6 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeMap;
-
-    /// `same_base` tells a snapshot whose base a fold or a bulk round has replaced from one
-    /// that shares it (the catalog frees the former beside the workers).
-    #[test]
-    fn same_base_tells_a_replaced_base() {
-        let rows = |keys: std::ops::Range<u32>| {
-            let mut round = Round::default();
-            for k in keys {
-                round.change(k, u64::from(k), 1);
-            }
-            round
-        };
-        let mut map = LayeredMap::<u32, u64>::default();
-        assert!(map.apply(rows(0..1000)).is_none(), "a bulk round goes into the base");
-        let before = map.clone();
-        assert!(map.apply(rows(1000..1010)).is_none());
-        assert!(map.same_base(&before), "a small round is a layer over the same base");
-        let fold = map.apply(rows(1010..1300)).expect("layers of over a quarter of the base fold");
-        assert!(map.same_base(&before), "the base stays until the fold comes back");
-        map.folded(fold.run());
-        assert!(!map.same_base(&before), "the fold's base replaced it");
-        let folded = map.clone();
-        assert!(map.apply(rows(2000..2400)).is_none());
-        assert!(!map.same_base(&folded), "a bulk round writes into (a copy of) the base");
-        assert_eq!(map.len(), 1700);
-    }
 
     /// Random rounds of the egress's shape (per key: a retraction of its row if it has one,
     /// then maybe a new row), checked against a plain map after every round, together with
