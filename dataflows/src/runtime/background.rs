@@ -18,8 +18,8 @@ pub enum Priority {
 }
 
 /// Puts the calling thread at `priority` (Linux). Elsewhere, or if the system refuses, the
-/// thread keeps its normal priority (logged at debug: `what` names the thread's job).
-pub fn lower_priority(priority: Priority, what: &str) {
+/// thread keeps its normal priority (logged at debug, with the thread's name).
+fn lower_priority(priority: Priority) {
     #[cfg(target_os = "linux")]
     {
         use thread_priority::{
@@ -32,11 +32,12 @@ pub fn lower_priority(priority: Priority, what: &str) {
         };
         let policy = ThreadSchedulePolicy::Normal(policy);
         if let Err(e) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, policy) {
-            tracing::debug!("{what} keeps its normal priority: {e:?}");
+            let thread = std::thread::current();
+            tracing::debug!("{} keeps its normal priority: {e:?}", thread.name().unwrap_or("a background thread"));
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (priority, what);
+    let _ = priority;
 }
 
 /// Runs `f` on a new thread named `name`, at `priority`.
@@ -46,8 +47,7 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     std::thread::Builder::new().name(name.into()).spawn(move || {
-        let what = std::thread::current().name().unwrap_or("a background thread").to_string();
-        lower_priority(priority, &what);
+        lower_priority(priority);
         f()
     })
 }
