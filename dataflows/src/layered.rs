@@ -10,14 +10,19 @@
 //! A `LayeredMap` is a large map (the base) under a short stack of small ones (the
 //! layers), each holding the newest value of the keys changed since the base (`None`:
 //! removed), newest on top; a reader looks a key up from the top down. The parts are
-//! persistent maps too (`imbl`), never changed once published, so a snapshot is a clone
-//! of a few pointers and a scan walks shared nodes without copying the view.
+//! plain hash maps behind `Arc`s, never changed once published, so a snapshot is a clone
+//! of a few pointers and a scan walks the shared parts without copying the view. A layer
+//! is a round's own map, handed over as it is. The base is [`SHARDS`] maps, a key in the
+//! shard its hash picks. A plain map is cheaper to copy whole than a persistent one
+//! (`imbl`, used before) is to change at most of its leaves, which is what a fold does;
+//! it is also faster to look a key up in and cheaper to free. The shards let a scan
+//! copy one at a time, and no copy needs one huge allocation.
 //!
 //! A round's changes become one new layer, built fresh (O(changes)). The top two layers are
 //! merged while the lower is at most twice the size of the upper and both are small, so
 //! each change is copied O(log) times. Once the layers hold a quarter as many keys as the
-//! base, they are folded into a new base — at a million keys, ~250,000 inserts into a
-//! shared persistent map, longer than tens of rounds — on a thread of the catalog's, so
+//! base, they are folded into a new base — at a million keys, a copy of the base and
+//! ~250,000 inserts, longer than several rounds — on a thread of the catalog's, so
 //! no round waits for it; rounds meanwhile add layers above the ones being folded, and
 //! the fold's result replaces the base and the layers it read.
 //!
@@ -25,16 +30,82 @@
 //! first change is a retraction if and only if the key was present before the round (each
 //! view has at most one row per key; within a time retractions come first).
 
-use imbl::HashMap;
 use std::borrow::Borrow;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
 
-type Layer<K, V> = HashMap<K, Option<V>>;
+/// A round's changes: the newest value of each key it changed (`None`: removed).
+type Changes<K, V> = std::collections::HashMap<K, Option<V>, foldhash::fast::RandomState>;
+
+/// A layer: a round's changes, or several rounds' merged, shared by the snapshots.
+type Layer<K, V> = Arc<Changes<K, V>>;
+
+/// The base's shards (a power of two).
+pub const SHARDS: usize = 64;
+
+/// One shard of a base: a plain hash map, hashed with its map's [`Hasher`].
+type Shard<K, V> = std::collections::HashMap<K, V, Hasher>;
+
+/// The hasher of a map's shards (and of the choice of shard): seeded at random per map.
+type Hasher = foldhash::fast::RandomState;
+
+/// A base: [`SHARDS`] shards, shared by every snapshot that has not changed them.
+#[derive(Clone, Debug)]
+struct Base<K, V> {
+    shards: Arc<Vec<Arc<Shard<K, V>>>>,
+    hasher: Hasher,
+}
+
+impl<K, V> Default for Base<K, V> {
+    fn default() -> Self {
+        let hasher = Hasher::default();
+        let shards = (0..SHARDS).map(|_| Arc::new(Shard::with_hasher(hasher.clone()))).collect();
+        Base { shards: Arc::new(shards), hasher }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Base<K, V> {
+    /// The shard of a key: bits of its hash that the shard's own table does not use (it
+    /// takes the low bits for a bucket and the top seven for a tag).
+    fn shard_of<Q: Hash + ?Sized>(&self, k: &Q) -> usize {
+        (self.hasher.hash_one(k) >> 32) as usize % SHARDS
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    fn get_key_value<Q>(&self, k: &Q) -> Option<(&K, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[self.shard_of(k)].get_key_value(k)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// Writes the changes of a layer into this base: the shards they change (and the list
+    /// of shards) are copied first where a snapshot shares them.
+    fn write(&mut self, layer: impl IntoIterator<Item = (K, Option<V>)>) {
+        let hasher = self.hasher.clone();
+        let shards = Arc::make_mut(&mut self.shards);
+        for (k, v) in layer {
+            let shard = Arc::make_mut(&mut shards[(hasher.hash_one(&k) >> 32) as usize % SHARDS]);
+            match v {
+                Some(v) => shard.insert(k, v),
+                None => shard.remove(&k),
+            };
+        }
+    }
+}
 
 /// A map read as immutable snapshots, changed by whole rounds (see the module docs).
 #[derive(Clone, Debug)]
 pub struct LayeredMap<K, V> {
-    base: HashMap<K, V>,
+    base: Base<K, V>,
     /// Changes since `base`, oldest first.
     layers: Vec<Layer<K, V>>,
     /// The bottom layers a fold under way is reading.
@@ -44,7 +115,7 @@ pub struct LayeredMap<K, V> {
 
 impl<K, V> Default for LayeredMap<K, V> {
     fn default() -> Self {
-        LayeredMap { base: HashMap::default(), layers: Vec::new(), folding: 0, len: 0 }
+        LayeredMap { base: Base::default(), layers: Vec::new(), folding: 0, len: 0 }
     }
 }
 
@@ -119,16 +190,15 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
 /// The changes of one round to a [`LayeredMap`], in the egress's order.
 #[derive(Debug)]
 pub struct Round<K, V> {
-    /// A plain hash map: a round's changes are gathered here, then go into the base or become
-    /// a layer at once (inserts into a persistent map cost several times more).
-    layer: std::collections::HashMap<K, Option<V>, foldhash::fast::RandomState>,
+    /// A round's changes are gathered here, then go into the base or become a layer as they are.
+    layer: Changes<K, V>,
     /// Rows added minus rows removed.
     grown: isize,
 }
 
 impl<K, V> Default for Round<K, V> {
     fn default() -> Self {
-        Round { layer: std::collections::HashMap::default(), grown: 0 }
+        Round { layer: Changes::default(), grown: 0 }
     }
 }
 
@@ -156,8 +226,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Round<K, V> {
     }
 }
 
-/// Layers of more keys than this are not merged: a merge copies the lower layer's touched
-/// nodes within the round, so it must stay small; larger layers wait for the fold.
+/// Layers of more keys than this are not merged: a merge copies the lower layer's entries
+/// within the round, so it must stay small; larger layers wait for the fold.
 #[cfg(not(test))]
 const MERGE_CAP: usize = 1 << 16;
 #[cfg(test)]
@@ -182,10 +252,10 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
             if self.layers.is_empty() && round.layer.len() * 4 > self.base.len() {
                 // A round that changes a quarter of the map (a bulk load) goes straight
                 // into the base: it would fold at once anyway.
-                into_base(&mut self.base, round.layer);
+                self.base.write(round.layer);
                 return None;
             }
-            self.layers.push(round.layer.into_iter().collect());
+            self.layers.push(Arc::new(round.layer));
         }
         // Merge the top two layers while the lower is at most twice the upper's size (the
         // layers a fold is reading are left alone).
@@ -194,10 +264,15 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
             if older.len() > 2 * newer.len() || older.len() + newer.len() > MERGE_CAP {
                 break;
             }
+            // The newer layer takes the older's keys it does not have: it is usually this
+            // round's own (not yet shared), so only the older one's entries are copied.
             let newer = self.layers.pop().expect("two layers");
-            let mut merged = self.layers.pop().expect("two layers");
-            merged.extend(newer);
-            self.layers.push(merged);
+            let older = self.layers.pop().expect("two layers");
+            let mut merged = Arc::unwrap_or_clone(newer);
+            for (k, v) in older.iter() {
+                merged.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            self.layers.push(Arc::new(merged));
         }
         let layered: usize = self.layers.iter().map(|l| l.len()).sum();
         if self.folding > 0 || layered == 0 || layered * 4 <= self.base.len() {
@@ -228,28 +303,15 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     }
 }
 
-/// Writes the changes of a layer into a base.
-fn into_base<K: Hash + Eq + Clone, V: Clone>(
-    base: &mut HashMap<K, V>,
-    layer: impl IntoIterator<Item = (K, Option<V>)>,
-) {
-    for (k, v) in layer {
-        match v {
-            Some(v) => base.insert(k, v),
-            None => base.remove(&k),
-        };
-    }
-}
-
 /// The layers of a [`LayeredMap`] being folded into (a copy of) its base.
 pub struct Fold<K, V> {
-    base: HashMap<K, V>,
+    base: Base<K, V>,
     layers: Vec<Layer<K, V>>,
 }
 
 /// The result of a [`Fold`].
 pub struct Folded<K, V> {
-    base: HashMap<K, V>,
+    base: Base<K, V>,
     /// How many of the map's bottom layers it holds.
     layers: usize,
 }
@@ -260,7 +322,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Fold<K, V> {
         let mut base = self.base;
         let layers = self.layers.len();
         for layer in self.layers {
-            into_base(&mut base, layer);
+            base.write(layer.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         Folded { base, layers }
     }
@@ -273,12 +335,16 @@ where
 {
     /// The rows, owned, walked lazily over the shared parts (nothing is copied up front).
     pub fn into_rows(self) -> Box<dyn Iterator<Item = (K, V)> + Send> {
-        let layers = std::sync::Arc::new(self.layers);
+        let layers = Arc::new(self.layers);
         let above_base = layers.clone();
-        let base = self.base.into_iter().filter(move |(k, _)| !above_base.iter().any(|l| l.contains_key(k)));
+        // One shard at a time: a shard the snapshot shares is copied when the scan reaches it.
+        let base = Arc::unwrap_or_clone(self.base.shards)
+            .into_iter()
+            .flat_map(|shard| Arc::unwrap_or_clone(shard).into_iter())
+            .filter(move |(k, _)| !above_base.iter().any(|l| l.contains_key(k)));
         let layered = (0..layers.len()).flat_map(move |i| {
             let layers = layers.clone();
-            layers[i].clone().into_iter().filter_map(move |(k, v)| match v {
+            Arc::unwrap_or_clone(layers[i].clone()).into_iter().filter_map(move |(k, v)| match v {
                 Some(v) if !layers[i + 1..].iter().any(|newer| newer.contains_key(&k)) => Some((k, v)),
                 _ => None,
             })
