@@ -11,12 +11,13 @@
 //! layers), each holding the newest value of the keys changed since the base (`None`:
 //! removed), newest on top; a reader looks a key up from the top down. The parts are
 //! plain hash maps behind `Arc`s, never changed once published, so a snapshot is a clone
-//! of a few pointers and a scan walks the shared parts without copying the view. A layer
-//! is a round's own map, handed over as it is. The base is [`SHARDS`] maps, a key in the
-//! shard its hash picks. A plain map is cheaper to copy whole than a persistent one
-//! (`imbl`, used before) is to change at most of its leaves, which is what a fold does;
-//! it is also faster to look a key up in and cheaper to free. The shards let a scan
-//! copy one at a time, and no copy needs one huge allocation.
+//! of a few pointers. A layer is a round's own map, handed over as it is. The base is
+//! [`SHARDS`] maps, a key in the shard its hash picks. A plain map is cheaper to copy
+//! whole than a persistent one (`imbl`, used before) is to change at most of its leaves,
+//! which is what a fold does; it is also faster to look a key up in and cheaper to free.
+//! A reader borrowing a snapshot walks its parts in place; an owned scan
+//! ([`LayeredMap::into_rows`]) copies the rows of one part (a shard, 1/64 of the base, or a
+//! layer) at a time as it reaches it, so no copy holds the whole view.
 //!
 //! A round's changes become one new layer, built fresh (O(changes)). The top two layers are
 //! merged while the lower is at most twice the size of the upper and both are small, so
@@ -243,7 +244,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
     /// Applies one round's changes (the parts a snapshot shares are copied where they
     /// change). When the layers have grown to a quarter of the base and no fold is under
     /// way, returns a [`Fold`] of them: the caller runs it (on a thread of its own: at a
-    /// million keys it takes about as long as tens of rounds) and hands the result to
+    /// million keys it takes longer than several rounds) and hands the result to
     /// [`LayeredMap::folded`]; until then the layers stay, and reads are unaffected.
     /// Small folds run here.
     pub fn apply(&mut self, round: Round<K, V>) -> Option<Fold<K, V>> {
@@ -269,8 +270,11 @@ impl<K: Hash + Eq + Clone, V: Clone> LayeredMap<K, V> {
             let newer = self.layers.pop().expect("two layers");
             let older = self.layers.pop().expect("two layers");
             let mut merged = Arc::unwrap_or_clone(newer);
+            merged.reserve(older.len());
             for (k, v) in older.iter() {
-                merged.entry(k.clone()).or_insert_with(|| v.clone());
+                if !merged.contains_key(k) {
+                    merged.insert(k.clone(), v.clone());
+                }
             }
             self.layers.push(Arc::new(merged));
         }
@@ -333,24 +337,30 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    /// The rows, owned, walked lazily over the shared parts (nothing is copied up front).
+    /// The rows, owned, walked lazily over the shared parts: the rows of one part (a shard of
+    /// the base, or a layer) are copied when the walk reaches it, nothing up front.
     pub fn into_rows(self) -> Box<dyn Iterator<Item = (K, V)> + Send> {
         let layers = Arc::new(self.layers);
         let above_base = layers.clone();
-        // One shard at a time: a shard the snapshot shares is copied when the scan reaches it.
+        // One shard at a time: its rows are copied out when the scan reaches it.
         let base = Arc::unwrap_or_clone(self.base.shards)
             .into_iter()
-            .flat_map(|shard| Arc::unwrap_or_clone(shard).into_iter())
+            .flat_map(|shard| copied(&shard))
             .filter(move |(k, _)| !above_base.iter().any(|l| l.contains_key(k)));
         let layered = (0..layers.len()).flat_map(move |i| {
             let layers = layers.clone();
-            Arc::unwrap_or_clone(layers[i].clone()).into_iter().filter_map(move |(k, v)| match v {
+            copied(&layers[i]).filter_map(move |(k, v)| match v {
                 Some(v) if !layers[i + 1..].iter().any(|newer| newer.contains_key(&k)) => Some((k, v)),
                 _ => None,
             })
         });
         Box::new(base.chain(layered))
     }
+}
+
+/// The entries of a shared map, copied out into a `Vec` (cheaper than a second table).
+fn copied<K: Clone, V: Clone, S>(map: &std::collections::HashMap<K, V, S>) -> std::vec::IntoIter<(K, V)> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>().into_iter()
 }
 
 #[cfg(test)]
@@ -422,5 +432,41 @@ mod tests {
                 assert_eq!(snap.len(), model.len());
             }
         }
+    }
+    /// The catalog's keys are `CompactString`s looked up by `&str` (SQL's point lookups): the
+    /// shard a key is written to must be the one a borrowed key picks, in the base and in a
+    /// layer, long keys (on the heap) and short ones (inline) alike.
+    #[test]
+    fn string_keys_are_found_by_str() {
+        use compact_str::CompactString;
+        let key = |i: u32| {
+            if i.is_multiple_of(2) {
+                format!("T-{i:06}")
+            } else {
+                format!("a-tree-id-long-enough-for-the-heap-{i}")
+            }
+        };
+        let mut map = LayeredMap::<CompactString, u32>::default();
+        let mut bulk = Round::default();
+        for i in 0..1_000 {
+            bulk.change(CompactString::from(key(i)), i, 1);
+        }
+        assert!(map.apply(bulk).is_none());
+        assert_eq!(map.shape(), (1_000, vec![]), "a bulk load goes into the base");
+        let mut round = Round::default();
+        for i in 0..10 {
+            round.change(CompactString::from(key(i)), i, -1);
+            round.change(CompactString::from(key(i)), i + 10_000, 1);
+        }
+        assert!(map.apply(round).is_none());
+        assert_eq!(map.shape(), (1_000, vec![10]));
+        for i in 0..1_000 {
+            let expected = if i < 10 { i + 10_000 } else { i };
+            assert_eq!(map.get(key(i).as_str()), Some(&expected), "key {}", key(i));
+        }
+        assert_eq!(map.get("T-999999"), None);
+        let rows: BTreeMap<CompactString, u32> = map.into_rows().collect();
+        assert_eq!(rows.len(), 1_000);
+        assert_eq!(rows.get("T-000004"), Some(&10_004));
     }
 }

@@ -108,8 +108,8 @@ fn step<V: Clone + Send + Sync + 'static>(
         }
     }
     if let Some(fold) = map.apply(round) {
-        // A fold at a million keys is ~250,000 inserts: at a low priority, it takes CPU the
-        // workers leave idle rather than one of their cores.
+        // A fold at a million keys copies the base and makes ~250,000 inserts: at a low
+        // priority, it takes CPU the workers leave idle rather than one of their cores.
         match background::spawn("treeai-fold", Priority::Low, move || fold.run()) {
             Ok(handle) => *job = Some(handle),
             Err(e) => {

@@ -363,8 +363,8 @@ fn contains(set: &Option<Values>, value: Option<&str>) -> bool {
 }
 
 /// Rows of a tree-keyed map: looked up when `keys` is set, else every row
-/// (a consuming iterator over an O(1) clone of the map: it shares the map's
-/// nodes and copies one path of them at a time). `keep` skips rows.
+/// (a consuming iterator over an O(1) clone of the map: it copies the rows of
+/// one part of the map, a shard of its base or a layer, at a time). `keep` skips rows.
 fn tree_rows<V>(
     map: &LayeredMap<Id, V>,
     keys: Option<Values>,
