@@ -69,7 +69,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Base<K, V> {
     /// The shard of a key: bits of its hash that the shard's own table does not use (it
     /// takes the low bits for a bucket and the top seven for a tag).
     fn shard_of<Q: Hash + ?Sized>(&self, k: &Q) -> usize {
-        (self.hasher.hash_one(k) >> 32) as usize % SHARDS
+        shard_of(&self.hasher, k)
     }
 
     fn len(&self) -> usize {
@@ -94,13 +94,18 @@ impl<K: Hash + Eq + Clone, V: Clone> Base<K, V> {
         let hasher = self.hasher.clone();
         let shards = Arc::make_mut(&mut self.shards);
         for (k, v) in layer {
-            let shard = Arc::make_mut(&mut shards[(hasher.hash_one(&k) >> 32) as usize % SHARDS]);
+            let shard = Arc::make_mut(&mut shards[shard_of(&hasher, &k)]);
             match v {
                 Some(v) => shard.insert(k, v),
                 None => shard.remove(&k),
             };
         }
     }
+}
+
+/// The shard of a key under `hasher` (see [`Base::shard_of`]).
+fn shard_of<Q: Hash + ?Sized>(hasher: &Hasher, k: &Q) -> usize {
+    (hasher.hash_one(k) >> 32) as usize % SHARDS
 }
 
 /// A map read as immutable snapshots, changed by whole rounds (see the module docs).
