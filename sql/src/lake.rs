@@ -7,7 +7,8 @@
 //! filters on `date`/`hour` prune whole partitions before any file is opened
 //! (partition pruning); other filters are pushed into the Parquet scan
 //! (row-group statistics). Files are listed at every scan, so files landed
-//! since the last query are seen.
+//! since the last query are seen (the engine turns DataFusion's list-files
+//! cache off: its entries never expire).
 
 use crate::error::SqlError;
 use arrow::datatypes::DataType;

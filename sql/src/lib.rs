@@ -224,9 +224,13 @@ pub struct Engine {
 impl Engine {
     /// An engine over `catalog`.
     pub fn new(catalog: Arc<Catalog>, config: SqlConfig, metrics: Arc<metrics::Metrics>) -> Result<Self, SqlError> {
-        // No spilling to disk: client queries stay within the memory pool.
+        // No spilling to disk: client queries stay within the memory pool. No list-files
+        // cache: DataFusion's default keeps a table's listing until it is evicted (no expiry),
+        // so a lake table would not see the files landed since its first scan; each scan
+        // lists its table's folder again (one LIST per table and query).
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(config.memory_limit, 1.0)
+            .with_object_list_cache_limit(0)
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
             .map_err(|e| SqlError::Internal(e.to_string()))?;

@@ -244,3 +244,43 @@ fn lake_tables_in_sql_with_partition_filters_and_a_live_join() {
     assert_eq!(joined, live, "every scored tree has its registry events in the lake");
     assert!(run.interrupt().success());
 }
+
+/// A lake table lists its files at every scan: files landed after a query are counted by the
+/// next one. (DataFusion 55 caches a table's listing, without expiry, unless told not to.)
+#[test]
+fn files_landed_after_a_query_are_seen_by_the_next_one() {
+    use std::sync::Arc;
+    use treeai_dataflows::runtime::Stats;
+    use treeai_dataflows::store::Catalog;
+    use treeai_sql::metrics::Metrics;
+    use treeai_sql::{Engine, SqlConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("e.ndjson");
+    produce(&input, "6000");
+    let written = dir.path().join("written");
+    backfill(&input, &dir.path().join("out"), written.to_str().unwrap(), &[]);
+    let files = files_under(&written.join("readings"));
+    assert!(files.len() >= 2, "want two readings files or more, got {files:?}");
+
+    // An engine over an empty lake; the files land one at a time between its queries.
+    let lake = dir.path().join("lake");
+    std::fs::create_dir_all(&lake).unwrap();
+    let catalog = Arc::new(Catalog::new());
+    let metrics = Arc::new(Metrics::new(Arc::new(Stats::default()), catalog.clone(), "test"));
+    let engine =
+        Engine::new(catalog, SqlConfig::default(), metrics).unwrap().with_lake(lake.to_str().unwrap(), &[]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let count = || {
+        let out = rt.block_on(engine.query("select count(*) from lake.readings", None, "test")).unwrap();
+        batch_rows(&out.batches[0])[0]["count(*)"].as_i64().unwrap()
+    };
+    let mut landed = 0;
+    for file in &files {
+        let to = lake.join(file.strip_prefix(&written).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(file, &to).unwrap();
+        landed += rows(file).len() as i64;
+        assert_eq!(count(), landed, "readings after landing {}", to.display());
+    }
+}
