@@ -285,16 +285,7 @@ fn broker_and_object_store_outages_while_clustered_lose_nothing_and_repeat_nothi
     }));
     if let Err(panic) = checked {
         for (i, run) in cluster.iter().enumerate() {
-            let lines: Vec<String> = run.lines.try_iter().collect();
-            let interesting: Vec<&String> = lines
-                .iter()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("checkpoint"))
-                .collect();
-            let tail = &interesting[interesting.len().saturating_sub(30)..];
-            eprintln!("process {i}'s warnings, errors and checkpoints (last 30):");
-            for line in tail {
-                eprintln!("  {line}");
-            }
+            run.print_notable(&format!("process {i}"));
         }
         // Slow or lost? The lake again after another minute, per table and source.
         std::thread::sleep(Duration::from_secs(60));

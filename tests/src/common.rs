@@ -205,6 +205,18 @@ impl Running {
         panic!("no matching line from treeai within {secs}s; its last lines:\n{}", seen.join("\n"));
     }
 
+    /// For a failed test's output: the last 30 warnings, errors and checkpoint lines `name`
+    /// printed that no wait has taken yet.
+    pub fn print_notable(&self, name: &str) {
+        let lines: Vec<String> = self.lines.try_iter().collect();
+        let notable: Vec<&String> =
+            lines.iter().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("checkpoint")).collect();
+        eprintln!("{name}'s warnings, errors and checkpoints (last 30):");
+        for line in &notable[notable.len().saturating_sub(30)..] {
+            eprintln!("  {line}");
+        }
+    }
+
     /// Sends SIGINT and waits (at most 20 s) for the exit status.
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
         self.signal("INT");

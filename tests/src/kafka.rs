@@ -613,21 +613,28 @@ fn broker_restart_and_a_crash_while_it_is_down_lose_nothing_and_repeat_nothing()
         args.extend(flags.iter().map(String::as_str));
         Running::start(&args)
     };
-    let mut run = start();
-    wait_read(&run, first.len(), 60);
+    let mut crashed = start();
+    wait_read(&crashed, first.len(), 60);
     // The broker goes away, and while it is away the process is killed.
     broker.stop();
-    run.wait_for(60, |l| l.contains("kafka errors"));
+    crashed.wait_for(60, |l| l.contains("kafka errors"));
     std::thread::sleep(Duration::from_millis(1500));
-    run.child.kill().unwrap();
-    run.child.wait().unwrap();
+    crashed.child.kill().unwrap();
+    crashed.child.wait().unwrap();
 
     // The broker comes back with its log, the second half arrives, the process restarts.
     broker.start(&moto.envs);
     kcat_produce(&broker.addr, prefix, second, dir.path());
     let run = start();
     wait_views(&run, &want, w, 300);
-    check_exactly_once(&run, &broker.addr, prefix, lines.len() as i64 - rejected, rejected);
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_exactly_once(&run, &broker.addr, prefix, lines.len() as i64 - rejected, rejected)
+    }));
+    if let Err(panic) = checked {
+        crashed.print_notable("the killed process");
+        run.print_notable("the restored process");
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[test]
