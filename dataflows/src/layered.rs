@@ -36,7 +36,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 /// A round's changes: the newest value of each key it changed (`None`: removed).
-type Changes<K, V> = std::collections::HashMap<K, Option<V>, foldhash::fast::RandomState>;
+type Changes<K, V> = std::collections::HashMap<K, Option<V>, Hasher>;
 
 /// A layer: a round's changes, or several rounds' merged, shared by the snapshots.
 type Layer<K, V> = Arc<Changes<K, V>>;
@@ -47,7 +47,7 @@ pub const SHARDS: usize = 64;
 /// One shard of a base: a plain hash map, hashed with its map's [`Hasher`].
 type Shard<K, V> = std::collections::HashMap<K, V, Hasher>;
 
-/// The hasher of a map's shards (and of the choice of shard): seeded at random per map.
+/// The hasher of a map's shards and layers (and of the choice of shard): seeded at random per map.
 type Hasher = foldhash::fast::RandomState;
 
 /// A base: [`SHARDS`] shards, shared by every snapshot that has not changed them.
@@ -66,12 +66,6 @@ impl<K, V> Default for Base<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Base<K, V> {
-    /// The shard of a key: bits of its hash that the shard's own table does not use (it
-    /// takes the low bits for a bucket and the top seven for a tag).
-    fn shard_of<Q: Hash + ?Sized>(&self, k: &Q) -> usize {
-        shard_of(&self.hasher, k)
-    }
-
     fn len(&self) -> usize {
         self.shards.iter().map(|s| s.len()).sum()
     }
@@ -81,7 +75,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Base<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shards[self.shard_of(k)].get_key_value(k)
+        self.shards[shard_of(&self.hasher, k)].get_key_value(k)
     }
 
     fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
@@ -103,7 +97,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Base<K, V> {
     }
 }
 
-/// The shard of a key under `hasher` (see [`Base::shard_of`]).
+/// The shard of a key under `hasher`: bits of its hash that the shard's own table does not
+/// use (it takes the low bits for a bucket and the top seven for a tag).
 fn shard_of<Q: Hash + ?Sized>(hasher: &Hasher, k: &Q) -> usize {
     (hasher.hash_one(k) >> 32) as usize % SHARDS
 }

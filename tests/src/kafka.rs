@@ -568,8 +568,9 @@ pub(crate) fn check_lake(run: &Running, valid: i64, rejected: i64) {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let count = |q: &str| crate::recovery::sql(run, q)[0][0].as_i64().unwrap();
     let events = "select (select count(*) from lake.readings) + (select count(*) from lake.assessments) + (select count(*) from lake.trees)";
-    // Publishing moves every staged file into its partition: after an object-store outage, on
-    // a loaded machine and a slow S3 server (moto), that can take a minute.
+    // The files are published by the next checkpoint that reaches the store, each moved into
+    // its partition (a copy and a delete on S3): after an object-store outage, on a loaded
+    // machine and a slow S3 server (moto), that can take a while.
     let deadline = Instant::now() + Duration::from_secs(180);
     while count(events) < valid && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
